@@ -1,0 +1,1 @@
+"""The ``tilesegd`` command line (thin click wrappers over :mod:`tilesegd.api`)."""

@@ -1,0 +1,167 @@
+"""One resolved run configuration: defaults < YAML file (``--config``) < command-line flags.
+
+The resolved :class:`RunConfig` is validated once and written into every output's metadata
+(``run.json``, the Zarr attributes and the GeoTIFF tags), so a mask always says how it was made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tilesegd.errors import ConfigError
+
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+
+def default_workers() -> int:
+    """Reader/writer threads: the CPU count, capped at 8."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+@dataclass
+class RunConfig:
+    """Every setting of ``tilesegd run``.
+
+    Attributes:
+        input: raster files or directories (searched recursively).
+        model: the model file (``.ts`` TorchScript or ``.pt2`` torch.export).
+        output: output directory.
+        tile_size: network input side, pixels; ``None`` = the model's suggested ``tile_size``.
+        overlap: pixels shared by neighbouring tiles (a halo of ``overlap / 2`` each side).
+        batch_size: tiles per network call (halved automatically on CUDA out-of-memory).
+        device: ``auto`` (CUDA if present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+        precision: ``auto`` (fp16 on CUDA, fp32 on CPU), ``fp32``, ``fp16``, ``bf16``.
+        workers: reader / writer threads.
+        save_probs: also write stitched float16 class probabilities ``probs`` (K, H, W).
+        block_size: approximate block side, pixels (unit of read / write / resume; Zarr chunk).
+        bands: override the model's 1-based input bands (e.g. ``[1, 1, 1]`` for a grey scene).
+        max_megapixels: refuse scenes larger than this before reading (a pixel budget).
+        allow_vrt: accept a ``.tif``/``.tiff`` that is really a VRT, and VRTs reaching the network.
+        allow_no_georef: accept GeoTIFFs without valid georeferencing (outputs carry none).
+        overwrite: recompute scenes already done instead of skipping them.
+        model_sha256: refuse the model file unless its SHA-256 matches.
+        compress: GeoTIFF compression (``deflate``, ``zstd``, ``lzw``).
+        preview_size: longest side of ``preview.png`` in pixels (0 disables the preview).
+        compile: ``torch.compile`` the network (CUDA; no effect on TorchScript without it).
+    """
+
+    input: list[str] = field(default_factory=list)
+    model: str | None = None
+    output: str | None = None
+    tile_size: int | None = None
+    overlap: int = 64
+    batch_size: int = 8
+    device: str = "auto"
+    precision: str = "auto"
+    workers: int = field(default_factory=default_workers)
+    save_probs: bool = False
+    block_size: int = 2048
+    bands: list[int] | None = None
+    max_megapixels: float = 20_000.0
+    allow_vrt: bool = False
+    allow_no_georef: bool = False
+    overwrite: bool = False
+    model_sha256: str | None = None
+    compress: str = "deflate"
+    preview_size: int = 1024
+    compile: bool = False
+
+    def validate(self) -> RunConfig:
+        """Check types and ranges.
+
+        Raises:
+            ConfigError: naming the bad setting and the accepted values.
+        """
+        if self.tile_size is not None and self.tile_size < 1:
+            raise ConfigError(f"tile_size must be >= 1 pixel, got {self.tile_size}")
+        if self.overlap < 0 or self.overlap % 2:
+            raise ConfigError(f"overlap must be an even number of pixels >= 0, got {self.overlap}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.workers < 1:
+            raise ConfigError(f"workers must be >= 1, got {self.workers}")
+        if self.block_size < 32:
+            raise ConfigError(f"block_size must be >= 32 pixels, got {self.block_size}")
+        dev = self.device.split(":")[0]
+        if dev not in DEVICES or (":" in self.device and not self.device.split(":")[1].isdigit()):
+            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(
+                f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+            )
+        if self.compress.lower() not in ("deflate", "zstd", "lzw", "none"):
+            raise ConfigError(f"compress must be deflate, zstd, lzw or none, got {self.compress!r}")
+        if self.bands is not None and (not self.bands or min(self.bands) < 1):
+            raise ConfigError(f"bands must list 1-based band numbers, got {self.bands}")
+        if self.max_megapixels <= 0:
+            raise ConfigError("max_megapixels must be > 0")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable copy (what goes into outputs' metadata)."""
+        return dataclasses.asdict(self)
+
+
+def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a YAML config file into a mapping with ``-`` in keys turned into ``_``.
+
+    Raises:
+        ConfigError: the file is missing, not YAML, or not a mapping.
+    """
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: a config file must be a mapping of option: value")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def resolve(
+    cls: type, config_file: str | os.PathLike[str] | None, overrides: dict[str, Any],
+    section: str | None = None,
+) -> Any:
+    """Build a config dataclass from defaults, a YAML file and explicit overrides.
+
+    Args:
+        cls: the dataclass (:class:`RunConfig` or a training config).
+        config_file: optional YAML path; if it has a ``section`` key (``run:``, ``train:``),
+            that mapping is used, top-level keys otherwise.
+        overrides: flag values; ``None`` means "not given" and does not override.
+
+    Raises:
+        ConfigError: unknown keys (named, with the file) or invalid values.
+    """
+    names = {f.name for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    if config_file:
+        data = load_yaml(config_file)
+        if section and isinstance(data.get(section), dict):
+            data = {str(k).replace("-", "_"): v for k, v in data[section].items()}
+        else:
+            data = {k: v for k, v in data.items() if not isinstance(v, dict) or k in names}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(
+                f"{config_file}: unknown option(s) {', '.join(unknown)}; "
+                f"valid options are {', '.join(sorted(names))}"
+            )
+        values.update(data)
+    values.update({k: v for k, v in overrides.items() if v is not None and v != ()})
+    if isinstance(values.get("input"), str):
+        values["input"] = [values["input"]]
+    try:
+        cfg = cls(**values)
+    except TypeError as exc:
+        raise ConfigError(f"invalid configuration: {exc}") from None
+    return cfg.validate() if hasattr(cfg, "validate") else cfg

@@ -1,0 +1,345 @@
+"""The model-file contract: load and save self-describing TorchScript / torch.export files.
+
+A model file is either
+
+* a TorchScript archive (``torch.jit.save``, usually ``.ts``), or
+* a ``torch.export`` archive (``torch.export.save``, ``.pt2``),
+
+each carrying an extra file ``tilesegd.json`` that describes how to feed the network::
+
+    {"classes": [{"id": 0, "name": "background", "color": [0, 0, 0]}, ...],
+     "in_channels": 3, "bands": [1, 2, 3], "input_scale": 255.0,
+     "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+     "multiple": 32, "tile_size": 512}
+
+The network maps float32 ``(B, in_channels, H, W)`` to logits ``(B, K, H, W)`` with
+``K = len(classes)``; ``H`` and ``W`` must be multiples of ``multiple``. Raw raster values are
+divided by ``input_scale``, then normalised per channel with ``(x - mean) / std``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+import zipfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tilesegd.errors import ModelFileError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+META_NAME = "tilesegd.json"
+REQUIRED_FIELDS = ("classes", "in_channels")
+DEFAULT_PALETTE = [
+    (0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+    (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
+    (0, 128, 128), (220, 190, 255), (170, 110, 40), (255, 250, 200), (128, 0, 0),
+    (170, 255, 195), (128, 128, 0), (255, 215, 180), (0, 0, 128), (128, 128, 128),
+    (255, 255, 255), (100, 100, 255), (255, 100, 100),
+]
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    """One output class: ``id`` (0..K-1, the logit channel), ``name``, ``color`` (r, g, b 0-255)."""
+
+    id: int
+    name: str
+    color: tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The parsed ``tilesegd.json`` of a model file (see the module docstring for each field).
+
+    Attributes:
+        classes: K classes, ids 0..K-1 in order.
+        in_channels: number of input channels the network takes.
+        bands: 1-based raster band numbers fed to the network, ``len == in_channels``.
+        input_scale: raw raster values are divided by this (255 for uint8 imagery).
+        mean, std: per-channel normalisation applied after scaling, ``len == in_channels``.
+        multiple: model height and width must be multiples of this (pixels).
+        tile_size: suggested tile size in pixels (a multiple of ``multiple``).
+    """
+
+    classes: tuple[ClassInfo, ...]
+    in_channels: int
+    bands: tuple[int, ...]
+    input_scale: float = 255.0
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    multiple: int = 32
+    tile_size: int = 512
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def num_classes(self) -> int:
+        """K, the number of output channels."""
+        return len(self.classes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-serialisable form written as ``tilesegd.json``."""
+        d = asdict(self)
+        d["classes"] = [
+            {"id": c.id, "name": c.name, "color": list(c.color)} for c in self.classes
+        ]
+        for key in ("bands", "mean", "std"):
+            d[key] = list(d[key])
+        extra = d.pop("extra")
+        d.update(extra)
+        return d
+
+    @classmethod
+    def from_dict(cls, meta: dict[str, Any], source: str = "<model>") -> ModelSpec:
+        """Validate and parse a ``tilesegd.json`` mapping.
+
+        Raises:
+            ModelFileError: a required field is missing or a field has a bad value; the message
+                names every missing field and the file.
+        """
+        if not isinstance(meta, dict):
+            raise ModelFileError(f"{source}: {META_NAME} must hold a JSON object")
+        missing = [k for k in REQUIRED_FIELDS if k not in meta]
+        if missing:
+            raise ModelFileError(
+                f"{source}: {META_NAME} lacks required field(s) {', '.join(missing)}; "
+                "re-export the model with `tilesegd export` or add them (see README, model file)"
+            )
+
+        def bad(msg: str) -> ModelFileError:
+            return ModelFileError(f"{source}: {META_NAME}: {msg}")
+
+        try:
+            in_ch = int(meta["in_channels"])
+            raw_classes = meta["classes"]
+            classes = []
+            for i, c in enumerate(raw_classes):
+                if isinstance(c, str):
+                    c = {"id": i, "name": c}
+                color = c.get("color") or DEFAULT_PALETTE[i % len(DEFAULT_PALETTE)]
+                classes.append(
+                    ClassInfo(int(c["id"]), str(c["name"]), tuple(int(v) for v in color[:3]))
+                )
+            bands = tuple(int(b) for b in meta.get("bands") or range(1, in_ch + 1))
+            scale = float(meta.get("input_scale", 255.0))
+            mean = tuple(float(v) for v in meta.get("mean") or [0.0] * in_ch)
+            std = tuple(float(v) for v in meta.get("std") or [1.0] * in_ch)
+            multiple = int(meta.get("multiple", 32))
+            tile_size = int(meta.get("tile_size", 512))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise bad(f"malformed field ({exc!r}); see README, model file") from None
+        if in_ch < 1:
+            raise bad(f"in_channels must be >= 1, got {in_ch}")
+        if not classes:
+            raise bad("classes is empty; list one entry per output channel")
+        if [c.id for c in classes] != list(range(len(classes))):
+            raise bad("class ids must be 0..K-1 in order, got " + str([c.id for c in classes]))
+        if len(bands) != in_ch or min(bands) < 1:
+            raise bad(f"bands {list(bands)} must list {in_ch} 1-based band numbers")
+        if len(mean) != in_ch or len(std) != in_ch:
+            raise bad(f"mean and std must have {in_ch} values (one per input channel)")
+        if any(s <= 0 for s in std) or scale <= 0:
+            raise bad("std values and input_scale must be > 0")
+        if multiple < 1 or tile_size < multiple:
+            raise bad(f"multiple ({multiple}) must be >= 1 and tile_size ({tile_size}) >= it")
+        known = {
+            "classes", "in_channels", "bands", "input_scale", "mean", "std", "multiple",
+            "tile_size",
+        }
+        extra = {k: v for k, v in meta.items() if k not in known}
+        return cls(tuple(classes), in_ch, bands, scale, mean, std, multiple, tile_size, extra)
+
+
+@dataclass
+class LoadedModel:
+    """A loaded network and its spec.
+
+    Attributes:
+        module: callable mapping float32 (B, C, H, W) to logits (B, K, H, W).
+        spec: the parsed ``tilesegd.json``.
+        path: the file it came from.
+        kind: ``"torchscript"`` or ``"export"``.
+    """
+
+    module: Any
+    spec: ModelSpec
+    path: Path
+    kind: str
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _is_export_archive(path: Path) -> bool:
+    if path.suffix == ".pt2":
+        return True
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return any(n.endswith("serialized_exported_program.json") or "/models/" in n
+                       for n in zf.namelist()) and not any(n.endswith("constants.pkl")
+                                                           for n in zf.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def read_spec(path: str | os.PathLike[str]) -> ModelSpec:
+    """Read only the ``tilesegd.json`` of a model file (no network is loaded).
+
+    Raises:
+        ModelFileError: the file is missing, not a zip archive, or has no valid metadata.
+    """
+    path = Path(path)
+    _check_exists(path)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = [n for n in zf.namelist() if n.split("/")[-1] == META_NAME]
+            if not names:
+                raise ModelFileError(
+                    f"{path}: no {META_NAME} inside this model file; save it with "
+                    "`tilesegd export` or add the metadata (README, model file)"
+                )
+            meta = json.loads(zf.read(names[0]).decode("utf-8"))
+    except zipfile.BadZipFile:
+        raise ModelFileError(
+            f"{path}: not a TorchScript or torch.export archive (truncated or corrupt?); "
+            "re-export or re-copy the model file"
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise ModelFileError(f"{path}: {META_NAME} is not valid JSON ({exc})") from None
+    return ModelSpec.from_dict(meta, str(path))
+
+
+def _check_exists(path: Path) -> None:
+    if not path.is_file():
+        raise ModelFileError(f"{path}: model file not found; pass an existing --model FILE")
+    if path.stat().st_size == 0:
+        raise ModelFileError(f"{path}: model file is empty (0 bytes); re-export or re-copy it")
+
+
+def load_model(
+    path: str | os.PathLike[str], device: str | torch.device = "cpu", sha256: str | None = None
+) -> LoadedModel:
+    """Load a model file (TorchScript or torch.export) and its ``tilesegd.json``.
+
+    TorchScript archives are loaded with ``torch.jit.load`` (no pickled Python code runs);
+    ``.pt2`` archives with ``torch.export.load``.
+
+    Args:
+        path: the model file.
+        device: where to put the weights.
+        sha256: if given, the file's SHA-256 must equal it (a pin against a swapped model).
+
+    Raises:
+        ModelFileError: missing, empty, truncated or corrupt file; missing or invalid metadata;
+            SHA-256 mismatch.
+    """
+    import torch
+
+    path = Path(path)
+    _check_exists(path)
+    if sha256 is not None:
+        actual = file_sha256(path)
+        if actual.lower() != sha256.lower():
+            raise ModelFileError(
+                f"{path}: SHA-256 is {actual}, but --model-sha256 pins {sha256}; "
+                "check that this is the model you meant"
+            )
+    spec = read_spec(path)
+    try:
+        warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=FutureWarning)
+        if _is_export_archive(path):
+            ep = torch.export.load(str(path))
+            module = ep.module()
+            module.to(device)
+            kind = "export"
+        else:
+            module = torch.jit.load(str(path), map_location=device)
+            module.eval()
+            kind = "torchscript"
+    except ModelFileError:
+        raise
+    except Exception as exc:  # torch raises RuntimeError / ValueError / zip errors
+        raise ModelFileError(
+            f"{path}: cannot load the network ({type(exc).__name__}: {str(exc)[:200]}); "
+            "the file may be truncated or from an incompatible torch; re-export it"
+        ) from None
+    return LoadedModel(module, spec, path, kind)
+
+
+def save_model(
+    model: torch.nn.Module,
+    path: str | os.PathLike[str],
+    spec: ModelSpec,
+    *,
+    example_size: int | None = None,
+    fmt: str | None = None,
+) -> Path:
+    """Trace/export ``model`` and save it with ``tilesegd.json``, atomically.
+
+    Args:
+        model: an ``nn.Module`` mapping float32 (B, in_channels, H, W) to logits (B, K, H, W).
+        path: destination; ``.pt2`` selects torch.export, anything else TorchScript.
+        spec: the metadata to embed.
+        example_size: side in pixels of the example input used for tracing
+            (default: ``spec.multiple * 2``).
+        fmt: ``"torchscript"`` or ``"export"`` to override the suffix rule.
+
+    Returns:
+        The written path.
+
+    Raises:
+        ModelFileError: the network does not produce ``spec.num_classes`` channels.
+        OSError: the file cannot be written.
+    """
+    import torch
+
+    path = Path(path)
+    fmt = fmt or ("export" if path.suffix == ".pt2" else "torchscript")
+    model = model.eval().cpu()
+    side = example_size or max(spec.multiple * 2, 64)
+    example = torch.zeros(1, spec.in_channels, side, side)
+    with torch.no_grad():
+        out = model(example)
+    if out.ndim != 4 or out.shape[1] != spec.num_classes:
+        raise ModelFileError(
+            f"{path}: the network outputs shape {tuple(out.shape)}, but the metadata lists "
+            f"{spec.num_classes} classes; make them agree"
+        )
+    meta = json.dumps(spec.to_dict(), indent=1)
+    warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=FutureWarning)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        if fmt == "export":
+            n = torch.export.Dim("n", min=1, max=1024)
+            hb = torch.export.Dim("hb", min=1, max=1024)
+            wb = torch.export.Dim("wb", min=1, max=1024)
+            shapes = {"x": {0: n, 2: spec.multiple * hb, 3: spec.multiple * wb}}
+            example2 = torch.zeros(2, spec.in_channels, side, side)
+            try:
+                ep = torch.export.export(model, (example2,), dynamic_shapes=shapes)
+            except Exception:  # some networks only export with static shapes
+                ep = torch.export.export(model, (example2,))
+            torch.export.save(ep, tmp, extra_files={META_NAME: meta})
+        else:
+            with torch.no_grad():
+                traced = torch.jit.trace(model, example, check_trace=False)
+            torch.jit.save(traced, tmp, _extra_files={META_NAME: meta})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path

@@ -1,0 +1,245 @@
+"""Scene discovery and profiling: what a raster is, checked before any pixel is read.
+
+A :class:`Scene` records size, bands, dtype, CRS, transform and nodata of one input raster, and
+the checks here turn every way a file can be unusable into an :class:`~tilesegd.errors.InputError`
+that names the file and the fix: 0-byte or non-image files, a ``.tif`` that is really a VRT,
+VRTs reaching the network, sizes over the pixel budget, and missing or corrupt georeferencing.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tilesegd.errors import IncompatibleInputError, InputError
+
+RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jpg", ".jpeg", ".png")
+PLAIN_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
+_NETWORK_PREFIXES = ("/vsicurl", "/vsis3", "/vsigs", "/vsiaz", "/vsihttp", "http://",
+                     "https://", "ftp://", "/vsiadls", "/vsioss", "/vsiswift")
+
+
+@dataclass
+class Scene:
+    """One input raster.
+
+    Attributes:
+        path: the file.
+        name: output folder name (the file stem, de-duplicated across inputs).
+        width, height: pixels.
+        count: number of bands.
+        dtype: NumPy dtype name of band 1 (all bands read as this).
+        crs: ``rasterio.crs.CRS`` or ``None`` when not georeferenced.
+        transform: ``affine.Affine`` pixel -> CRS transform, ``None`` when not georeferenced.
+        nodata: the nodata value, or ``None``.
+        has_mask: True when some pixels may be invalid (nodata value, alpha band, internal
+            mask) so the reader must fetch the mask.
+        driver: GDAL driver short name.
+    """
+
+    path: Path
+    name: str
+    width: int
+    height: int
+    count: int
+    dtype: str
+    crs: Any = None
+    transform: Any = None
+    nodata: float | None = None
+    has_mask: bool = False
+    driver: str = ""
+    colorinterp: list[str] = field(default_factory=list)
+
+    @property
+    def georeferenced(self) -> bool:
+        """True when the scene has a CRS and a non-identity transform."""
+        return self.crs is not None and self.transform is not None
+
+    @property
+    def megapixels(self) -> float:
+        """width * height / 1e6."""
+        return self.width * self.height / 1e6
+
+
+def discover(inputs: list[str | os.PathLike[str]]) -> list[Path]:
+    """Expand files and directories into the list of raster files to process.
+
+    Directories are searched recursively for ``.tif .tiff .vrt .jpg .jpeg .png`` (any case);
+    hidden files and folders (``.name``) are skipped. Order is sorted and stable.
+
+    Raises:
+        InputError: an input path does not exist, or nothing was found.
+    """
+    found: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            for f in sorted(p.rglob("*")):
+                rel = f.relative_to(p).parts
+                if f.is_file() and f.suffix.lower() in RASTER_SUFFIXES and not any(
+                    part.startswith(".") for part in rel
+                ):
+                    found.append(f)
+        elif p.is_file():
+            found.append(p)
+        else:
+            raise InputError(f"{p}: no such file or directory; check the --input path")
+    if not found:
+        raise InputError(
+            f"no raster files (.tif .tiff .vrt .jpg .jpeg .png) found in {', '.join(map(str, inputs))}"
+        )
+    seen: set[Path] = set()
+    return [f for f in found if not (f.resolve() in seen or seen.add(f.resolve()))]
+
+
+def scene_names(paths: list[Path]) -> list[str]:
+    """Output names: each file's stem, with ``__2``, ``__3``... added to repeated stems."""
+    counts: dict[str, int] = {}
+    names = []
+    for p in paths:
+        n = counts.get(p.stem, 0) + 1
+        counts[p.stem] = n
+        names.append(p.stem if n == 1 else f"{p.stem}__{n}")
+    return names
+
+
+def _check_vrt(path: Path, allow_vrt: bool) -> None:
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    is_xml_vrt = head.lstrip().startswith(b"<VRTDataset")
+    if not is_xml_vrt:
+        return
+    if path.suffix.lower() != ".vrt" and not allow_vrt:
+        raise InputError(
+            f"{path}: this {path.suffix} file is really a GDAL VRT that points at other files; "
+            "refused by default (pass --allow-vrt, or name it .vrt, if you trust it)"
+        )
+    text = path.read_text(errors="replace")
+    if any(pref in text for pref in _NETWORK_PREFIXES) and not allow_vrt:
+        raise InputError(
+            f"{path}: this VRT reads from a network location; refused by default "
+            "(pass --allow-vrt if you trust it)"
+        )
+
+
+def open_scene(
+    path: str | os.PathLike[str],
+    name: str | None = None,
+    *,
+    max_megapixels: float = 20_000.0,
+    allow_vrt: bool = False,
+    allow_no_georef: bool = False,
+) -> Scene:
+    """Profile one raster without reading its pixels.
+
+    Args:
+        path: the raster file.
+        name: output name (default: the file stem).
+        max_megapixels: pixel budget; larger declared sizes are refused before reading.
+        allow_vrt: accept VRTs disguised as ``.tif`` and VRTs that reach the network.
+        allow_no_georef: accept a GeoTIFF whose georeferencing is missing or corrupt.
+
+    Raises:
+        InputError: 0-byte file, not a raster, VRT refused, too large, unsupported dtype,
+            corrupt georeferencing.
+    """
+    import rasterio
+    from rasterio.enums import MaskFlags
+    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: the file is empty (0 bytes); re-copy or remove it")
+    _check_vrt(path, allow_vrt)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            ds = rasterio.open(path)
+        except RasterioIOError as exc:
+            raise InputError(
+                f"{path}: not a readable raster ({str(exc)[:200]}); is it truncated or not an "
+                "image?"
+            ) from None
+    with ds:
+        not_georef = any(issubclass(w.category, NotGeoreferencedWarning) for w in caught)
+        h, w = ds.height, ds.width
+        if h < 1 or w < 1 or ds.count < 1:
+            raise InputError(f"{path}: the raster has no pixels or no bands")
+        if h * w / 1e6 > max_megapixels:
+            raise InputError(
+                f"{path}: declares {w} x {h} pixels ({h * w / 1e6:,.0f} megapixels), over the "
+                f"pixel budget of {max_megapixels:,.0f}; raise --max-megapixels if it is real"
+            )
+        dtype = ds.dtypes[0]
+        if dtype not in SUPPORTED_DTYPES:
+            raise IncompatibleInputError(
+                f"{path}: pixel type {dtype} is not supported; convert to one of "
+                f"{', '.join(SUPPORTED_DTYPES)} (e.g. with gdal_translate -ot)"
+            )
+        crs = ds.crs
+        transform = ds.transform
+        plain = path.suffix.lower() in PLAIN_IMAGE_SUFFIXES
+        bad_transform = (
+            transform.is_identity or not all(math.isfinite(v) for v in transform[:6])
+            or transform.determinant == 0
+        )
+        if crs is None and (not_georef or transform.is_identity):
+            if not plain and not allow_no_georef:
+                raise InputError(
+                    f"{path}: the GeoTIFF has no georeferencing (no CRS, identity transform); "
+                    "masks and areas would not be placed on the map. Pass --allow-no-georef to "
+                    "process it as a plain image"
+                )
+            crs, transform = None, None
+        elif bad_transform:
+            if not allow_no_georef:
+                raise InputError(
+                    f"{path}: corrupt georeferencing (CRS {crs.to_string() if crs else None} with "
+                    f"transform {tuple(transform)[:6]}); fix it (gdal_edit.py -a_ullr / -a_srs) "
+                    "or pass --allow-no-georef to process it as a plain image"
+                )
+            crs, transform = None, None
+        elif crs is None:
+            if not allow_no_georef:
+                raise InputError(
+                    f"{path}: the raster has a transform but no CRS, so areas cannot be "
+                    "computed; set one (gdal_edit.py -a_srs EPSG:...) or pass --allow-no-georef"
+                )
+            crs, transform = None, None
+        flags = ds.mask_flag_enums
+        has_mask = any(f != [MaskFlags.all_valid] for f in flags) or dtype.startswith("float")
+        return Scene(
+            path=path, name=name or path.stem, width=w, height=h, count=ds.count, dtype=dtype,
+            crs=crs, transform=transform, nodata=ds.nodata, has_mask=has_mask,
+            driver=ds.driver, colorinterp=[c.name for c in ds.colorinterp],
+        )
+
+
+def check_compatible(scene: Scene, bands: tuple[int, ...], dtypes: list[str] | None) -> None:
+    """Check that ``scene`` can feed a model reading ``bands`` (1-based).
+
+    Args:
+        dtypes: the model's accepted dtypes (``tilesegd.json`` ``dtypes``), or ``None`` = any.
+
+    Raises:
+        IncompatibleInputError: a band is missing or the dtype is not one the model takes.
+    """
+    if max(bands) > scene.count:
+        raise IncompatibleInputError(
+            f"{scene.path}: the model reads band(s) {list(bands)} but the scene has "
+            f"{scene.count} band(s); use a model trained on {scene.count}-band imagery, or map "
+            f"bands with --bands (e.g. --bands {','.join(['1'] * len(bands))})"
+        )
+    if dtypes and scene.dtype not in dtypes:
+        raise IncompatibleInputError(
+            f"{scene.path}: pixel type {scene.dtype}, but the model was trained on "
+            f"{'/'.join(dtypes)} imagery; convert the scene (gdal_translate -ot {dtypes[0]} "
+            "-scale) or use a model trained on this type"
+        )
