@@ -82,8 +82,9 @@ def stop_on_signals() -> Iterator[threading.Event]:
         return
 
     def handler(signum: int, frame: Any) -> None:
-        log.warning("received %s: finishing the blocks in hand, then stopping",
-                    signal.Signals(signum).name)
+        log.warning(
+            "received %s: finishing the blocks in hand, then stopping", signal.Signals(signum).name
+        )
         stop.set()
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -96,8 +97,19 @@ def stop_on_signals() -> Iterator[threading.Event]:
 
 def fingerprint(model_sha: str, cfg: RunConfig, device: str, dtype: str) -> str:
     """Identify everything that changes the masks: model, geometry, bands, precision, device."""
-    key = json.dumps([__version__, model_sha, cfg.tile_size, cfg.overlap, cfg.block_size,
-                      cfg.bands, cfg.save_probs, device, dtype])
+    key = json.dumps(
+        [
+            __version__,
+            model_sha,
+            cfg.tile_size,
+            cfg.overlap,
+            cfg.block_size,
+            cfg.bands,
+            cfg.save_probs,
+            device,
+            dtype,
+        ]
+    )
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
@@ -108,8 +120,13 @@ def clean_stale(output: Path) -> None:
             p.unlink() if p.is_file() else shutil.rmtree(p)
 
 
-def run(config: RunConfig | None = None, *, config_file: str | None = None,
-        progress: bool = True, **options: Any) -> dict[str, Any]:
+def run(
+    config: RunConfig | None = None,
+    *,
+    config_file: str | None = None,
+    progress: bool = True,
+    **options: Any,
+) -> dict[str, Any]:
     """Segment every input scene and write per-scene outputs, ``summary.csv`` and ``run.json``.
 
     Args:
@@ -145,9 +162,15 @@ def run(config: RunConfig | None = None, *, config_file: str | None = None,
     with output_lock(output), stop_on_signals() as stop:
         clean_stale(output)
         model_sha = file_sha256(cfg.model) if Path(cfg.model).is_file() else ""
-        engine = Engine.from_file(cfg.model, device=cfg.device, sha256=cfg.model_sha256,
-                                  precision=cfg.precision, batch_size=cfg.batch_size,
-                                  save_probs=cfg.save_probs, compile=cfg.compile)
+        engine = Engine.from_file(
+            cfg.model,
+            device=cfg.device,
+            sha256=cfg.model_sha256,
+            precision=cfg.precision,
+            batch_size=cfg.batch_size,
+            save_probs=cfg.save_probs,
+            compile=cfg.compile,
+        )
         fp = fingerprint(model_sha, cfg, str(engine.device), str(engine.dtype))
         run_path = output / RUN_JSON
         previous: dict[str, Any] = {}
@@ -156,8 +179,11 @@ def run(config: RunConfig | None = None, *, config_file: str | None = None,
                 previous = json.loads(run_path.read_text()).get("scenes", {})
         doc: dict[str, Any] = {
             "tilesegd_version": __version__,
-            "model": {"path": str(Path(cfg.model).resolve()), "sha256": model_sha,
-                      "classes": [c.name for c in engine.spec.classes]},
+            "model": {
+                "path": str(Path(cfg.model).resolve()),
+                "sha256": model_sha,
+                "classes": [c.name for c in engine.spec.classes],
+            },
             "device": str(engine.device),
             "precision": str(engine.dtype).replace("torch.", ""),
             "config": cfg.to_dict(),
@@ -168,8 +194,12 @@ def run(config: RunConfig | None = None, *, config_file: str | None = None,
         interrupted = None
         for path, name in zip(paths, names, strict=True):
             old = previous.get(name, {})
-            if (not cfg.overwrite and old.get("status") == "done"
-                    and old.get("fingerprint") == fp and _outputs_present(output / name)):
+            if (
+                not cfg.overwrite
+                and old.get("status") == "done"
+                and old.get("fingerprint") == fp
+                and _outputs_present(output / name)
+            ):
                 log.info("%s: already done, skipping (use --overwrite to recompute)", name)
                 doc["scenes"][name] = {**old, "skipped": True}
                 continue
@@ -184,10 +214,15 @@ def run(config: RunConfig | None = None, *, config_file: str | None = None,
             entry: dict[str, Any] = {"input": str(path), "fingerprint": fp}
             t0 = time.perf_counter()
             try:
-                entry.update(run_scene(path, name, engine, cfg, output, fp, stop=stop,
-                                       progress=progress))
-                log.info("%s: done in %.1f s (%.2f MP/s)", name, entry["seconds"],
-                         entry["megapixels_per_s"] or 0)
+                entry.update(
+                    run_scene(path, name, engine, cfg, output, fp, stop=stop, progress=progress)
+                )
+                log.info(
+                    "%s: done in %.1f s (%.2f MP/s)",
+                    name,
+                    entry["seconds"],
+                    entry["megapixels_per_s"] or 0,
+                )
             except Interrupted as exc:
                 interrupted = exc
                 entry.update(status="interrupted", error=str(exc))
@@ -202,19 +237,21 @@ def run(config: RunConfig | None = None, *, config_file: str | None = None,
                 if exc.errno == 28:  # ENOSPC: nothing else can be written either
                     doc["scenes"][name] = entry
                     _finish(output, doc, "failed")
-                    raise OutputError(f"{output}: disk full while writing {name}; free space "
-                                      "and rerun the same command to resume") from None
+                    raise OutputError(
+                        f"{output}: disk full while writing {name}; free space "
+                        "and rerun the same command to resume"
+                    ) from None
             except Exception as exc:  # never let one scene stop the others
                 log.debug("unexpected error", exc_info=True)
-                entry.update(status="failed", error=f"{path}: internal error "
-                             f"{type(exc).__name__}: {exc}")
+                entry.update(
+                    status="failed", error=f"{path}: internal error {type(exc).__name__}: {exc}"
+                )
                 log.error("%s", entry["error"])
             entry.setdefault("seconds", round(time.perf_counter() - t0, 3))
             doc["scenes"][name] = entry
             write_json_atomic(run_path, doc)
         statuses = {e["status"] for e in doc["scenes"].values()}
-        status = ("interrupted" if interrupted else "failed" if "failed" in statuses
-                  else "done")
+        status = "interrupted" if interrupted else "failed" if "failed" in statuses else "done"
         _finish(output, doc, status)
         if interrupted is not None:
             raise interrupted
@@ -222,8 +259,11 @@ def run(config: RunConfig | None = None, *, config_file: str | None = None,
 
 
 def _outputs_present(final: Path) -> bool:
-    return (final / "mask.tif").is_file() and (final / "pred.zarr").is_dir() and (
-        final / "areas.csv").is_file()
+    return (
+        (final / "mask.tif").is_file()
+        and (final / "pred.zarr").is_dir()
+        and (final / "areas.csv").is_file()
+    )
 
 
 def _finish(output: Path, doc: dict[str, Any], status: str) -> None:

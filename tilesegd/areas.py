@@ -46,8 +46,12 @@ def row_pixel_areas(crs: Any, transform: Any, height: int, width: int) -> np.nda
     col = width / 2.0
     areas = np.empty(height)
     for r in range(height):
-        corners = [transform * (col, r), transform * (col + 1, r),
-                   transform * (col + 1, r + 1), transform * (col, r + 1)]
+        corners = [
+            transform * (col, r),
+            transform * (col + 1, r),
+            transform * (col + 1, r + 1),
+            transform * (col, r + 1),
+        ]
         lons, lats = zip(*corners, strict=True)
         area, _ = geod.polygon_area_perimeter(lons, lats)
         areas[r] = abs(area)
@@ -86,14 +90,16 @@ class AreaCounter:
         for c in classes:
             px = int(self.pixels[c.id])
             geo = self.row_areas is not None
-            out.append({
-                "class_id": c.id,
-                "class_name": c.name,
-                "pixels": px,
-                "area_m2": round(float(self.area[c.id]), 3) if geo else None,
-                "area_ha": round(float(self.area[c.id]) / 1e4, 6) if geo else None,
-                "percent": round(100.0 * px / valid, 4) if valid else 0.0,
-            })
+            out.append(
+                {
+                    "class_id": c.id,
+                    "class_name": c.name,
+                    "pixels": px,
+                    "area_m2": round(float(self.area[c.id]), 3) if geo else None,
+                    "area_ha": round(float(self.area[c.id]) / 1e4, 6) if geo else None,
+                    "percent": round(100.0 * px / valid, 4) if valid else 0.0,
+                }
+            )
         return out
 
     @property
@@ -102,8 +108,12 @@ class AreaCounter:
         return int(self.pixels[NODATA])
 
 
-def write_areas_csv(path: str | os.PathLike[str], rows: list[dict[str, Any]],
-                    scene: str | None = None, append: bool = False) -> None:
+def write_areas_csv(
+    path: str | os.PathLike[str],
+    rows: list[dict[str, Any]],
+    scene: str | None = None,
+    append: bool = False,
+) -> None:
     """Write ``areas.csv`` rows (with a leading ``scene`` column when ``scene`` is given)."""
     cols = (("scene",) if scene is not None else ()) + AREA_COLUMNS
     with open(path, "a" if append else "w", newline="") as f:
@@ -111,5 +121,9 @@ def write_areas_csv(path: str | os.PathLike[str], rows: list[dict[str, Any]],
         if not append:
             w.writeheader()
         for r in rows:
-            w.writerow({**({"scene": scene} if scene is not None else {}),
-                        **{k: ("" if v is None else v) for k, v in r.items()}})
+            w.writerow(
+                {
+                    **({"scene": scene} if scene is not None else {}),
+                    **{k: ("" if v is None else v) for k, v in r.items()},
+                }
+            )

@@ -128,7 +128,9 @@ def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def resolve(
-    cls: type, config_file: str | os.PathLike[str] | None, overrides: dict[str, Any],
+    cls: type,
+    config_file: str | os.PathLike[str] | None,
+    overrides: dict[str, Any],
     section: str | None = None,
 ) -> Any:
     """Build a config dataclass from defaults, a YAML file and explicit overrides.

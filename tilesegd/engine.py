@@ -132,8 +132,9 @@ class Engine:
         self.tiles = 0  # tiles run through the network
 
     @classmethod
-    def from_file(cls, path: str | Path, device: str = "auto", sha256: str | None = None,
-                  **kwargs: Any) -> Engine:
+    def from_file(
+        cls, path: str | Path, device: str = "auto", sha256: str | None = None, **kwargs: Any
+    ) -> Engine:
         """Load a model file (see :func:`tilesegd.model_file.load_model`) into an engine."""
         dev = resolve_device(device)
         loaded = load_model(path, dev, sha256=sha256)
@@ -191,9 +192,7 @@ class Engine:
         probs = torch.softmax(logits.float(), 1).to(torch.float16) if self.save_probs else None
         return ids, probs
 
-    def submit(
-        self, x: np.ndarray, valid: np.ndarray, core: tuple[int, int, int, int]
-    ) -> Pending:
+    def submit(self, x: np.ndarray, valid: np.ndarray, core: tuple[int, int, int, int]) -> Pending:
         """Start one batch.
 
         Args:
@@ -212,9 +211,7 @@ class Engine:
         self.tiles += len(x)
         if not self._cuda:
             with torch.inference_mode():
-                ids, probs = self._forward(
-                    torch.from_numpy(x), torch.from_numpy(valid), core
-                )
+                ids, probs = self._forward(torch.from_numpy(x), torch.from_numpy(valid), core)
             return Pending(ids, probs)
         return self._submit_cuda(x, valid, core)
 

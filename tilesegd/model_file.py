@@ -37,11 +37,30 @@ if TYPE_CHECKING:  # pragma: no cover
 META_NAME = "tilesegd.json"
 REQUIRED_FIELDS = ("classes", "in_channels")
 DEFAULT_PALETTE = [
-    (0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
-    (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
-    (0, 128, 128), (220, 190, 255), (170, 110, 40), (255, 250, 200), (128, 0, 0),
-    (170, 255, 195), (128, 128, 0), (255, 215, 180), (0, 0, 128), (128, 128, 128),
-    (255, 255, 255), (100, 100, 255), (255, 100, 100),
+    (0, 0, 0),
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
+    (0, 128, 128),
+    (220, 190, 255),
+    (170, 110, 40),
+    (255, 250, 200),
+    (128, 0, 0),
+    (170, 255, 195),
+    (128, 128, 0),
+    (255, 215, 180),
+    (0, 0, 128),
+    (128, 128, 128),
+    (255, 255, 255),
+    (100, 100, 255),
+    (255, 100, 100),
 ]
 
 
@@ -86,9 +105,7 @@ class ModelSpec:
     def to_dict(self) -> dict[str, Any]:
         """The JSON-serialisable form written as ``tilesegd.json``."""
         d = asdict(self)
-        d["classes"] = [
-            {"id": c.id, "name": c.name, "color": list(c.color)} for c in self.classes
-        ]
+        d["classes"] = [{"id": c.id, "name": c.name, "color": list(c.color)} for c in self.classes]
         for key in ("bands", "mean", "std"):
             d[key] = list(d[key])
         extra = d.pop("extra")
@@ -149,7 +166,13 @@ class ModelSpec:
         if multiple < 1 or tile_size < multiple:
             raise bad(f"multiple ({multiple}) must be >= 1 and tile_size ({tile_size}) >= it")
         known = {
-            "classes", "in_channels", "bands", "input_scale", "mean", "std", "multiple",
+            "classes",
+            "in_channels",
+            "bands",
+            "input_scale",
+            "mean",
+            "std",
+            "multiple",
             "tile_size",
         }
         extra = {k: v for k, v in meta.items() if k not in known}
@@ -187,9 +210,10 @@ def _is_export_archive(path: Path) -> bool:
         return True
     try:
         with zipfile.ZipFile(path) as zf:
-            return any(n.endswith("serialized_exported_program.json") or "/models/" in n
-                       for n in zf.namelist()) and not any(n.endswith("constants.pkl")
-                                                           for n in zf.namelist())
+            return any(
+                n.endswith("serialized_exported_program.json") or "/models/" in n
+                for n in zf.namelist()
+            ) and not any(n.endswith("constants.pkl") for n in zf.namelist())
     except (zipfile.BadZipFile, OSError):
         return False
 
@@ -258,7 +282,9 @@ def load_model(
             )
     spec = read_spec(path)
     try:
-        warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=FutureWarning)
+        warnings.filterwarnings(
+            "ignore", message=r".*torch\.jit.*deprecated", category=FutureWarning
+        )
         if _is_export_archive(path):
             ep = torch.export.load(str(path))
             module = ep.module()

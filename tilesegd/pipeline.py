@@ -162,8 +162,9 @@ def segment(
             refill()
             rwin = grid.read_window(block)
             tiles = grid.tiles_in_block(block)
-            state = _BlockState(block, np.full((block.window.height, block.window.width), 255,
-                                               np.uint8), len(tiles))
+            state = _BlockState(
+                block, np.full((block.window.height, block.window.width), 255, np.uint8), len(tiles)
+            )
             for tile in tiles:
                 r, c = tile.read.row_off - rwin.row_off, tile.read.col_off - rwin.col_off
                 v = valid[r : r + th, c : c + tw]
@@ -215,8 +216,14 @@ def predict_array(
         (H, W) uint8 class ids, 255 where invalid.
     """
     src = ArraySource(image, valid)
-    grid = TileGrid(src.height, src.width, tile_size or engine.spec.tile_size, overlap,
-                    engine.spec.multiple, block_size)
+    grid = TileGrid(
+        src.height,
+        src.width,
+        tile_size or engine.spec.tile_size,
+        overlap,
+        engine.spec.multiple,
+        block_size,
+    )
     out = np.full((src.height, src.width), 255, np.uint8)
 
     def put(block: Block, ids: np.ndarray) -> None:

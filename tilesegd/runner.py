@@ -13,6 +13,7 @@ import os
 import shutil
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,12 @@ from tilesegd import __version__
 from tilesegd.areas import AreaCounter, row_pixel_areas, write_areas_csv
 from tilesegd.config import RunConfig
 from tilesegd.engine import Engine
-from tilesegd.pipeline import segment
+from tilesegd.errors import ConfigError
+from tilesegd.model_file import ModelSpec
+from tilesegd.pipeline import SegmentStats, segment
 from tilesegd.reader import SceneSource
-from tilesegd.scene import check_compatible, open_scene
-from tilesegd.tiling import TileGrid
+from tilesegd.scene import Scene, check_compatible, open_scene
+from tilesegd.tiling import Block, TileGrid
 from tilesegd.writers.cog import write_cog
 from tilesegd.writers.zarr_store import ZarrMaskStore
 
@@ -42,13 +45,198 @@ def scene_attrs(scene: Any, engine: Engine, cfg: RunConfig, fingerprint: str) ->
     return {
         "crs": scene.crs.to_wkt() if scene.crs is not None else None,
         "transform": list(scene.transform.to_gdal()) if scene.transform is not None else None,
-        "classes": [{"id": c.id, "name": c.name, "color": list(c.color)}
-                    for c in engine.spec.classes],
+        "classes": [
+            {"id": c.id, "name": c.name, "color": list(c.color)} for c in engine.spec.classes
+        ],
         "nodata": 255,
         "source": str(scene.path),
         "tilesegd_version": __version__,
         "fingerprint": fingerprint,
         "config": cfg.to_dict(),
+    }
+
+
+@dataclass
+class ScenePlan:
+    """Everything needed to compute and finish one scene (see :func:`plan_scene`).
+
+    Attributes:
+        scene: the profiled input.
+        name: output folder name.
+        bands: 1-based bands fed to the network.
+        grid: tile / block geometry.
+        work: the scene's work folder; ``store`` lives in it.
+        store: the (possibly half-done) ``pred.zarr``.
+        todo: blocks still to compute.
+    """
+
+    scene: Scene
+    name: str
+    bands: tuple[int, ...]
+    grid: TileGrid
+    work: Path
+    store: ZarrMaskStore
+    todo: list[Block]
+
+    @property
+    def done_pixels(self) -> int:
+        """Pixels of the blocks already finished."""
+        todo = {b.id for b in self.todo}
+        return sum(b.window.height * b.window.width for b in self.grid.blocks() if b.id not in todo)
+
+
+def plan_scene(
+    path: Path, name: str, engine: Engine, cfg: RunConfig, output: Path, fingerprint: str
+) -> ScenePlan:
+    """Profile and check a scene, open (or resume) its work store, list the blocks to do.
+
+    Raises:
+        InputError, IncompatibleInputError: bad scene, found before any inference.
+        ConfigError: ``--bands`` does not match the model's input channels.
+    """
+    spec = engine.spec
+    scene = open_scene(
+        path,
+        name,
+        max_megapixels=cfg.max_megapixels,
+        allow_vrt=cfg.allow_vrt,
+        allow_no_georef=cfg.allow_no_georef,
+    )
+    bands = tuple(cfg.bands) if cfg.bands else spec.bands
+    if len(bands) != spec.in_channels:
+        raise ConfigError(
+            f"--bands lists {len(bands)} bands but the model takes "
+            f"{spec.in_channels} input channels"
+        )
+    check_compatible(scene, bands, spec.extra.get("dtypes"))
+    grid = TileGrid(
+        scene.height,
+        scene.width,
+        cfg.tile_size or spec.tile_size,
+        cfg.overlap,
+        spec.multiple,
+        cfg.block_size,
+    )
+    work = work_dir(output, name)
+    work.mkdir(parents=True, exist_ok=True)
+    store = ZarrMaskStore(
+        work / "pred.zarr",
+        (scene.height, scene.width),
+        grid.block_shape,
+        scene_attrs(scene, engine, cfg, fingerprint),
+        spec.num_classes,
+        probs_chunks=grid.core_shape if cfg.save_probs else None,
+    )
+    done = store.done_blocks()
+    todo = [b for b in grid.blocks() if b.id not in done]
+    if done:
+        log.info("%s: resuming, %d of %d blocks already done", name, len(done), grid.n_blocks)
+    return ScenePlan(scene, name, bands, grid, work, store, todo)
+
+
+def compute_blocks(
+    plan: ScenePlan,
+    engine: Engine,
+    cfg: RunConfig,
+    blocks: list[Block] | None = None,
+    *,
+    stop: threading.Event | None = None,
+    progress: bool = True,
+) -> SegmentStats:
+    """Segment ``blocks`` (default: ``plan.todo``) of a planned scene into its store."""
+    from tqdm import tqdm
+
+    blocks = plan.todo if blocks is None else blocks
+    source = SceneSource(plan.scene, plan.bands)
+    bar = tqdm(
+        total=plan.scene.megapixels,
+        initial=plan.done_pixels / 1e6,
+        unit="MP",
+        desc=plan.name[:30],
+        disable=not progress,
+        leave=False,
+        dynamic_ncols=True,
+        mininterval=0.5,
+        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f}"
+        " MP [{elapsed}<{remaining}, {rate_noinv_fmt}]",
+    )
+    try:
+        return segment(
+            source,
+            plan.grid,
+            engine,
+            plan.store.write_block,
+            on_probs=plan.store.write_probs if cfg.save_probs else None,
+            blocks=blocks,
+            workers=cfg.workers,
+            progress=lambda px: bar.update(px / 1e6),
+            stop=stop,
+        )
+    finally:
+        bar.close()
+        source.close()
+
+
+def finish_scene(
+    plan: ScenePlan, spec: ModelSpec, cfg: RunConfig, output: Path, model_source: str = ""
+) -> dict[str, Any]:
+    """Build ``mask.tif`` (and count areas in the same pass), ``areas.csv`` and
+    ``preview.png`` from the finished store, then publish everything to ``output/<name>/``.
+
+    Returns:
+        Partial ``run.json`` entry: sizes, pixel counts and output paths.
+    """
+    scene, blocks = plan.scene, plan.grid.blocks()
+    counter = AreaCounter(
+        spec.num_classes, row_pixel_areas(scene.crs, scene.transform, scene.height, scene.width)
+    )
+    tags = {
+        "TILESEGD_VERSION": __version__,
+        "TILESEGD_MODEL": model_source,
+        "TILESEGD_CONFIG": cfg.to_dict(),
+        "TILESEGD_SOURCE": str(scene.path),
+    }
+    write_cog(
+        plan.work / "mask.tif",
+        blocks,
+        plan.store.read_block,
+        height=scene.height,
+        width=scene.width,
+        crs=scene.crs,
+        transform=scene.transform,
+        classes=spec.classes,
+        tags=tags,
+        compress=cfg.compress,
+        on_block=lambda b, ids: counter.add(b.window.row_off, ids),
+    )
+    rows = counter.rows(spec.classes)
+    write_areas_csv(plan.work / "areas.csv", rows)
+    if cfg.preview_size > 0:
+        from tilesegd.writers.preview import write_preview
+
+        write_preview(
+            plan.work / "preview.png",
+            scene.path,
+            plan.work / "mask.tif",
+            plan.bands,
+            spec.classes,
+            rows,
+            cfg.preview_size,
+            title=f"{plan.name} ({scene.width} x {scene.height})",
+        )
+    final = publish(plan.work, output / plan.name)
+    return {
+        "megapixels": round(scene.megapixels, 4),
+        "width": scene.width,
+        "height": scene.height,
+        "blocks": len(blocks),
+        "valid_pixels": int(sum(r["pixels"] for r in rows)),
+        "nodata_pixels": counter.nodata_pixels,
+        "outputs": {
+            k: str(final / k)
+            for k in ("mask.tif", "pred.zarr", "areas.csv", "preview.png")
+            if (final / k).exists()
+        },
     }
 
 
@@ -77,94 +265,32 @@ def run_scene(
 
     Returns:
         ``{"status": "done", "seconds", "megapixels", "megapixels_per_s", "tiles_run",
-        "tiles_skipped", "blocks", "blocks_resumed", "outputs": {...}}``.
+        "tiles_skipped", "blocks", "blocks_resumed", "outputs": {...}, ...}``.
 
     Raises:
-        InputError, IncompatibleInputError: bad scene (before any inference where possible).
+        InputError, IncompatibleInputError: bad scene (before any inference).
         ModelFileError: the network disagrees with its metadata.
         Interrupted: ``stop`` was set.
-        OutputError: an output could not be written.
+        OutputError / OSError: an output could not be written.
     """
-    from tqdm import tqdm
-
     t0 = time.perf_counter()
-    spec = engine.spec
-    scene = open_scene(path, name, max_megapixels=cfg.max_megapixels, allow_vrt=cfg.allow_vrt,
-                       allow_no_georef=cfg.allow_no_georef)
-    bands = tuple(cfg.bands) if cfg.bands else spec.bands
-    if len(bands) != spec.in_channels:
-        from tilesegd.errors import ConfigError
-
-        raise ConfigError(f"--bands lists {len(bands)} bands but the model takes "
-                          f"{spec.in_channels} input channels")
-    check_compatible(scene, bands, spec.extra.get("dtypes"))
-    grid = TileGrid(scene.height, scene.width, cfg.tile_size or spec.tile_size, cfg.overlap,
-                    spec.multiple, cfg.block_size)
-    work = work_dir(output, name)
-    work.mkdir(parents=True, exist_ok=True)
-    store = ZarrMaskStore(
-        work / "pred.zarr", (scene.height, scene.width), grid.block_shape,
-        scene_attrs(scene, engine, cfg, fingerprint), spec.num_classes,
-        probs_chunks=grid.core_shape if cfg.save_probs else None,
-    )
-    done = store.done_blocks()
-    blocks = grid.blocks()
-    todo = [b for b in blocks if b.id not in done]
-    done_px = sum(b.window.height * b.window.width for b in blocks if b.id in done)
-    if done:
-        log.info("%s: resuming, %d of %d blocks already done", name, len(done), len(blocks))
-    source = SceneSource(scene, bands)
-    bar = tqdm(total=scene.megapixels, initial=done_px / 1e6, unit="MP", desc=name[:30],
-               disable=not progress, leave=False, dynamic_ncols=True, mininterval=0.5,
-               bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} MP "
-                          "[{elapsed}<{remaining}, {rate_noinv_fmt}]")
-    try:
-        stats = segment(
-            source, grid, engine, store.write_block,
-            on_probs=store.write_probs if cfg.save_probs else None, blocks=todo,
-            workers=cfg.workers, progress=lambda px: bar.update(px / 1e6), stop=stop,
-        )
-    finally:
-        bar.close()
-        source.close()
+    plan = plan_scene(path, name, engine, cfg, output, fingerprint)
+    resumed = plan.grid.n_blocks - len(plan.todo)
+    stats = compute_blocks(plan, engine, cfg, stop=stop, progress=progress)
     t_seg = time.perf_counter() - t0
-    counter = AreaCounter(spec.num_classes,
-                          row_pixel_areas(scene.crs, scene.transform, scene.height, scene.width))
-    tags = {"TILESEGD_VERSION": __version__, "TILESEGD_MODEL": str(engine.source),
-            "TILESEGD_CONFIG": cfg.to_dict(), "TILESEGD_SOURCE": str(scene.path)}
-    write_cog(work / "mask.tif", blocks, store.read_block, height=scene.height,
-              width=scene.width, crs=scene.crs, transform=scene.transform, classes=spec.classes,
-              tags=tags, compress=cfg.compress,
-              on_block=lambda b, ids: counter.add(b.window.row_off, ids))
-    rows = counter.rows(spec.classes)
-    write_areas_csv(work / "areas.csv", rows)
-    if cfg.preview_size > 0:
-        from tilesegd.writers.preview import write_preview
-
-        write_preview(work / "preview.png", scene.path, work / "mask.tif", bands, spec.classes,
-                      rows, cfg.preview_size, title=f"{name} ({scene.width} x {scene.height})")
-    final = publish(work, output / name, cfg.save_probs)
-    seconds = time.perf_counter() - t0
-    computed_mp = stats.pixels / 1e6
+    entry = finish_scene(plan, engine.spec, cfg, output, str(engine.source))
     return {
         "status": "done",
-        "seconds": round(seconds, 3),
-        "megapixels": round(scene.megapixels, 4),
-        "megapixels_per_s": round(computed_mp / t_seg, 3) if t_seg > 0 else None,
-        "width": scene.width,
-        "height": scene.height,
+        "seconds": round(time.perf_counter() - t0, 3),
+        "megapixels_per_s": round(stats.pixels / 1e6 / t_seg, 3) if t_seg > 0 else None,
         "tiles_run": stats.tiles_run,
         "tiles_skipped": stats.tiles_skipped,
-        "blocks": len(blocks),
-        "blocks_resumed": len(done),
-        "valid_pixels": int(sum(r["pixels"] for r in rows)),
-        "nodata_pixels": counter.nodata_pixels,
-        "outputs": {k: str(final / k) for k in ("mask.tif", "pred.zarr", "areas.csv",
-                                               "preview.png") if (final / k).exists()},
+        "blocks_resumed": resumed,
+        **entry,
     }
 
 
-def publish(work: Path, final: Path, save_probs: bool) -> Path:
+def publish(work: Path, final: Path) -> Path:
     """Rename every finished output from ``work`` into ``final`` (each rename atomic), then
     remove the work folder."""
     final.mkdir(parents=True, exist_ok=True)

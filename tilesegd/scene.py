@@ -20,8 +20,19 @@ from tilesegd.errors import IncompatibleInputError, InputError
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jpg", ".jpeg", ".png")
 PLAIN_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
-_NETWORK_PREFIXES = ("/vsicurl", "/vsis3", "/vsigs", "/vsiaz", "/vsihttp", "http://",
-                     "https://", "ftp://", "/vsiadls", "/vsioss", "/vsiswift")
+_NETWORK_PREFIXES = (
+    "/vsicurl",
+    "/vsis3",
+    "/vsigs",
+    "/vsiaz",
+    "/vsihttp",
+    "http://",
+    "https://",
+    "ftp://",
+    "/vsiadls",
+    "/vsioss",
+    "/vsiswift",
+)
 
 
 @dataclass
@@ -81,8 +92,10 @@ def discover(inputs: list[str | os.PathLike[str]]) -> list[Path]:
         if p.is_dir():
             for f in sorted(p.rglob("*")):
                 rel = f.relative_to(p).parts
-                if f.is_file() and f.suffix.lower() in RASTER_SUFFIXES and not any(
-                    part.startswith(".") for part in rel
+                if (
+                    f.is_file()
+                    and f.suffix.lower() in RASTER_SUFFIXES
+                    and not any(part.startswith(".") for part in rel)
                 ):
                     found.append(f)
         elif p.is_file():
@@ -187,7 +200,8 @@ def open_scene(
         transform = ds.transform
         plain = path.suffix.lower() in PLAIN_IMAGE_SUFFIXES
         bad_transform = (
-            transform.is_identity or not all(math.isfinite(v) for v in transform[:6])
+            transform.is_identity
+            or not all(math.isfinite(v) for v in transform[:6])
             or transform.determinant == 0
         )
         if crs is None and (not_georef or transform.is_identity):
@@ -216,9 +230,18 @@ def open_scene(
         flags = ds.mask_flag_enums
         has_mask = any(f != [MaskFlags.all_valid] for f in flags) or dtype.startswith("float")
         return Scene(
-            path=path, name=name or path.stem, width=w, height=h, count=ds.count, dtype=dtype,
-            crs=crs, transform=transform, nodata=ds.nodata, has_mask=has_mask,
-            driver=ds.driver, colorinterp=[c.name for c in ds.colorinterp],
+            path=path,
+            name=name or path.stem,
+            width=w,
+            height=h,
+            count=ds.count,
+            dtype=dtype,
+            crs=crs,
+            transform=transform,
+            nodata=ds.nodata,
+            has_mask=has_mask,
+            driver=ds.driver,
+            colorinterp=[c.name for c in ds.colorinterp],
         )
 
 

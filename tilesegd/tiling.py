@@ -135,20 +135,26 @@ class TileGrid:
     @property
     def tile_shape(self) -> tuple[int, int]:
         """(rows, cols) of every tile array fed to the network."""
-        return (_axis(self.height, self.tile_size, self.overlap, self.multiple)[0],
-                _axis(self.width, self.tile_size, self.overlap, self.multiple)[0])
+        return (
+            _axis(self.height, self.tile_size, self.overlap, self.multiple)[0],
+            _axis(self.width, self.tile_size, self.overlap, self.multiple)[0],
+        )
 
     @property
     def halo(self) -> tuple[int, int]:
         """(rows, cols) of context cropped from each side of a tile."""
-        return (_axis(self.height, self.tile_size, self.overlap, self.multiple)[1],
-                _axis(self.width, self.tile_size, self.overlap, self.multiple)[1])
+        return (
+            _axis(self.height, self.tile_size, self.overlap, self.multiple)[1],
+            _axis(self.width, self.tile_size, self.overlap, self.multiple)[1],
+        )
 
     @property
     def core_shape(self) -> tuple[int, int]:
         """(rows, cols) of the core each tile writes."""
-        return (_axis(self.height, self.tile_size, self.overlap, self.multiple)[2],
-                _axis(self.width, self.tile_size, self.overlap, self.multiple)[2])
+        return (
+            _axis(self.height, self.tile_size, self.overlap, self.multiple)[2],
+            _axis(self.width, self.tile_size, self.overlap, self.multiple)[2],
+        )
 
     @property
     def block_shape(self) -> tuple[int, int]:
@@ -197,8 +203,9 @@ class TileGrid:
         tiles = []
         for r0 in range(w.row_off, w.row_off + w.height, ch):
             for c0 in range(w.col_off, w.col_off + w.width, cw):
-                core = Win(r0, c0, min(ch, w.row_off + w.height - r0),
-                           min(cw, w.col_off + w.width - c0))
+                core = Win(
+                    r0, c0, min(ch, w.row_off + w.height - r0), min(cw, w.col_off + w.width - c0)
+                )
                 tiles.append(Tile(Win(r0 - hh, c0 - hw, th, tw), core, (hh, hw)))
         return tiles
 

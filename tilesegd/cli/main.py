@@ -61,13 +61,17 @@ class LazyGroup(click.Group):
                 traceback.print_exc()
             click.echo(
                 f"Error: internal error {type(exc).__name__}: {exc} (rerun with -v for details "
-                "and report it)", err=True,
+                "and report it)",
+                err=True,
             )
             ctx.exit(EXIT_USAGE)
 
 
-@click.group(cls=LazyGroup, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"],
-                                                             "max_content_width": 100})
+@click.group(
+    cls=LazyGroup,
+    epilog=EPILOG,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, prog_name="tilesegd")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors; no progress bars.")

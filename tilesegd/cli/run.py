@@ -13,59 +13,132 @@ def _bands(ctx: click.Context, param: click.Parameter, value: str | None) -> lis
     try:
         return [int(v) for v in value.split(",")]
     except ValueError:
-        raise click.BadParameter("give 1-based band numbers separated by commas, e.g. 1,2,3")
+        raise click.BadParameter(
+            "give 1-based band numbers separated by commas, e.g. 1,2,3"
+        ) from None
 
 
 @click.command(context_settings={"max_content_width": 100})
-@click.option("--input", "-i", "inputs", multiple=True, type=click.Path(),
-              help="Raster file or directory (searched recursively for .tif .tiff .vrt .jpg "
-                   ".jpeg .png). Repeat for several.")
-@click.option("--model", "-m", type=click.Path(),
-              help="Model file: TorchScript (.ts) or torch.export (.pt2) with tilesegd.json.")
-@click.option("--output", "-o", type=click.Path(),
-              help="Output directory: one folder per scene, plus summary.csv and run.json.")
-@click.option("--tile-size", type=int,
-              help="Network input side in pixels, a multiple of the model's multiple "
-                   "[default: the model's tile_size, usually 512].")
-@click.option("--overlap", type=int,
-              help="Pixels shared by neighbouring tiles; half of it is the halo cropped from "
-                   "each side [default: 64].")
-@click.option("--batch-size", type=int,
-              help="Tiles per network call; halved automatically on CUDA out-of-memory "
-                   "[default: 8].")
+@click.option(
+    "--input",
+    "-i",
+    "inputs",
+    multiple=True,
+    type=click.Path(),
+    help="Raster file or directory (searched recursively for .tif .tiff .vrt .jpg "
+    ".jpeg .png). Repeat for several.",
+)
+@click.option(
+    "--model",
+    "-m",
+    type=click.Path(),
+    help="Model file: TorchScript (.ts) or torch.export (.pt2) with tilesegd.json.",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(),
+    help="Output directory: one folder per scene, plus summary.csv and run.json.",
+)
+@click.option(
+    "--tile-size",
+    type=int,
+    help="Network input side in pixels, a multiple of the model's multiple "
+    "[default: the model's tile_size, usually 512].",
+)
+@click.option(
+    "--overlap",
+    type=int,
+    help="Pixels shared by neighbouring tiles; half of it is the halo cropped from "
+    "each side [default: 64].",
+)
+@click.option(
+    "--batch-size",
+    type=int,
+    help="Tiles per network call; halved automatically on CUDA out-of-memory [default: 8].",
+)
 @click.option("--device", help="auto | cpu | cuda | cuda:N [default: auto = CUDA if present].")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]),
-              help="Inference precision [default: auto = fp16 on CUDA, fp32 on CPU].")
-@click.option("--workers", type=int,
-              help="Parallel reader / writer threads [default: CPU count, at most 8].")
-@click.option("--save-probs", is_flag=True, default=None,
-              help="Also write stitched class probabilities (K, H, W) float16 to pred.zarr.")
-@click.option("--config", "config_file", type=click.Path(),
-              help="YAML file with any of these options (flags override it); see configs/.")
-@click.option("--block-size", type=int,
-              help="Approximate block side in pixels: the unit of reading, writing and resume "
-                   "(the Zarr chunk) [default: 2048].")
-@click.option("--bands", callback=_bands,
-              help="Override the model's input bands, 1-based, comma-separated (e.g. 1,1,1 to "
-                   "feed a grey scene to an RGB model).")
-@click.option("--max-megapixels", type=float,
-              help="Refuse scenes larger than this before reading [default: 20000].")
-@click.option("--allow-vrt", is_flag=True, default=None,
-              help="Accept .tif files that are really VRTs, and VRTs reading from the network.")
-@click.option("--allow-no-georef", is_flag=True, default=None,
-              help="Process GeoTIFFs with missing/corrupt georeferencing as plain images.")
-@click.option("--overwrite", is_flag=True, default=None,
-              help="Recompute scenes already done (default: skip them and resume half-done ones).")
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "fp16", "bf16"]),
+    help="Inference precision [default: auto = fp16 on CUDA, fp32 on CPU].",
+)
+@click.option(
+    "--workers", type=int, help="Parallel reader / writer threads [default: CPU count, at most 8]."
+)
+@click.option(
+    "--save-probs",
+    is_flag=True,
+    default=None,
+    help="Also write stitched class probabilities (K, H, W) float16 to pred.zarr.",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(),
+    help="YAML file with any of these options (flags override it); see configs/.",
+)
+@click.option(
+    "--block-size",
+    type=int,
+    help="Approximate block side in pixels: the unit of reading, writing and resume "
+    "(the Zarr chunk) [default: 2048].",
+)
+@click.option(
+    "--bands",
+    callback=_bands,
+    help="Override the model's input bands, 1-based, comma-separated (e.g. 1,1,1 to "
+    "feed a grey scene to an RGB model).",
+)
+@click.option(
+    "--max-megapixels",
+    type=float,
+    help="Refuse scenes larger than this before reading [default: 20000].",
+)
+@click.option(
+    "--allow-vrt",
+    is_flag=True,
+    default=None,
+    help="Accept .tif files that are really VRTs, and VRTs reading from the network.",
+)
+@click.option(
+    "--allow-no-georef",
+    is_flag=True,
+    default=None,
+    help="Process GeoTIFFs with missing/corrupt georeferencing as plain images.",
+)
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    default=None,
+    help="Recompute scenes already done (default: skip them and resume half-done ones).",
+)
 @click.option("--model-sha256", help="Refuse the model file unless its SHA-256 matches.")
-@click.option("--compress", type=click.Choice(["deflate", "zstd", "lzw", "none"]),
-              help="mask.tif compression [default: deflate].")
-@click.option("--preview-size", type=int,
-              help="Longest side of preview.png panels in pixels; 0 = no preview [default: 1024].")
-@click.option("--compile", "compile_", is_flag=True, default=None,
-              help="torch.compile the network (CUDA, when TensorRT is not used).")
+@click.option(
+    "--compress",
+    type=click.Choice(["deflate", "zstd", "lzw", "none"]),
+    help="mask.tif compression [default: deflate].",
+)
+@click.option(
+    "--preview-size",
+    type=int,
+    help="Longest side of preview.png panels in pixels; 0 = no preview [default: 1024].",
+)
+@click.option(
+    "--compile",
+    "compile_",
+    is_flag=True,
+    default=None,
+    help="torch.compile the network (CUDA, when TensorRT is not used).",
+)
 @click.pass_context
-def run(ctx: click.Context, inputs: tuple[str, ...], config_file: str | None, compile_: bool,
-        **opts: object) -> None:
+def run(
+    ctx: click.Context,
+    inputs: tuple[str, ...],
+    config_file: str | None,
+    compile_: bool,
+    **opts: object,
+) -> None:
     """Segment large scenes into class masks, stitched seamlessly, in bounded memory.
 
     Per scene, DIR/<scene>/ gets mask.tif (COG, uint8 class ids, nodata 255, colour table),
@@ -88,8 +161,10 @@ def run(ctx: click.Context, inputs: tuple[str, ...], config_file: str | None, co
     failed = {n: e for n, e in scenes.items() if e["status"] == "failed"}
     done = [n for n, e in scenes.items() if e["status"] == "done"]
     if not quiet:
-        click.echo(f"{len(done)} of {len(scenes)} scene(s) done -> {cfg.output}/ "
-                   "(<scene>/mask.tif, pred.zarr, areas.csv, preview.png; summary.csv; run.json)")
+        click.echo(
+            f"{len(done)} of {len(scenes)} scene(s) done -> {cfg.output}/ "
+            "(<scene>/mask.tif, pred.zarr, areas.csv, preview.png; summary.csv; run.json)"
+        )
     for name, e in failed.items():
         click.echo(f"FAILED {name}: {e['error']}", err=True)
     if failed:

@@ -71,8 +71,16 @@ def write_cog(
     tmp_cog = path.with_name(f".{path.name}.tmp-cog")
     comp = None if compress.lower() == "none" else compress.upper()
     profile = dict(
-        driver="GTiff", height=height, width=width, count=1, dtype="uint8", nodata=NODATA,
-        tiled=True, blockxsize=512, blockysize=512, BIGTIFF="IF_SAFER",
+        driver="GTiff",
+        height=height,
+        width=width,
+        count=1,
+        dtype="uint8",
+        nodata=NODATA,
+        tiled=True,
+        blockxsize=512,
+        blockysize=512,
+        BIGTIFF="IF_SAFER",
         **({"compress": comp} if comp else {}),
     )
     if crs is not None:
@@ -98,8 +106,13 @@ def write_cog(
             if factors:
                 with rasterio.open(tmp, "r+") as dst:
                     dst.build_overviews(factors, Resampling.nearest)
-            opts = dict(BLOCKSIZE=512, OVERVIEWS="AUTO", OVERVIEW_RESAMPLING="NEAREST",
-                        BIGTIFF="IF_SAFER", COMPRESS=comp or "NONE")
+            opts = dict(
+                BLOCKSIZE=512,
+                OVERVIEWS="AUTO",
+                OVERVIEW_RESAMPLING="NEAREST",
+                BIGTIFF="IF_SAFER",
+                COMPRESS=comp or "NONE",
+            )
             rasterio.shutil.copy(tmp, tmp_cog, driver="COG", **opts)
         os.replace(tmp_cog, path)
     finally:

@@ -22,7 +22,7 @@ def _display(img: np.ndarray, valid: np.ndarray) -> np.ndarray:
     for b in range(3):
         band = img[b]
         vals = band[valid] if valid.any() else band.ravel()
-        lo, hi = (np.percentile(vals, (2, 98)) if vals.size else (0.0, 1.0))
+        lo, hi = np.percentile(vals, (2, 98)) if vals.size else (0.0, 1.0)
         out[..., b] = np.clip((band - lo) / max(hi - lo, 1e-6), 0, 1)
     out[~valid] = 1.0
     return out
@@ -81,9 +81,14 @@ def write_preview(
     for ax in axes:
         ax.set_axis_off()
     pct = {r["class_id"]: r["percent"] for r in (area_rows or [])}
-    handles = [Patch(facecolor=lut[c.id], edgecolor="k",
-                     label=f"{c.name} ({pct.get(c.id, 0):.1f}%)" if pct else c.name)
-               for c in classes]
+    handles = [
+        Patch(
+            facecolor=lut[c.id],
+            edgecolor="k",
+            label=f"{c.name} ({pct.get(c.id, 0):.1f}%)" if pct else c.name,
+        )
+        for c in classes
+    ]
     fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0, 0.8, 1))

@@ -69,13 +69,21 @@ class ZarrMaskStore:
             group = zarr.open_group(self.path, mode="w", zarr_format=3)
             group.attrs.update(attrs)
             group.create_array(
-                "mask", shape=shape, chunks=chunks, dtype="uint8", fill_value=255,
+                "mask",
+                shape=shape,
+                chunks=chunks,
+                dtype="uint8",
+                fill_value=255,
                 dimension_names=("y", "x"),
             )
             if probs_chunks is not None:
                 group.create_array(
-                    "probs", shape=(num_classes, *shape), chunks=(num_classes, *probs_chunks),
-                    dtype="float16", fill_value=0.0, dimension_names=("class", "y", "x"),
+                    "probs",
+                    shape=(num_classes, *shape),
+                    chunks=(num_classes, *probs_chunks),
+                    dtype="float16",
+                    fill_value=0.0,
+                    dimension_names=("class", "y", "x"),
                 )
         self.group = group
         self.mask = group["mask"]
