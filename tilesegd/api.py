@@ -171,6 +171,7 @@ def run(
             save_probs=cfg.save_probs,
             compile=cfg.compile,
         )
+        cfg.geometry(engine.spec.tile_size, engine.spec.multiple)  # bad geometry: fail now
         fp = fingerprint(model_sha, cfg, str(engine.device), str(engine.dtype))
         run_path = output / RUN_JSON
         previous: dict[str, Any] = {}

@@ -47,10 +47,10 @@ def row_pixel_areas(crs: Any, transform: Any, height: int, width: int) -> np.nda
     areas = np.empty(height)
     for r in range(height):
         corners = [
-            transform * (col, r),
-            transform * (col + 1, r),
-            transform * (col + 1, r + 1),
-            transform * (col, r + 1),
+            transform @ (col, r),
+            transform @ (col + 1, r),
+            transform @ (col + 1, r + 1),
+            transform @ (col, r + 1),
         ]
         lons, lats = zip(*corners, strict=True)
         area, _ = geod.polygon_area_perimeter(lons, lats)

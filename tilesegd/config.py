@@ -32,7 +32,8 @@ class RunConfig:
         model: the model file (``.ts`` TorchScript or ``.pt2`` torch.export).
         output: output directory.
         tile_size: network input side, pixels; ``None`` = the model's suggested ``tile_size``.
-        overlap: pixels shared by neighbouring tiles (a halo of ``overlap / 2`` each side).
+        overlap: pixels shared by neighbouring tiles (a halo of ``overlap / 2`` each side);
+            ``None`` = 64, or a quarter of tiles smaller than 256 px.
         batch_size: tiles per network call (halved automatically on CUDA out-of-memory).
         device: ``auto`` (CUDA if present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
         precision: ``auto`` (fp16 on CUDA, fp32 on CPU), ``fp32``, ``fp16``, ``bf16``.
@@ -54,7 +55,7 @@ class RunConfig:
     model: str | None = None
     output: str | None = None
     tile_size: int | None = None
-    overlap: int = 64
+    overlap: int | None = None
     batch_size: int = 8
     device: str = "auto"
     precision: str = "auto"
@@ -79,7 +80,7 @@ class RunConfig:
         """
         if self.tile_size is not None and self.tile_size < 1:
             raise ConfigError(f"tile_size must be >= 1 pixel, got {self.tile_size}")
-        if self.overlap < 0 or self.overlap % 2:
+        if self.overlap is not None and (self.overlap < 0 or self.overlap % 2):
             raise ConfigError(f"overlap must be an even number of pixels >= 0, got {self.overlap}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
@@ -101,6 +102,21 @@ class RunConfig:
         if self.max_megapixels <= 0:
             raise ConfigError("max_megapixels must be > 0")
         return self
+
+    def geometry(self, model_tile_size: int, multiple: int) -> tuple[int, int]:
+        """Resolve ``(tile_size, overlap)`` in pixels against the model's suggestions.
+
+        Raises:
+            ConfigError: the pair cannot make a tile grid (see :class:`~tilesegd.tiling.TileGrid`).
+        """
+        from tilesegd.tiling import TileGrid
+
+        tile = self.tile_size or model_tile_size
+        overlap = self.overlap
+        if overlap is None:
+            overlap = min(64, tile // 4) // 2 * 2
+        TileGrid(10**5, 10**5, tile, overlap, multiple)  # validates, raises ConfigError
+        return tile, overlap
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable copy (what goes into outputs' metadata)."""

@@ -116,9 +116,11 @@ class Engine:
         self.save_probs = save_probs
         self.source = source
         if isinstance(module, torch.nn.Module):
-            module = module.eval()
-            if hasattr(module, "to"):
-                module = module.to(self.device)
+            try:
+                module = module.eval()
+            except NotImplementedError:  # torch.export modules are always in eval mode
+                pass
+            module = module.to(self.device)
         if compile:
             module = torch.compile(module)
         self.module = module

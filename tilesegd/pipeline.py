@@ -34,8 +34,7 @@ class _BlockState:
     block: Block
     ids: np.ndarray
     remaining: int
-    valid: np.ndarray | None = None
-    tiles_run: int = 0
+    queued: int = 0
 
 
 @dataclass
@@ -176,10 +175,11 @@ def segment(
                 batch_x.append(data[:, r : r + th, c : c + tw])
                 batch_v.append(v)
                 batch_meta.append((state, tile, vcore))
+                state.queued += 1
                 stats.tiles_run += 1
                 if len(batch_x) >= engine.batch_size:
                     flush()
-            if state.remaining == 0:
+            if state.queued == 0:  # every tile was nodata: finished without the model
                 finish(state)
         flush()
         while pending:
@@ -199,7 +199,7 @@ def predict_array(
     valid: np.ndarray | None = None,
     *,
     tile_size: int | None = None,
-    overlap: int = 64,
+    overlap: int | None = None,
     block_size: int = 2048,
 ) -> np.ndarray:
     """Tiled, stitched inference on an in-memory image (the same path as ``tilesegd run``).
@@ -209,21 +209,18 @@ def predict_array(
         image: (C, H, W) raw values, any numeric dtype, bands already in model order.
         valid: (H, W) bool, False for nodata; ``None`` = all valid (NaN/Inf always invalid).
         tile_size: network input side in pixels (default: the model's ``tile_size``).
-        overlap: pixels shared by neighbouring tiles.
+        overlap: pixels shared by neighbouring tiles (default: 64, or a quarter of tiles
+            smaller than 256 px, as ``tilesegd run``).
         block_size: approximate block side in pixels.
 
     Returns:
         (H, W) uint8 class ids, 255 where invalid.
     """
     src = ArraySource(image, valid)
-    grid = TileGrid(
-        src.height,
-        src.width,
-        tile_size or engine.spec.tile_size,
-        overlap,
-        engine.spec.multiple,
-        block_size,
-    )
+    tile = tile_size or engine.spec.tile_size
+    if overlap is None:
+        overlap = min(64, tile // 4) // 2 * 2
+    grid = TileGrid(src.height, src.width, tile, overlap, engine.spec.multiple, block_size)
     out = np.full((src.height, src.width), 255, np.uint8)
 
     def put(block: Block, ids: np.ndarray) -> None:

@@ -109,14 +109,8 @@ def plan_scene(
             f"{spec.in_channels} input channels"
         )
     check_compatible(scene, bands, spec.extra.get("dtypes"))
-    grid = TileGrid(
-        scene.height,
-        scene.width,
-        cfg.tile_size or spec.tile_size,
-        cfg.overlap,
-        spec.multiple,
-        cfg.block_size,
-    )
+    tile, overlap = cfg.geometry(spec.tile_size, spec.multiple)
+    grid = TileGrid(scene.height, scene.width, tile, overlap, spec.multiple, cfg.block_size)
     work = work_dir(output, name)
     work.mkdir(parents=True, exist_ok=True)
     store = ZarrMaskStore(

@@ -50,7 +50,7 @@ def _bands(ctx: click.Context, param: click.Parameter, value: str | None) -> lis
     "--overlap",
     type=int,
     help="Pixels shared by neighbouring tiles; half of it is the halo cropped from "
-    "each side [default: 64].",
+    "each side [default: 64, or a quarter of tiles under 256 px].",
 )
 @click.option(
     "--batch-size",

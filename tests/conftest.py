@@ -1,0 +1,127 @@
+"""Shared fixtures: generated rasters (odd sizes, real CRS, nodata) and tiny model files."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tilesegd.model_file import ModelSpec, save_model
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def shared_data() -> Path:
+    """``../shared/data`` or a pytest skip with the reason."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real sample data not found at {SHARED_DATA} (../shared/data)")
+    return SHARED_DATA
+
+
+def make_raster(
+    path: Path,
+    data: np.ndarray,
+    *,
+    crs: str | None = "EPSG:32633",
+    transform=None,
+    nodata: float | None = None,
+    driver: str | None = None,
+    **profile,
+) -> Path:
+    """Write (C, H, W) ``data`` to ``path`` (GeoTIFF unless the suffix says JPEG/PNG)."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    if data.ndim == 2:
+        data = data[None]
+    count, height, width = data.shape
+    suffix = path.suffix.lower()
+    driver = driver or {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}.get(suffix, "GTiff")
+    prof = dict(driver=driver, width=width, height=height, count=count, dtype=data.dtype.name)
+    if driver == "GTiff" and crs is not None:
+        prof.update(crs=crs, transform=transform or from_origin(500000.0, 4650000.0, 2.0, 2.0))
+    if nodata is not None:
+        prof["nodata"] = nodata
+    prof.update(profile)
+    with rasterio.open(path, "w", **prof) as dst:
+        dst.write(data)
+    return path
+
+
+def smooth_image(height: int, width: int, bands: int = 3, seed: int = 0) -> np.ndarray:
+    """(bands, H, W) uint8 image with large smooth structures (like aerial imagery)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    out = np.zeros((bands, height, width), np.float32)
+    for b in range(bands):
+        for _ in range(4):
+            fy, fx, ph = rng.uniform(0.005, 0.05), rng.uniform(0.005, 0.05), rng.uniform(0, 6)
+            out[b] += np.sin(yy * fy + ph) * np.cos(xx * fx - ph)
+    out += rng.normal(0, 0.2, out.shape)
+    out = (out - out.min()) / (np.ptp(out) + 1e-6) * 255
+    return out.astype(np.uint8)
+
+
+class IdentityNet(torch.nn.Module):
+    """Logits whose argmax is the (scaled) input value of channel 0: ``-(x - k)^2`` for class k.
+
+    With ``input_scale=1, mean=0, std=1`` the stitched mask must equal the input exactly.
+    """
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.register_buffer("k", torch.arange(num_classes, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return -((x[:, :1] - self.k) ** 2)
+
+
+class TinyConvNet(torch.nn.Module):
+    """A fast, deterministic little CNN with a 2x down/up-sampling (multiple 2)."""
+
+    def __init__(self, in_channels: int, num_classes: int, seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.c1 = torch.nn.Conv2d(in_channels, 8, 3, padding=1)
+        self.c2 = torch.nn.Conv2d(8, 8, 3, stride=2, padding=1)
+        self.c3 = torch.nn.Conv2d(16, num_classes, 3, padding=1)
+        for p in self.parameters():
+            with torch.no_grad():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = torch.relu(self.c1(x))
+        b = torch.nn.functional.interpolate(torch.relu(self.c2(a)), scale_factor=2.0)
+        return self.c3(torch.cat([a, b], 1))
+
+
+def spec_for(num_classes: int, in_channels: int = 3, **extra) -> ModelSpec:
+    """A ModelSpec with classes c0..c{K-1}."""
+    meta = {
+        "classes": [{"id": i, "name": f"class{i}"} for i in range(num_classes)],
+        "in_channels": in_channels,
+        **extra,
+    }
+    return ModelSpec.from_dict(meta)
+
+
+@pytest.fixture
+def tiny_model(tmp_path: Path) -> Callable[..., Path]:
+    """Factory: ``tiny_model(num_classes=4, in_channels=3, kind="conv"|"identity", suffix)``."""
+
+    def make(
+        num_classes: int = 4, in_channels: int = 3, kind: str = "conv", suffix: str = ".ts", **extra
+    ) -> Path:
+        if kind == "identity":
+            net = IdentityNet(num_classes)
+            extra = {"input_scale": 1.0, "multiple": 1, "tile_size": 64, **extra}
+        else:
+            net = TinyConvNet(in_channels, num_classes)
+            extra = {"multiple": 2, "tile_size": 64, **extra}
+        path = tmp_path / f"model_{kind}_{num_classes}_{in_channels}{suffix}"
+        return save_model(net, path, spec_for(num_classes, in_channels, **extra))
+
+    return make
