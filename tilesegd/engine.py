@@ -2,23 +2,36 @@
 
 Raw tiles (uint8 stays uint8 until the device) are moved to the device, normalised there
 (``x / input_scale``, then ``(x - mean) / std``; invalid pixels set to 0, i.e. the mean),
-run through the network, cropped to the core and reduced by argmax on the device. On CUDA the
-host buffers are pinned, copies are asynchronous and two batches are kept in flight, so the
-host prepares batch *n+1* while the GPU computes batch *n*. On CUDA out-of-memory the batch is
-split in halves and retried (outputs are identical: each tile is computed independently).
+run through the network, cropped to the core and reduced by argmax on the device; only uint8
+ids (and optional float16 probabilities) come back.
+
+On CUDA each batch is staged in pinned host memory and runs on three CUDA streams: copy-in,
+compute and copy-out, ordered by events, so batch *n+1* is copied in and batch *n-1* copied out
+while batch *n* computes; the pipeline keeps two batches in flight. The network runs under
+fp16 / bf16 autocast, through TensorRT, a captured CUDA graph or ``torch.compile`` when asked
+(see :mod:`tilesegd.accel`). On CUDA out-of-memory the batch is split in halves and retried,
+and later batches use the smaller size (outputs are identical: tiles are independent).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from tilesegd.accel import (
+    GraphRunner,
+    check_cuda_oom_message,
+    compile_tensorrt,
+    oom_error,
+    resolve_runtime,
+)
 from tilesegd.errors import ConfigError, DeviceError, ModelFileError
 from tilesegd.model_file import ModelSpec, load_model
 
@@ -72,13 +85,39 @@ class Pending:
     _ids: torch.Tensor
     _probs: torch.Tensor | None
     _event: Any = None
+    _on_done: Callable[[], None] | None = None
 
     def result(self) -> tuple[np.ndarray, np.ndarray | None]:
         """Block until the batch is done; return ``(ids, probs)`` as NumPy arrays."""
         if self._event is not None:
             self._event.synchronize()
+        if self._on_done is not None:
+            self._on_done()
+            self._on_done = None
         probs = None if self._probs is None else self._probs.numpy()
         return self._ids.numpy(), probs
+
+
+@dataclass
+class EngineTimes:
+    """Seconds spent per stage (CPU: wall clock; CUDA: device time from CUDA events).
+
+    Attributes:
+        h2d: host-to-device copy (CPU: batch conversion and normalisation).
+        infer: network, crop, argmax (and softmax) on the device.
+        d2h: device-to-host copy of ids / probabilities (CPU: 0).
+        wait: host time blocked in :meth:`Pending.result`.
+    """
+
+    h2d: float = 0.0
+    infer: float = 0.0
+    d2h: float = 0.0
+    wait: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, float]:
+        """``{"h2d": s, "infer": s, "d2h": s, "wait": s}`` rounded to ms."""
+        return {k: round(getattr(self, k), 3) for k in ("h2d", "infer", "d2h", "wait")}
 
 
 class Engine:
@@ -90,12 +129,14 @@ class Engine:
         spec: the model's :class:`~tilesegd.model_file.ModelSpec` (normalisation, classes).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         precision: ``auto``, ``fp32``, ``fp16`` or ``bf16`` (autocast on the device).
-        batch_size: the most tiles per network call.
+        batch_size: the most tiles per network call (halved on CUDA out-of-memory).
         save_probs: also return softmax probabilities (float16).
-        compile: wrap the network in ``torch.compile`` (useful on CUDA without TensorRT).
+        compile: shorthand for ``runtime="compile"`` (``torch.compile``).
+        runtime: ``auto`` (CUDA: TensorRT if installed, else CUDA graphs; CPU: eager),
+            ``eager``, ``compile``, ``cudagraph`` or ``tensorrt`` (see :mod:`tilesegd.accel`).
 
     Raises:
-        DeviceError: device or precision not available.
+        DeviceError: device, precision or runtime not available.
     """
 
     def __init__(
@@ -108,30 +149,48 @@ class Engine:
         save_probs: bool = False,
         compile: bool = False,
         source: str = "<model>",
+        runtime: str = "auto",
     ) -> None:
         self.device = resolve_device(device)
         self.dtype = resolve_precision(precision, self.device)
+        self.runtime = resolve_runtime("compile" if compile else runtime, self.device)
         self.spec = spec
         self.batch_size = max(1, int(batch_size))
         self.save_probs = save_probs
         self.source = source
+        self._cuda = self.device.type == "cuda"
+        self._channels_last = False
         if isinstance(module, torch.nn.Module):
             try:
                 module = module.eval()
             except NotImplementedError:  # torch.export modules are always in eval mode
                 pass
             module = module.to(self.device)
-        if compile:
+            if self._cuda and self.runtime != "tensorrt":
+                try:  # NHWC lets cuDNN use tensor cores without layout transposes
+                    module = module.to(memory_format=torch.channels_last)
+                    self._channels_last = True
+                except Exception:
+                    pass
+        if self.runtime == "compile":
             module = torch.compile(module)
         self.module = module
+        self._net = module  # what the step calls: the module, or its TensorRT engine
+        self._autocast_on = self.dtype != torch.float32
         scale = np.asarray(spec.std, np.float32) * np.float32(spec.input_scale)
         self._a = torch.from_numpy(1.0 / scale).view(1, -1, 1, 1).to(self.device)
         mean = np.asarray(spec.mean, np.float32) / np.asarray(spec.std, np.float32)
         self._b = torch.from_numpy(-mean).view(1, -1, 1, 1).to(self.device)
-        self._cuda = self.device.type == "cuda"
         self._checked: set[tuple[int, int]] = set()
+        self._graphs: GraphRunner | None = None
+        self._core: tuple[int, int, int, int] | None = None
+        if self._cuda:
+            torch.backends.cudnn.benchmark = True  # fixed tile shapes: autotune once
+            self._streams = tuple(torch.cuda.Stream(device=self.device) for _ in range(3))
         self.calls = 0  # network calls made (for tests and statistics)
         self.tiles = 0  # tiles run through the network
+        self.oom_retries = 0  # times a batch was halved after an out-of-memory error
+        self.times = EngineTimes()
 
     @classmethod
     def from_file(
@@ -174,24 +233,86 @@ class Engine:
                 f"{self.source}: output size {tuple(out.shape[2:])} differs from the input size "
                 f"{tuple(tile_shape)}; tilesegd needs logits at full input resolution"
             )
+        if self.runtime == "tensorrt" and self._net is self.module:
+            try:
+                self._net = compile_tensorrt(
+                    self.module,
+                    self.spec.in_channels,
+                    tile_shape,
+                    self.batch_size,
+                    self.dtype,
+                    self.device,
+                )
+                self._autocast_on = False  # TensorRT picks its own kernel precisions
+            except Exception as exc:
+                log.warning("TensorRT build failed (%s); running eagerly", str(exc)[:300])
+                self.runtime = "eager"
+        if self._cuda:
+            torch.cuda.synchronize(self.device)
         self._checked.add(tile_shape)
 
     def _autocast(self):
-        if self.dtype == torch.float32:
+        if not self._autocast_on:
             return torch.autocast(self.device.type, enabled=False)
-        return torch.autocast(self.device.type, dtype=self.dtype)
+        # no weight-cast cache: required for CUDA graph capture, harmless otherwise
+        return torch.autocast(self.device.type, dtype=self.dtype, cache_enabled=False)
 
-    def _forward(self, x: torch.Tensor, valid: torch.Tensor, core: tuple[int, int, int, int]):
-        r0, c0, h, w = core
-        x = x.to(torch.float32) * self._a + self._b
-        x = x * valid.unsqueeze(1)
+    def _normalise(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        x = (x.to(torch.float32) * self._a + self._b) * valid.unsqueeze(1)
+        if self._channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def _step(self, x: torch.Tensor, valid: torch.Tensor):
+        """Device-side step: normalise, network, crop to the core, argmax (and softmax)."""
+        r0, c0, h, w = self._core
+        t0 = time.perf_counter()
+        x = self._normalise(x, valid)
+        if not self._cuda:  # on the CPU "host-to-device" is the conversion + normalisation
+            self.times.h2d += time.perf_counter() - t0
         with torch.inference_mode(), self._autocast():
-            logits = self.module(x)
+            logits = self._net(x)
         if isinstance(logits, (tuple, list)):
             logits = logits[0]
         logits = logits[:, :, r0 : r0 + h, c0 : c0 + w]
         ids = logits.argmax(1).to(torch.uint8)
         probs = torch.softmax(logits.float(), 1).to(torch.float16) if self.save_probs else None
+        return ids, probs
+
+    def _call(self, x: torch.Tensor, valid: torch.Tensor):
+        """One network call on a slice of the batch (the unit that may run out of memory)."""
+        if self.runtime == "cudagraph":
+            if self._graphs is None:
+                self._graphs = GraphRunner(self._step)
+            with torch.inference_mode():
+                return self._graphs(x, valid)
+        with torch.inference_mode():
+            return self._step(x, valid)
+
+    def _run_split(self, x: torch.Tensor, valid: torch.Tensor):
+        """Run ``x`` in slices of at most ``batch_size`` tiles; on out-of-memory halve the
+        slice and retry (device-independent, so the logic is testable on the CPU)."""
+        parts, n, i = [], len(x), 0
+        step = min(self.batch_size, n)
+        while i < n:
+            try:
+                parts.append(self._call(x[i : i + step], valid[i : i + step]))
+                i += step
+            except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
+                if not check_cuda_oom_message(exc):
+                    raise
+                if step == 1:
+                    raise oom_error(tuple(x.shape)) from None
+                step = max(1, step // 2)
+                self.batch_size = step
+                self.oom_retries += 1
+                if self._cuda:
+                    torch.cuda.empty_cache()
+                log.warning("CUDA out of memory: retrying with %d tiles per call", step)
+        if len(parts) == 1:
+            return parts[0]
+        ids = torch.cat([p[0] for p in parts])
+        probs = torch.cat([p[1] for p in parts]) if self.save_probs else None
         return ids, probs
 
     def submit(self, x: np.ndarray, valid: np.ndarray, core: tuple[int, int, int, int]) -> Pending:
@@ -205,49 +326,60 @@ class Engine:
         Returns:
             A :class:`Pending` whose result is ``(ids (B, h, w) uint8, probs (B, K, h, w)
             float16 or None)``.
+
+        Raises:
+            DeviceError: out of device memory even for one tile.
         """
         self.check(tuple(x.shape[2:]))
         if x.dtype not in (np.uint8, np.float32):
             x = x.astype(np.float32)
+        if self._core != tuple(core):
+            self._core = tuple(core)
+            self._graphs = None  # graphs bake the crop in
         self.calls += 1
         self.tiles += len(x)
-        if not self._cuda:
-            with torch.inference_mode():
-                ids, probs = self._forward(torch.from_numpy(x), torch.from_numpy(valid), core)
-            return Pending(ids, probs)
-        return self._submit_cuda(x, valid, core)
+        if self._cuda:
+            return self._submit_cuda(x, valid)
+        t0, h2d0 = time.perf_counter(), self.times.h2d
+        ids, probs = self._run_split(torch.from_numpy(x), torch.from_numpy(valid))
+        self.times.infer += time.perf_counter() - t0 - (self.times.h2d - h2d0)
+        return Pending(ids, probs)
 
-    def _submit_cuda(self, x: np.ndarray, valid: np.ndarray, core) -> Pending:
-        xt = torch.from_numpy(x).pin_memory().to(self.device, non_blocking=True)
-        vt = torch.from_numpy(valid).pin_memory().to(self.device, non_blocking=True)
-        parts, n = [], len(x)
-        step = min(self.batch_size, n)
-        i = 0
-        while i < n:
-            try:
-                with torch.inference_mode():
-                    parts.append(self._forward(xt[i : i + step], vt[i : i + step], core))
-                i += step
-            except torch.cuda.OutOfMemoryError:
-                if step == 1:
-                    raise DeviceError(
-                        "CUDA out of memory even for one tile; use a smaller --tile-size"
-                    ) from None
-                step = max(1, step // 2)
-                torch.cuda.empty_cache()
-                log.warning("CUDA out of memory: retrying with %d tiles per call", step)
-                self.batch_size = step
-        ids = torch.cat([p[0] for p in parts])
-        ids_host = torch.empty(ids.shape, dtype=ids.dtype, pin_memory=True)
-        ids_host.copy_(ids, non_blocking=True)
-        probs_host = None
-        if self.save_probs:
-            probs = torch.cat([p[1] for p in parts])
-            probs_host = torch.empty(probs.shape, dtype=probs.dtype, pin_memory=True)
-            probs_host.copy_(probs, non_blocking=True)
-        event = torch.cuda.Event()
-        event.record()
-        return Pending(ids_host, probs_host, event)
+    def _submit_cuda(self, x: np.ndarray, valid: np.ndarray) -> Pending:
+        s_in, s_run, s_out = self._streams
+        ev = [torch.cuda.Event(enable_timing=True) for _ in range(5)]
+        hx = torch.from_numpy(x).pin_memory()  # torch's caching host allocator: reused buffers
+        hv = torch.from_numpy(valid).pin_memory()
+        with torch.cuda.stream(s_in):
+            ev[0].record(s_in)
+            xt = hx.to(self.device, non_blocking=True)
+            vt = hv.to(self.device, non_blocking=True)
+            ev[1].record(s_in)
+        s_run.wait_event(ev[1])
+        with torch.cuda.stream(s_run):
+            xt.record_stream(s_run)
+            vt.record_stream(s_run)
+            ev[2].record(s_run)
+            ids, probs = self._run_split(xt, vt)
+            ev[3].record(s_run)
+        s_out.wait_event(ev[3])
+        with torch.cuda.stream(s_out):
+            ids.record_stream(s_out)
+            ids_host = torch.empty(ids.shape, dtype=ids.dtype, pin_memory=True)
+            ids_host.copy_(ids, non_blocking=True)
+            probs_host = None
+            if probs is not None:
+                probs.record_stream(s_out)
+                probs_host = torch.empty(probs.shape, dtype=probs.dtype, pin_memory=True)
+                probs_host.copy_(probs, non_blocking=True)
+            ev[4].record(s_out)
+
+        def done() -> None:
+            self.times.h2d += ev[0].elapsed_time(ev[1]) / 1e3
+            self.times.infer += ev[2].elapsed_time(ev[3]) / 1e3
+            self.times.d2h += ev[3].elapsed_time(ev[4]) / 1e3
+
+        return Pending(ids_host, probs_host, ev[4], done)
 
     def predict(
         self, x: np.ndarray, valid: np.ndarray, core: tuple[int, int, int, int] | None = None
