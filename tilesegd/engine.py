@@ -275,7 +275,9 @@ class Engine:
         if isinstance(logits, (tuple, list)):
             logits = logits[0]
         logits = logits[:, :, r0 : r0 + h, c0 : c0 + w]
-        ids = logits.argmax(1).to(torch.uint8)
+        # max().indices == argmax (first maximum on ties) but runs 2-10x faster than argmax
+        # over the channel dim of NCHW on the CPU (measured in benchmarks/)
+        ids = logits.max(1).indices.to(torch.uint8)
         probs = torch.softmax(logits.float(), 1).to(torch.float16) if self.save_probs else None
         return ids, probs
 
@@ -289,14 +291,26 @@ class Engine:
         with torch.inference_mode():
             return self._step(x, valid)
 
+    def _call_padded(self, x: torch.Tensor, valid: torch.Tensor, size: int):
+        """Call the network on exactly ``size`` tiles (zero tiles pad a short slice), so a
+        tile's class ids never depend on how many batch-mates it had: kernels pick other
+        algorithms for other batch sizes (1e-4 logit differences flip near-ties), and a
+        resumed or distributed run groups tiles differently."""
+        n = len(x)
+        if n < size:
+            x = torch.cat([x, x.new_zeros((size - n, *x.shape[1:]))])
+            valid = torch.cat([valid, valid.new_zeros((size - n, *valid.shape[1:]))])
+        ids, probs = self._call(x, valid)
+        return ids[:n], None if probs is None else probs[:n]
+
     def _run_split(self, x: torch.Tensor, valid: torch.Tensor):
         """Run ``x`` in slices of at most ``batch_size`` tiles; on out-of-memory halve the
         slice and retry (device-independent, so the logic is testable on the CPU)."""
         parts, n, i = [], len(x), 0
-        step = min(self.batch_size, n)
+        step = self.batch_size
         while i < n:
             try:
-                parts.append(self._call(x[i : i + step], valid[i : i + step]))
+                parts.append(self._call_padded(x[i : i + step], valid[i : i + step], step))
                 i += step
             except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
                 if not check_cuda_oom_message(exc):
