@@ -13,6 +13,7 @@ is a few blocks plus one or two batches, whatever the scene size.
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -39,13 +40,21 @@ class _BlockState:
 
 @dataclass
 class SegmentStats:
-    """Counters from one :func:`segment` call: blocks done, tiles run, tiles skipped as nodata."""
+    """Counters from one :func:`segment` call: blocks done, tiles run, tiles skipped as nodata.
+
+    ``times`` holds seconds per stage: ``read`` (decode, summed over reader threads),
+    ``read_wait`` (main thread blocked on reads: the pipeline starved), ``batch`` (stacking
+    tiles), ``h2d`` / ``infer`` / ``d2h`` / ``infer_wait`` (the engine: see
+    :class:`~tilesegd.engine.EngineTimes`), ``stitch`` (copying cores into blocks),
+    ``write`` (the block sink, summed over writer threads) and ``total`` (wall clock).
+    """
 
     blocks: int = 0
     tiles_run: int = 0
     tiles_skipped: int = 0
     pixels: int = 0
     extra: dict = field(default_factory=dict)
+    times: dict = field(default_factory=dict)
 
 
 def segment(
@@ -100,14 +109,32 @@ def segment(
     batch_v: list[np.ndarray] = []
     batch_meta: list[tuple[_BlockState, Tile, np.ndarray]] = []
     it = iter(todo)
+    t_start = time.perf_counter()
+    engine_t0 = engine.times.as_dict()
+    times = dict.fromkeys(("read", "read_wait", "batch", "infer_wait", "stitch", "write"), 0.0)
+    t_lock = threading.Lock()
+
+    def add(key: str, t0: float) -> None:
+        dt = time.perf_counter() - t0
+        with t_lock:
+            times[key] += dt
+
+    def timed_read(win):
+        t0 = time.perf_counter()
+        try:
+            return source.read(win)
+        finally:
+            add("read", t0)
 
     def finish(state: _BlockState) -> None:
         write_slots.acquire()
 
         def job() -> None:
+            t0 = time.perf_counter()
             try:
                 on_block(state.block, state.ids)
             finally:
+                add("write", t0)
                 write_slots.release()
 
         writes.append(writers.submit(job))
@@ -119,7 +146,10 @@ def segment(
             writes.remove(done)
 
     def drain(p: Pending, meta: list) -> None:
+        t0 = time.perf_counter()
         ids, probs = p.result()
+        add("infer_wait", t0)
+        t0 = time.perf_counter()
         for k, (state, tile, vcore) in enumerate(meta):
             r0 = tile.core.row_off - state.block.window.row_off
             c0 = tile.core.col_off - state.block.window.col_off
@@ -132,11 +162,15 @@ def segment(
             state.remaining -= 1
             if state.remaining == 0:
                 finish(state)
+        add("stitch", t0)
 
     def flush() -> None:
         if not batch_x:
             return
-        p = engine.submit(np.stack(batch_x), np.stack(batch_v), core_box)
+        t0 = time.perf_counter()
+        xb, vb = np.stack(batch_x), np.stack(batch_v)
+        add("batch", t0)
+        p = engine.submit(xb, vb, core_box)
         pending.append((p, list(batch_meta)))
         batch_x.clear()
         batch_v.clear()
@@ -149,7 +183,7 @@ def segment(
             b = next(it, None)
             if b is None:
                 return
-            reads.append((b, readers.submit(source.read, grid.read_window(b))))
+            reads.append((b, readers.submit(timed_read, grid.read_window(b))))
 
     try:
         refill()
@@ -157,7 +191,9 @@ def segment(
             if stop is not None and stop.is_set():
                 raise Interrupted("stopped by a signal; finished blocks are kept")
             block, fut = reads.popleft()
+            t0 = time.perf_counter()
             data, valid = fut.result()
+            add("read_wait", t0)
             refill()
             rwin = grid.read_window(block)
             tiles = grid.tiles_in_block(block)
@@ -190,6 +226,10 @@ def segment(
         readers.shutdown(wait=True, cancel_futures=True)
         writers.shutdown(wait=True)
     stats.pixels = sum(b.window.height * b.window.width for b in todo)
+    engine_t1 = engine.times.as_dict()
+    times.update({k: engine_t1[k] - engine_t0[k] for k in ("h2d", "infer", "d2h")})
+    times["total"] = time.perf_counter() - t_start
+    stats.times = {k: round(v, 3) for k, v in times.items()}
     return stats
 
 
