@@ -159,8 +159,16 @@ def run(
         raise OutputError(f"{output}: cannot create the output directory ({exc})") from None
     paths = discover(cfg.input)
     names = scene_names(paths)
+    if cfg.shard:  # job arrays: scene i (by sorted path) goes to shard i % N
+        from tilesegd.distributed import select_shard
+
+        paths, names = select_shard(paths, names, cfg.shard)
     with output_lock(output), stop_on_signals() as stop:
         clean_stale(output)
+        if cfg.scheduler or cfg.cluster:  # blocks computed by Dask workers
+            from tilesegd.distributed import run_distributed
+
+            return run_distributed(cfg, paths, names, output, stop=stop, progress=progress)
         model_sha = file_sha256(cfg.model) if Path(cfg.model).is_file() else ""
         engine = Engine.from_file(
             cfg.model,

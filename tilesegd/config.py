@@ -16,11 +16,29 @@ from tilesegd.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+CLUSTERS = ("local", "local-cuda")
 
 
 def default_workers() -> int:
     """Reader/writer threads: the CPU count, capped at 8."""
     return max(1, min(8, os.cpu_count() or 1))
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` -> ``(I, N)`` with ``0 <= I < N``.
+
+    Raises:
+        ConfigError: not two integers ``I/N`` in range (e.g. ``--shard 3/8``).
+    """
+    parts = str(text).split("/")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise ConfigError(f"shard must be I/N with 0 <= I < N (e.g. 0/4), got {text!r}")
+    i, n = int(parts[0]), int(parts[1])
+    if not 0 <= i < n:
+        raise ConfigError(
+            f"shard {text!r}: need 0 <= I < N (I is 0-based, e.g. $SLURM_ARRAY_TASK_ID)"
+        )
+    return i, n
 
 
 @dataclass
@@ -37,7 +55,8 @@ class RunConfig:
         batch_size: tiles per network call (halved automatically on CUDA out-of-memory).
         device: ``auto`` (CUDA if present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
         precision: ``auto`` (fp16 on CUDA, fp32 on CPU), ``fp32``, ``fp16``, ``bf16``.
-        workers: reader / writer threads.
+        workers: reader / writer threads; with ``cluster: local``, the number of Dask worker
+            processes (each then uses CPU count / workers threads).
         save_probs: also write stitched float16 class probabilities ``probs`` (K, H, W).
         block_size: approximate block side, pixels (unit of read / write / resume; Zarr chunk).
         bands: override the model's 1-based input bands (e.g. ``[1, 1, 1]`` for a grey scene).
@@ -49,6 +68,12 @@ class RunConfig:
         compress: GeoTIFF compression (``deflate``, ``zstd``, ``lzw``).
         preview_size: longest side of ``preview.png`` in pixels (0 disables the preview).
         compile: ``torch.compile`` the network (CUDA; no effect on TorchScript without it).
+        scheduler: address of an existing Dask scheduler (``tcp://HOST:PORT``): blocks are
+            computed by its workers (needs ``tilesegd[distributed]``; shared filesystem).
+        cluster: start a Dask cluster for this run: ``local`` (``workers`` worker processes)
+            or ``local-cuda`` (dask-cuda, one worker per GPU).
+        shard: ``"I/N"``: process only scene ``I`` of every ``N`` (0-based, by sorted path),
+            for job arrays without a scheduler.
     """
 
     input: list[str] = field(default_factory=list)
@@ -71,6 +96,9 @@ class RunConfig:
     compress: str = "deflate"
     preview_size: int = 1024
     compile: bool = False
+    scheduler: str | None = None
+    cluster: str | None = None
+    shard: str | None = None
 
     def validate(self) -> RunConfig:
         """Check types and ranges.
@@ -101,6 +129,14 @@ class RunConfig:
             raise ConfigError(f"bands must list 1-based band numbers, got {self.bands}")
         if self.max_megapixels <= 0:
             raise ConfigError("max_megapixels must be > 0")
+        if self.cluster is not None and self.cluster not in CLUSTERS:
+            raise ConfigError(f"cluster must be one of {', '.join(CLUSTERS)}, got {self.cluster!r}")
+        if self.cluster and self.scheduler:
+            raise ConfigError(
+                "give either --scheduler (an existing cluster) or --cluster, not both"
+            )
+        if self.shard is not None:
+            parse_shard(self.shard)
         return self
 
     def geometry(self, model_tile_size: int, multiple: int) -> tuple[int, int]:

@@ -64,7 +64,10 @@ def _bands(ctx: click.Context, param: click.Parameter, value: str | None) -> lis
     help="Inference precision [default: auto = fp16 on CUDA, fp32 on CPU].",
 )
 @click.option(
-    "--workers", type=int, help="Parallel reader / writer threads [default: CPU count, at most 8]."
+    "--workers",
+    type=int,
+    help="Parallel reader / writer threads [default: CPU count, at most 8]; with "
+    "--cluster local, the number of worker processes.",
 )
 @click.option(
     "--save-probs",
@@ -130,6 +133,24 @@ def _bands(ctx: click.Context, param: click.Parameter, value: str | None) -> lis
     is_flag=True,
     default=None,
     help="torch.compile the network (CUDA, when TensorRT is not used).",
+)
+@click.option(
+    "--scheduler",
+    metavar="tcp://HOST:PORT",
+    help="Run on an existing Dask cluster: its workers segment blocks of every scene into the "
+    "same stores (needs tilesegd[distributed] and a filesystem shared with the workers).",
+)
+@click.option(
+    "--cluster",
+    type=click.Choice(["local", "local-cuda"]),
+    help="Start a Dask cluster for this run: local = --workers worker processes; "
+    "local-cuda = one worker per GPU (dask-cuda).",
+)
+@click.option(
+    "--shard",
+    metavar="I/N",
+    help="Process only scenes I, I+N, I+2N... of the sorted scene list (0-based), e.g. "
+    "--shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT in a job array.",
 )
 @click.pass_context
 def run(

@@ -1,0 +1,238 @@
+"""Dask plumbing for :mod:`tilesegd.distributed`: the cluster, and what runs on its workers.
+
+:func:`open_client` connects to a scheduler or starts a local (CPU or CUDA) cluster.
+:func:`compute_task` is the unit of work: it segments a group of blocks of one scene into the
+scene's shared work store. :func:`worker_engine` keeps one loaded model per worker process, so
+the model loads once per worker, not once per task (only small :class:`SceneJob` descriptions
+travel with the tasks).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tilesegd.config import RunConfig
+from tilesegd.errors import ConfigError, DeviceError, OutputError
+from tilesegd.model_file import ModelSpec
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tilesegd.engine import Engine
+    from tilesegd.runner import ScenePlan
+
+log = logging.getLogger(__name__)
+CONNECT_TIMEOUT_S = 30
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+_LOCK = threading.Lock()
+_ENGINES: dict[tuple, Engine] = {}
+_PLANS: OrderedDict[tuple, ScenePlan] = OrderedDict()
+
+
+@dataclass(frozen=True)
+class SpecView:
+    """The part of an :class:`~tilesegd.engine.Engine` that planning reads, so the client can
+    call :func:`~tilesegd.runner.plan_scene` without loading the network (it may have no GPU).
+    """
+
+    spec: ModelSpec
+
+
+@dataclass(frozen=True)
+class SceneJob:
+    """What a worker needs to compute blocks of one scene (a few hundred bytes per task).
+
+    Attributes:
+        path: the input raster (absolute).
+        name: output folder name.
+        output: the run's output directory (absolute).
+        fingerprint: identifies model + settings (see :func:`tilesegd.api.fingerprint`).
+        cfg: the run configuration (``workers`` = reader / writer threads per task).
+        model_sha: SHA-256 of the model file: every worker must load these exact bytes.
+        device, dtype: what the planning worker resolved (``"cuda"``, ``"torch.float16"``);
+            a worker that resolves otherwise refuses (its masks would differ).
+        run_id: unique per run, so a long-lived worker never reuses another run's open store.
+    """
+
+    path: str
+    name: str
+    output: str
+    fingerprint: str
+    cfg: RunConfig
+    model_sha: str
+    device: str
+    dtype: str
+    run_id: str
+
+
+def worker_engine(cfg: RunConfig, model_sha: str) -> Engine:
+    """This process's engine for ``cfg``'s model and settings: loaded on first use, then kept,
+    so a worker loads the model once, not once per task.
+
+    Raises:
+        ModelFileError: unusable model file, or its SHA-256 is not ``model_sha``.
+        DeviceError: the device or precision is not available on this worker.
+    """
+    from tilesegd.engine import Engine
+
+    key = (
+        str(Path(cfg.model or "").resolve()),
+        model_sha,
+        cfg.device,
+        cfg.precision,
+        cfg.batch_size,
+        cfg.save_probs,
+        cfg.compile,
+    )
+    with _LOCK:
+        if key not in _ENGINES:
+            _ENGINES.clear()  # one model per worker process at a time
+            _ENGINES[key] = Engine.from_file(
+                cfg.model or "",
+                device=cfg.device,
+                sha256=model_sha or None,
+                precision=cfg.precision,
+                batch_size=cfg.batch_size,
+                save_probs=cfg.save_probs,
+                compile=cfg.compile,
+            )
+        return _ENGINES[key]
+
+
+def prepare_worker(cfg: RunConfig, model_sha: str) -> tuple[str, str]:
+    """Dask task: load the engine on a worker (fail fast) and return its resolved
+    ``(device, dtype)`` as strings, which go into the run's fingerprint."""
+    engine = worker_engine(cfg, model_sha)
+    return str(engine.device), str(engine.dtype)
+
+
+def _worker_plan(job: SceneJob, spec: ModelSpec) -> ScenePlan:
+    """Reopen (and cache per run) the scene and the work store the client created."""
+    from tilesegd.runner import plan_scene, work_dir
+
+    key = (job.run_id, job.output, job.name)
+    with _LOCK:
+        if key in _PLANS:
+            _PLANS.move_to_end(key)
+            return _PLANS[key]
+    store = work_dir(Path(job.output), job.name) / "pred.zarr"
+    if not store.is_dir():
+        raise OutputError(
+            f"{store}: the work store of scene {job.name} is gone (removed by another run "
+            "with --overwrite?); rerun the same command to resume"
+        )
+    plan = plan_scene(
+        Path(job.path), job.name, SpecView(spec), job.cfg, Path(job.output), job.fingerprint
+    )
+    with _LOCK:
+        _PLANS[key] = plan
+        while len(_PLANS) > 8:
+            _PLANS.popitem(last=False)
+    return plan
+
+
+def compute_task(job: SceneJob, block_ids: list[int]) -> dict[str, Any]:
+    """Dask task: segment blocks ``block_ids`` of ``job``'s scene into its work store.
+
+    Blocks already listed in ``blocks.done`` are skipped, so a retried or recomputed task
+    repeats no finished work; rewriting a block writes the same bytes (idempotent).
+
+    Returns:
+        ``{"blocks": block_ids, "computed", "tiles_run", "tiles_skipped", "pixels",
+        "seconds", "worker": "host:pid"}`` (pixels of the blocks computed here).
+
+    Raises:
+        ModelFileError, DeviceError: the model cannot run here (the whole run stops).
+        InputError: the scene cannot be decoded. OutputError: the work store is gone.
+    """
+    from tilesegd.runner import compute_blocks
+
+    t0 = time.perf_counter()
+    engine = worker_engine(job.cfg, job.model_sha)
+    if (str(engine.device), str(engine.dtype)) != (job.device, job.dtype):
+        raise DeviceError(
+            f"worker {socket.gethostname()} runs the model on {engine.device} "
+            f"{engine.dtype}, but the run was planned for {job.device} {job.dtype}; give "
+            "--device and --precision explicitly so every worker computes the same masks"
+        )
+    plan = _worker_plan(job, engine.spec)
+    done = plan.store.done_blocks()
+    by_id = {b.id: b for b in plan.grid.blocks()}
+    todo = [by_id[i] for i in block_ids if i not in done]
+    out = {"blocks": list(block_ids), "computed": len(todo), "tiles_run": 0}
+    out.update(tiles_skipped=0, pixels=0, worker=f"{socket.gethostname()}:{os.getpid()}")
+    if todo:
+        stats = compute_blocks(plan, engine, job.cfg, todo, progress=False)
+        out.update(tiles_run=stats.tiles_run, tiles_skipped=stats.tiles_skipped)
+        out["pixels"] = stats.pixels
+    out["seconds"] = round(time.perf_counter() - t0, 3)
+    return out
+
+
+def open_client(cfg: RunConfig) -> tuple[Any, Any]:
+    """Connect to ``cfg.scheduler`` or start the ``cfg.cluster`` cluster.
+
+    ``--cluster local`` starts ``cfg.workers`` worker processes of one task thread each (torch
+    and the readers then use CPU count / workers threads apiece); ``local-cuda`` starts
+    dask-cuda's LocalCUDACluster, one worker per visible GPU.
+
+    Returns:
+        ``(client, cluster)``; ``cluster`` is ``None`` for an external scheduler.
+
+    Raises:
+        ConfigError: Dask distributed (or dask-cuda) is not installed, or the scheduler
+            cannot be reached.
+    """
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise ConfigError(
+            "--scheduler / --cluster need Dask distributed: pip install 'tilesegd[distributed]'"
+        ) from None
+    if not log.isEnabledFor(logging.DEBUG):  # Dask's INFO lines would drown ours (-vv: all)
+        logging.getLogger("distributed").setLevel(logging.WARNING)
+    if cfg.scheduler:
+        try:
+            return Client(cfg.scheduler, timeout=CONNECT_TIMEOUT_S), None
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise ConfigError(
+                f"--scheduler {cfg.scheduler}: cannot reach a Dask scheduler there ({exc}); "
+                "check the address and that `dask scheduler` is running"
+            ) from None
+    if cfg.cluster == "local-cuda":
+        try:
+            from dask_cuda import LocalCUDACluster
+        except ImportError:
+            raise ConfigError(
+                "--cluster local-cuda needs dask-cuda: pip install 'tilesegd[distributed-cuda]' "
+                "on a machine with NVIDIA GPUs (or use --cluster local)"
+            ) from None
+        if cfg.device not in ("auto", "cuda"):
+            raise ConfigError(
+                f"--cluster local-cuda gives each worker one GPU; use --device auto or cuda, "
+                f"not {cfg.device!r}"
+            )
+        cluster = LocalCUDACluster(threads_per_worker=1, dashboard_address=None)
+    else:
+        # Torch reads OMP_NUM_THREADS when a worker imports it; the nanny passes the
+        # parent's environment (which wins over Dask's config) to the worker processes.
+        threads = str(max(1, (os.cpu_count() or 1) // cfg.workers))
+        saved = {v: os.environ.get(v) for v in THREAD_VARS}
+        os.environ.update(dict.fromkeys(THREAD_VARS, threads))
+        try:
+            cluster = LocalCluster(
+                n_workers=cfg.workers, threads_per_worker=1, processes=True, dashboard_address=None
+            )
+        finally:
+            for v, old in saved.items():
+                if old is None:
+                    os.environ.pop(v, None)
+                else:
+                    os.environ[v] = old
+    return Client(cluster), cluster
