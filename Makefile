@@ -34,5 +34,9 @@ lint: venv
 	$(VENV)/bin/ruff check tilesegd tests benchmarks
 	$(VENV)/bin/ruff format --check tilesegd tests benchmarks
 
+bench: venv
+	$(PY) -m pip install --quiet -e '.[bench]' $(TORCH_PINS)
+	$(PY) benchmarks/bench.py
+
 clean:
 	rm -rf demo .pytest_cache .ruff_cache

@@ -1,0 +1,249 @@
+"""Benchmark workers for tilesegd itself: end to end, model only, codec limit, reference.
+
+Each function runs inside a fresh process started by ``bench.py`` and returns a JSON-ready dict
+with ``seconds``, ``megapixels`` and ``peak_rss_mb`` (this process's peak resident memory).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from common import GpuSampler, load_net, peak_rss_mb, warm_up, write_mask
+
+
+def _scene_size(scene: str) -> tuple[int, int]:
+    import rasterio
+
+    with rasterio.open(scene) as ds:
+        return ds.height, ds.width
+
+
+def run_tilesegd(
+    scene: str,
+    model: str,
+    out: str,
+    *,
+    device: str = "auto",
+    precision: str = "auto",
+    runtime: str = "auto",
+    batch: int = 8,
+    workers: int = 2,
+    compress: str = "deflate",
+    keep_mask: str | None = None,
+) -> dict[str, Any]:
+    """``tilesegd run`` on one scene through the runner's own plan / compute / finish steps
+    (the same calls as :func:`tilesegd.runner.run_scene`), timing each; outputs are removed
+    afterwards (the mask is first copied to ``keep_mask`` when given)."""
+    from tilesegd.config import RunConfig
+    from tilesegd.engine import Engine
+    from tilesegd.runner import compute_blocks, finish_scene, plan_scene
+
+    out_dir = Path(out)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    cfg = RunConfig(
+        input=[scene],
+        model=model,
+        output=str(out_dir),
+        tile_size=512,
+        overlap=64,
+        batch_size=batch,
+        workers=workers,
+        device=device,
+        precision=precision,
+        compress=compress,
+    ).validate()
+    t0 = time.perf_counter()
+    engine = Engine.from_file(
+        model, device=device, precision=precision, batch_size=batch, runtime=runtime
+    )
+    engine.check((512, 512))
+    warm_up(engine.module, batch, engine.device)
+    t_load = time.perf_counter() - t0
+    with GpuSampler() as gpu:
+        t0 = time.perf_counter()
+        plan = plan_scene(Path(scene), "scene", engine, cfg, out_dir, "bench")
+        t1 = time.perf_counter()
+        stats = compute_blocks(plan, engine, cfg, progress=False)
+        t2 = time.perf_counter()
+        entry = finish_scene(plan, engine.spec, cfg, out_dir, model)
+        t3 = time.perf_counter()
+    mp = plan.scene.megapixels
+    if keep_mask:
+        shutil.copy(out_dir / "scene" / "mask.tif", keep_mask)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    return {
+        "tool": "tilesegd",
+        "megapixels": round(mp, 3),
+        "seconds": round(t3 - t0, 3),
+        "mp_per_s": round(mp / (t3 - t0), 3),
+        "compute_mp_per_s": round(mp / (t2 - t1), 3),
+        "stages": {
+            "plan": round(t1 - t0, 3),
+            "compute": round(t2 - t1, 3),
+            **{f"compute.{k}": v for k, v in stats.times.items()},
+            "finish (COG + areas + preview)": round(t3 - t2, 3),
+        },
+        "model_load_s": round(t_load, 3),
+        "tiles_run": stats.tiles_run,
+        "device": str(engine.device),
+        "precision": str(engine.dtype).replace("torch.", ""),
+        "runtime": engine.runtime,
+        "oom_retries": engine.oom_retries,
+        "gpu_util_pct": gpu.mean,
+        "valid_pixels": entry["valid_pixels"],
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
+
+
+def run_model_only(
+    scene: str,
+    model: str,
+    *,
+    device: str = "auto",
+    precision: str = "auto",
+    batch: int = 8,
+    max_seconds: float = 30.0,
+) -> dict[str, Any]:
+    """The network alone on float32 tensors already in device memory, on as many 512-px tiles
+    as tilesegd runs for ``scene`` (tile 512, overlap 64), in batches of ``batch`` (the last
+    padded, as tilesegd does). After ``max_seconds`` the time is extrapolated per batch."""
+    from tilesegd.engine import resolve_device, resolve_precision
+    from tilesegd.tiling import TileGrid
+
+    dev = resolve_device(device)
+    dtype = resolve_precision(precision, dev)
+    h, w = _scene_size(scene)
+    grid = TileGrid(h, w, 512, 64, 32, 2048)
+    n_tiles = sum(len(grid.tiles_in_block(b)) for b in grid.blocks())
+    n_batches = math.ceil(n_tiles / batch)
+    net = load_net(model, dev)
+    warm_up(net, batch, dev)
+    x = torch.randn(batch, 3, 512, 512, generator=torch.Generator().manual_seed(0)).to(dev)
+    cast = torch.autocast(dev.type, dtype=dtype, enabled=dtype != torch.float32)
+    done = 0
+    with GpuSampler() as gpu, torch.inference_mode(), cast:
+        t0 = time.perf_counter()
+        while done < n_batches:
+            net(x)
+            done += 1
+            if dev.type == "cuda" and done % 8 == 0:
+                torch.cuda.synchronize()
+            if time.perf_counter() - t0 > max_seconds:
+                break
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+    seconds = dt * n_batches / done
+    mp = h * w / 1e6
+    return {
+        "tool": "model only",
+        "megapixels": round(mp, 3),
+        "tiles": n_tiles,
+        "batches_timed": done,
+        "batches": n_batches,
+        "seconds": round(seconds, 3),
+        "mp_per_s": round(mp / seconds, 3),
+        "device": str(dev),
+        "precision": str(dtype).replace("torch.", ""),
+        "gpu_util_pct": gpu.mean,
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
+
+
+def run_codec(scene: str, out: str, *, workers: int = 2, window: int = 2048) -> dict[str, Any]:
+    """The codec limit: read + decode every pixel of ``scene`` in ``window``-px windows with
+    ``workers`` threads, then encode a same-size uint8 mask as tiled (512 px) DEFLATE GeoTIFF
+    with ``workers`` GDAL threads. The mask is band 1 quantised to 23 classes (piecewise
+    constant like a class map), repeated window by window."""
+    import threading
+
+    import rasterio
+    from rasterio.windows import Window
+
+    h, w = _scene_size(scene)
+    wins = [
+        Window(c, r, min(window, w - c), min(window, h - r))
+        for r in range(0, h, window)
+        for c in range(0, w, window)
+    ]
+    local = threading.local()
+    handles: list = []
+
+    def read(win: Window) -> int:
+        ds = getattr(local, "ds", None)
+        if ds is None:
+            ds = local.ds = rasterio.open(scene)
+            handles.append(ds)
+        return int(ds.read(window=win)[0, 0, 0])
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(read, wins))
+    t_read = time.perf_counter() - t0
+    for ds in handles:
+        ds.close()
+    with rasterio.open(scene) as ds:
+        first = ds.read(1, window=Window(0, 0, min(window, w), min(window, h)))
+    mask = (first.astype(np.uint16) * 23 >> 8).astype(np.uint8)
+    profile = dict(
+        driver="GTiff",
+        width=w,
+        height=h,
+        count=1,
+        dtype="uint8",
+        tiled=True,
+        blockxsize=512,
+        blockysize=512,
+        compress="deflate",
+        BIGTIFF="IF_SAFER",
+        NUM_THREADS=str(workers),
+    )
+    t0 = time.perf_counter()
+    with rasterio.open(out, "w", **profile) as dst:
+        for win in wins:
+            dst.write(mask[: win.height, : win.width], 1, window=win)
+    t_write = time.perf_counter() - t0
+    Path(out).unlink()
+    mp = h * w / 1e6
+    return {
+        "tool": "codec limit",
+        "megapixels": round(mp, 3),
+        "seconds": round(t_read + t_write, 3),
+        "mp_per_s": round(mp / (t_read + t_write), 3),
+        "stages": {"read+decode": round(t_read, 3), "mask encode": round(t_write, 3)},
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
+
+
+def run_reference(scene: str, model: str, out_mask: str) -> dict[str, Any]:
+    """Whole-image inference (no tiling; the image zero-padded to a multiple of 32): the
+    reference for seamlessness. Only for small scenes (memory grows with the image)."""
+    import rasterio
+    from common import normalise_
+
+    with rasterio.open(scene) as ds:
+        img = ds.read([1, 2, 3])
+    h, w = img.shape[1:]
+    ph, pw = -h % 32, -w % 32
+    net = load_net(model, torch.device("cpu"))
+    t0 = time.perf_counter()
+    x = normalise_(torch.from_numpy(img)[None].float())
+    x = torch.nn.functional.pad(x, (0, pw, 0, ph))
+    with torch.inference_mode():
+        ids = net(x)[0, :, :h, :w].max(0).indices.to(torch.uint8).numpy()
+    dt = time.perf_counter() - t0
+    write_mask(Path(out_mask), ids, scene)
+    return {
+        "tool": "whole-image reference",
+        "megapixels": round(h * w / 1e6, 3),
+        "seconds": round(dt, 3),
+        "mp_per_s": round(h * w / 1e6 / dt, 3),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
