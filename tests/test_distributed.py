@@ -147,7 +147,8 @@ def test_killed_worker_blocks_are_recomputed(tmp_path: Path) -> None:
         pids = client.run(os.getpid)
         watcher = threading.Thread(target=kill_a_busy_worker_mid_run, args=(client, pids))
         watcher.start()
-        doc = run(output=str(out), scheduler=cluster.scheduler_address, **opts)
+        client.write_scheduler_file(str(tmp_path / "scheduler.json"))  # as `dask scheduler` does
+        doc = run(output=str(out), scheduler=str(tmp_path / "scheduler.json"), **opts)
         watcher.join()
         alive = set(client.run(os.getpid).values())
     assert killed and killed["done"] < n_blocks, "no worker was killed mid-run"
@@ -203,3 +204,27 @@ def test_cluster_errors_say_what_to_do(tmp_path: Path, scenes: Path, tiny_model,
         r = invoke("run", "-i", str(scenes), "-m", model, "-o", str(tmp_path / "o"),
                    "--cluster", "local-cuda")  # fmt: skip
         assert r.exit_code == 1 and "pip install 'tilesegd[distributed-cuda]'" in r.output
+
+
+def test_slurm_examples_book_one_gpu_per_single_task_worker(tmp_path: Path) -> None:
+    pytest.importorskip("dask_jobqueue")
+    import importlib.util
+
+    import dask
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    spec = importlib.util.spec_from_file_location("slurm_example", root / "slurm_dask_jobqueue.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    args = example.parse_args(["--input", "s", "--model", "m.ts", "--output", "o", "--cpus", "6"])
+    with dask.config.set({"jobqueue.slurm.scheduler-options": {"host": "127.0.0.1"}}):
+        cluster = example.make_cluster(args)
+        try:
+            script = cluster.job_script()
+        finally:
+            cluster.close()
+    assert "#SBATCH --gres=gpu:1" in script and "#SBATCH --cpus-per-task=6" in script
+    assert "--nthreads 1" in script  # one task at a time: the model is never shared
+    array = (root / "slurm_array.sh").read_text()
+    assert '--shard "$I/$N"' in array and "#SBATCH --array=0-" in array  # 0-based, as --shard
+    assert '--output "$OUT/shard-$I"' in array  # one output (and lock) per shard

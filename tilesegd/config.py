@@ -68,8 +68,9 @@ class RunConfig:
         compress: GeoTIFF compression (``deflate``, ``zstd``, ``lzw``).
         preview_size: longest side of ``preview.png`` in pixels (0 disables the preview).
         compile: ``torch.compile`` the network (CUDA; no effect on TorchScript without it).
-        scheduler: address of an existing Dask scheduler (``tcp://HOST:PORT``): blocks are
-            computed by its workers (needs ``tilesegd[distributed]``; shared filesystem).
+        scheduler: an existing Dask scheduler (``tcp://HOST:PORT``, or its scheduler file):
+            blocks are computed by its workers (needs ``tilesegd[distributed]``; shared
+            filesystem).
         cluster: start a Dask cluster for this run: ``local`` (``workers`` worker processes)
             or ``local-cuda`` (dask-cuda, one worker per GPU).
         shard: ``"I/N"``: process only scene ``I`` of every ``N`` (0-based, by sorted path),

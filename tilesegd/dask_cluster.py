@@ -176,7 +176,8 @@ def compute_task(job: SceneJob, block_ids: list[int]) -> dict[str, Any]:
 
 
 def open_client(cfg: RunConfig) -> tuple[Any, Any]:
-    """Connect to ``cfg.scheduler`` or start the ``cfg.cluster`` cluster.
+    """Connect to ``cfg.scheduler`` (an address, or a scheduler file) or start the
+    ``cfg.cluster`` cluster.
 
     ``--cluster local`` starts ``cfg.workers`` worker processes of one task thread each (torch
     and the readers then use CPU count / workers threads apiece); ``local-cuda`` starts
@@ -198,8 +199,11 @@ def open_client(cfg: RunConfig) -> tuple[Any, Any]:
     if not log.isEnabledFor(logging.DEBUG):  # Dask's INFO lines would drown ours (-vv: all)
         logging.getLogger("distributed").setLevel(logging.WARNING)
     if cfg.scheduler:
+        where = {"address": cfg.scheduler}
+        if Path(cfg.scheduler).is_file():  # written by `dask scheduler --scheduler-file F`
+            where = {"scheduler_file": cfg.scheduler}
         try:
-            return Client(cfg.scheduler, timeout=CONNECT_TIMEOUT_S), None
+            return Client(**where, timeout=CONNECT_TIMEOUT_S), None
         except (OSError, TimeoutError, ValueError) as exc:
             raise ConfigError(
                 f"--scheduler {cfg.scheduler}: cannot reach a Dask scheduler there ({exc}); "

@@ -137,8 +137,9 @@ def _bands(ctx: click.Context, param: click.Parameter, value: str | None) -> lis
 @click.option(
     "--scheduler",
     metavar="tcp://HOST:PORT",
-    help="Run on an existing Dask cluster: its workers segment blocks of every scene into the "
-    "same stores (needs tilesegd[distributed] and a filesystem shared with the workers).",
+    help="Run on an existing Dask cluster (its address, or the file of `dask scheduler "
+    "--scheduler-file`): its workers segment blocks of every scene into the same stores "
+    "(needs tilesegd[distributed] and a filesystem shared with the workers).",
 )
 @click.option(
     "--cluster",
