@@ -140,7 +140,11 @@ def test_killed_worker_blocks_are_recomputed(tmp_path: Path) -> None:
 
     with (
         distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            scheduler_kwargs={"dashboard_address": ":0"},  # no fixed port
         ) as cluster,
         distributed.Client(cluster) as client,
     ):

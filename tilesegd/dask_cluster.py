@@ -4,7 +4,9 @@
 :func:`compute_task` is the unit of work: it segments a group of blocks of one scene into the
 scene's shared work store. :func:`worker_engine` keeps one loaded model per worker process, so
 the model loads once per worker, not once per task (only small :class:`SceneJob` descriptions
-travel with the tasks).
+travel with the tasks). Workers reopen the client's stores with
+:meth:`~tilesegd.writers.zarr_store.ZarrMaskStore.reopen`, which checks and repairs nothing, so
+they never disturb each other's writes.
 """
 
 from __future__ import annotations
@@ -15,13 +17,12 @@ import socket
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tilesegd.config import RunConfig
 from tilesegd.errors import ConfigError, DeviceError, OutputError
-from tilesegd.model_file import ModelSpec
 
 if TYPE_CHECKING:  # pragma: no cover
     from tilesegd.engine import Engine
@@ -36,34 +37,21 @@ _PLANS: OrderedDict[tuple, ScenePlan] = OrderedDict()
 
 
 @dataclass(frozen=True)
-class SpecView:
-    """The part of an :class:`~tilesegd.engine.Engine` that planning reads, so the client can
-    call :func:`~tilesegd.runner.plan_scene` without loading the network (it may have no GPU).
-    """
-
-    spec: ModelSpec
-
-
-@dataclass(frozen=True)
 class SceneJob:
-    """What a worker needs to compute blocks of one scene (a few hundred bytes per task).
+    """What a worker needs to compute blocks of one scene (about 2 kB per task).
 
     Attributes:
-        path: the input raster (absolute).
-        name: output folder name.
-        output: the run's output directory (absolute).
-        fingerprint: identifies model + settings (see :func:`tilesegd.api.fingerprint`).
+        plan: the client's :class:`~tilesegd.runner.ScenePlan` without its store (``store``
+            is ``None``, ``todo`` empty): scene profile, bands, tile grid, work folder. Workers
+            never re-plan, so every worker computes exactly the client's grid.
         cfg: the run configuration (``workers`` = reader / writer threads per task).
         model_sha: SHA-256 of the model file: every worker must load these exact bytes.
-        device, dtype: what the planning worker resolved (``"cuda"``, ``"torch.float16"``);
-            a worker that resolves otherwise refuses (its masks would differ).
+        device, dtype: what the first worker resolved (``"cuda"``, ``"torch.float16"``); a
+            worker that resolves otherwise refuses (its masks could differ).
         run_id: unique per run, so a long-lived worker never reuses another run's open store.
     """
 
-    path: str
-    name: str
-    output: str
-    fingerprint: str
+    plan: ScenePlan
     cfg: RunConfig
     model_sha: str
     device: str
@@ -112,24 +100,23 @@ def prepare_worker(cfg: RunConfig, model_sha: str) -> tuple[str, str]:
     return str(engine.device), str(engine.dtype)
 
 
-def _worker_plan(job: SceneJob, spec: ModelSpec) -> ScenePlan:
-    """Reopen (and cache per run) the scene and the work store the client created."""
-    from tilesegd.runner import plan_scene, work_dir
+def _worker_plan(job: SceneJob) -> ScenePlan:
+    """The job's plan with the scene's work store reopened (cached per run and scene)."""
+    from tilesegd.writers.zarr_store import ZarrMaskStore
 
-    key = (job.run_id, job.output, job.name)
+    key = (job.run_id, job.plan.name)
     with _LOCK:
         if key in _PLANS:
             _PLANS.move_to_end(key)
             return _PLANS[key]
-    store = work_dir(Path(job.output), job.name) / "pred.zarr"
-    if not store.is_dir():
+    try:
+        store = ZarrMaskStore.reopen(job.plan.work / "pred.zarr")
+    except FileNotFoundError:
         raise OutputError(
-            f"{store}: the work store of scene {job.name} is gone (removed by another run "
-            "with --overwrite?); rerun the same command to resume"
-        )
-    plan = plan_scene(
-        Path(job.path), job.name, SpecView(spec), job.cfg, Path(job.output), job.fingerprint
-    )
+            f"{job.plan.work / 'pred.zarr'}: the work store of scene {job.plan.name} is gone "
+            "(removed by another run with --overwrite?); rerun the same command to resume"
+        ) from None
+    plan = replace(job.plan, store=store)
     with _LOCK:
         _PLANS[key] = plan
         while len(_PLANS) > 8:
@@ -161,7 +148,7 @@ def compute_task(job: SceneJob, block_ids: list[int]) -> dict[str, Any]:
             f"{engine.dtype}, but the run was planned for {job.device} {job.dtype}; give "
             "--device and --precision explicitly so every worker computes the same masks"
         )
-    plan = _worker_plan(job, engine.spec)
+    plan = _worker_plan(job)
     done = plan.store.done_blocks()
     by_id = {b.id: b for b in plan.grid.blocks()}
     todo = [by_id[i] for i in block_ids if i not in done]
@@ -222,7 +209,11 @@ def open_client(cfg: RunConfig) -> tuple[Any, Any]:
                 f"--cluster local-cuda gives each worker one GPU; use --device auto or cuda, "
                 f"not {cfg.device!r}"
             )
-        cluster = LocalCUDACluster(threads_per_worker=1, dashboard_address=None)
+        cluster = LocalCUDACluster(
+            threads_per_worker=1,
+            dashboard_address=None,
+            scheduler_kwargs={"dashboard_address": ":0"},
+        )
     else:
         # Torch reads OMP_NUM_THREADS when a worker imports it; the nanny passes the
         # parent's environment (which wins over Dask's config) to the worker processes.
@@ -231,7 +222,11 @@ def open_client(cfg: RunConfig) -> tuple[Any, Any]:
         os.environ.update(dict.fromkeys(THREAD_VARS, threads))
         try:
             cluster = LocalCluster(
-                n_workers=cfg.workers, threads_per_worker=1, processes=True, dashboard_address=None
+                n_workers=cfg.workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                scheduler_kwargs={"dashboard_address": ":0"},  # no fixed port: runs side by side
             )
         finally:
             for v, old in saved.items():

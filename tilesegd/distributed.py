@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tilesegd.config import RunConfig, parse_shard
-from tilesegd.dask_cluster import SceneJob, SpecView, compute_task, open_client, prepare_worker
+from tilesegd.dask_cluster import SceneJob, compute_task, open_client, prepare_worker
 from tilesegd.errors import (
     DeviceError,
     Interrupted,
@@ -44,6 +44,7 @@ from tilesegd.errors import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
+    from tilesegd.model_file import ModelSpec
     from tilesegd.runner import ScenePlan
     from tilesegd.tiling import Block
 
@@ -65,6 +66,15 @@ def select_shard(paths: list[Path], names: list[str], shard: str) -> tuple[list[
     pairs = sorted(zip(paths, names, strict=True), key=lambda pn: str(pn[0]))
     kept = [pn for k, pn in enumerate(pairs) if k % n == i]
     return [p for p, _ in kept], [nm for _, nm in kept]
+
+
+@dataclass(frozen=True)
+class SpecView:
+    """The part of an :class:`~tilesegd.engine.Engine` that planning reads, so the client can
+    call :func:`~tilesegd.runner.plan_scene` without loading the network (it may have no GPU).
+    """
+
+    spec: ModelSpec
 
 
 def group_blocks(blocks: list[Block], per_task: int) -> list[list[Block]]:
@@ -157,7 +167,7 @@ class _Run:
         self.owner: dict[Any, str] = {}  # dask future -> scene name
         self.finishing: dict[Future, str] = {}
 
-    def run(self, paths, names, stop, progress, blocks_per_task) -> dict[str, Any]:
+    def run(self, paths, names, stop, progress, per_task) -> dict[str, Any]:
         import json
 
         from distributed import as_completed
@@ -172,7 +182,7 @@ class _Run:
             prepare_worker, self.task_cfg, self.model_sha, pure=False
         ).result()
         fp = fingerprint(self.model_sha, cfg, device, dtype)
-        n_workers = max(1, len(self.client.scheduler_info().get("workers", {})))
+        self.n = n_workers = max(1, len(self.client.scheduler_info().get("workers", {})))
         previous: dict[str, Any] = {}
         if (output / RUN_JSON).exists():
             try:
@@ -219,18 +229,8 @@ class _Run:
                     continue
                 if stop.is_set():
                     break
-                job = SceneJob(
-                    str(Path(path).resolve()),
-                    name,
-                    str(output),
-                    fp,
-                    self.task_cfg,
-                    self.model_sha,
-                    device,
-                    dtype,
-                    run_id,
-                )
-                self._submit_scene(job, idx, n_workers, blocks_per_task, ac)
+                job = SceneJob(None, self.task_cfg, self.model_sha, device, dtype, run_id)
+                self._submit_scene(Path(path).resolve(), name, fp, job, idx, ac, per_task)
                 self._gather(ac)
                 if self.fatal is not None:
                     break
@@ -262,29 +262,27 @@ class _Run:
             raise interrupted
         return doc
 
-    def _submit_scene(self, job, idx, n_workers, blocks_per_task, ac) -> None:
+    def _submit_scene(self, path, name, fp, job, idx, ac, per_task) -> None:
+        """Plan one scene on the client, then submit its block groups (priority: scene order)."""
         from tilesegd.runner import plan_scene, work_dir
 
-        name, cfg = job.name, self.cfg
-        entry: dict[str, Any] = {"input": job.path, "fingerprint": job.fingerprint}
+        cfg = self.cfg
+        entry: dict[str, Any] = {"input": str(path), "fingerprint": fp}
         self.doc["scenes"][name] = entry
         if cfg.overwrite:
             shutil.rmtree(work_dir(self.output, name), ignore_errors=True)
         try:
-            plan = plan_scene(
-                Path(job.path), name, SpecView(self.spec), cfg, self.output, job.fingerprint
-            )
+            plan = plan_scene(path, name, SpecView(self.spec), cfg, self.output, fp)
         except (TilesegdError, OSError) as exc:
-            entry.update(status="failed", error=_message(exc, job.path))
+            entry.update(status="failed", error=_message(exc, str(path)))
             log.error("%s", entry["error"])
             self._write()
             return
         entry["status"] = "running"
         st = self.states[name] = _SceneState(plan, entry, time.perf_counter())
         entry["blocks_resumed"] = plan.grid.n_blocks - len(plan.todo)
-        per_task = blocks_per_task or min(
-            MAX_BLOCKS_PER_TASK, math.ceil(len(plan.todo) / (4 * n_workers))
-        )
+        job = replace(job, plan=replace(plan, store=None, todo=[]))
+        per_task = per_task or min(MAX_BLOCKS_PER_TASK, math.ceil(len(plan.todo) / 4 / self.n))
         self.bar.total += sum(b.window.height * b.window.width for b in plan.todo)
         self.bar.refresh()
         for group in group_blocks(plan.todo, per_task):

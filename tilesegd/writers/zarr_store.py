@@ -115,3 +115,26 @@ class ZarrMaskStore:
     def read_block(self, block: Block) -> np.ndarray:
         """(h, w) uint8 ids of one block."""
         return np.asarray(self.mask[block.window.slices])
+
+    @classmethod
+    def reopen(cls, path: str | os.PathLike[str]) -> ZarrMaskStore:
+        """Open a store that another process created (and checked), to write blocks into it.
+
+        Nothing is checked, repaired or removed, so it is safe while other processes write
+        chunks and append to ``blocks.done`` (how distributed workers share one store).
+
+        Raises:
+            FileNotFoundError: there is no store at ``path``.
+        """
+        import zarr
+
+        self = cls.__new__(cls)
+        self.path = Path(path)
+        self.log_path = self.path.parent / DONE_LOG
+        self._lock = threading.Lock()
+        if not (self.path / "zarr.json").is_file():
+            raise FileNotFoundError(f"{self.path}: no Zarr store here")
+        self.group = zarr.open_group(self.path, mode="r+")
+        self.mask = self.group["mask"]
+        self.probs = self.group["probs"] if "probs" in self.group else None
+        return self
