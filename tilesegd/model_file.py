@@ -19,12 +19,15 @@ divided by ``input_scale``, then normalised per channel with ``(x - mean) / std`
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
 import warnings
 import zipfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -236,6 +239,13 @@ def read_spec(path: str | os.PathLike[str]) -> ModelSpec:
                 )
             meta = json.loads(zf.read(names[0]).decode("utf-8"))
     except zipfile.BadZipFile:
+        with open(path, "rb") as f:
+            head = f.read(2)
+        if head[:1] == b"\x80":  # pickle protocol 2+: a torch.save / Lightning checkpoint
+            raise ModelFileError(
+                f"{path}: a Python pickle (a training checkpoint?), not a model file; it is "
+                "never unpickled. Export it with `tilesegd export`"
+            ) from None
         raise ModelFileError(
             f"{path}: not a TorchScript or torch.export archive (truncated or corrupt?); "
             "re-export or re-copy the model file"
@@ -243,6 +253,46 @@ def read_spec(path: str | os.PathLike[str]) -> ModelSpec:
     except json.JSONDecodeError as exc:
         raise ModelFileError(f"{path}: {META_NAME} is not valid JSON ({exc})") from None
     return ModelSpec.from_dict(meta, str(path))
+
+
+_OPAQUE_PREFIX = "opaque_obj_"  # torch.export's arbitrary-pickle constants (pickle.loads)
+
+
+def _refuse_pickled_code(path: Path) -> None:
+    """Refuse a ``torch.export`` archive holding opaque Python objects: torch would load them
+    with plain ``pickle.loads``, which runs any code the file carries."""
+    try:
+        from torch.export.pt2_archive.constants import OPAQUE_OBJ_FILENAME_PREFIX as prefix
+    except ImportError:  # pragma: no cover - older torch
+        prefix = _OPAQUE_PREFIX
+    with zipfile.ZipFile(path) as zf:
+        for name in zf.namelist():
+            text = name
+            if name.endswith("constants_config.json"):
+                text = zf.read(name).decode("utf-8", "replace")
+            if prefix in text:
+                raise ModelFileError(
+                    f"{path}: the archive carries pickled Python objects ({name}), which could "
+                    "run code when loaded; refused. Export a plain network (tensors only)"
+                )
+
+
+@contextlib.contextmanager
+def _weights_only_loads() -> Iterator[None]:
+    """Force every ``torch.load`` inside (e.g. in ``torch.export.load``, which asks for
+    ``weights_only=False`` for pickled weights and sample inputs) to ``weights_only=True``:
+    torch's restricted unpickler then refuses any callable that is not a tensor type, so a
+    payload never runs. Uses torch's own ``TORCH_FORCE_WEIGHTS_ONLY_LOAD`` switch."""
+    key = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
+    old = os.environ.get(key)
+    os.environ[key] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = old
 
 
 def _check_exists(path: Path) -> None:
@@ -257,8 +307,11 @@ def load_model(
 ) -> LoadedModel:
     """Load a model file (TorchScript or torch.export) and its ``tilesegd.json``.
 
-    TorchScript archives are loaded with ``torch.jit.load`` (no pickled Python code runs);
-    ``.pt2`` archives with ``torch.export.load``.
+    TorchScript archives are loaded with ``torch.jit.load``, whose unpickler only knows
+    TorchScript types (a pickled Python callable is refused, never run). ``.pt2`` archives are
+    loaded with ``torch.export.load`` with every ``torch.load`` forced to ``weights_only=True``,
+    and archives holding opaque pickled objects are refused. Pickles (``.pt``, ``.ckpt``) are
+    never loaded: they are not model files (export them with ``tilesegd export``).
 
     Args:
         path: the model file.
@@ -286,7 +339,9 @@ def load_model(
             "ignore", message=r".*torch\.jit.*deprecated", category=FutureWarning
         )
         if _is_export_archive(path):
-            ep = torch.export.load(str(path))
+            _refuse_pickled_code(path)
+            with _weights_only_loads():
+                ep = torch.export.load(str(path))
             module = ep.module()
             module.to(device)
             kind = "export"
@@ -297,11 +352,32 @@ def load_model(
     except ModelFileError:
         raise
     except Exception as exc:  # torch raises RuntimeError / ValueError / zip errors
-        raise ModelFileError(
-            f"{path}: cannot load the network ({type(exc).__name__}: {str(exc)[:200]}); "
-            "the file may be truncated or from an incompatible torch; re-export it"
-        ) from None
+        raise _load_error(path, exc) from None
     return LoadedModel(module, spec, path, kind)
+
+
+def _load_error(path: Path, exc: Exception) -> ModelFileError:
+    """One-line :class:`ModelFileError` for a failed ``torch.jit.load`` / ``torch.export.load``."""
+    import pickle
+
+    detail = " ".join(str(exc).split())  # torch's messages span lines; ours take one
+    if isinstance(exc, pickle.UnpicklingError) or "Unknown type name" in detail:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)|Unknown type name '([^']+)'", detail)
+        what = next((g for g in found.groups() if g), "?") if found else "?"
+        return ModelFileError(
+            f"{path}: the model file carries pickled Python objects that are not plain tensors "
+            f"(it calls {what}); refused, nothing in it was run. Re-export the network with "
+            "`tilesegd export` (TorchScript or torch.export)"
+        )
+    if "constants.pkl" in detail:
+        return ModelFileError(
+            f"{path}: a zip archive that is not a TorchScript model (a torch.save checkpoint?); "
+            "checkpoints are never unpickled: export it with `tilesegd export`"
+        )
+    return ModelFileError(
+        f"{path}: cannot load the network ({type(exc).__name__}: {detail[:200]}); "
+        "the file may be truncated or from an incompatible torch; re-export it"
+    )
 
 
 def save_model(
