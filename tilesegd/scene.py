@@ -124,7 +124,7 @@ def scene_names(paths: list[Path]) -> list[str]:
 def _check_vrt(path: Path, allow_vrt: bool) -> None:
     with open(path, "rb") as f:
         head = f.read(4096)
-    is_xml_vrt = head.lstrip().startswith(b"<VRTDataset")
+    is_xml_vrt = head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"<VRTDataset")
     if not is_xml_vrt:
         return
     if path.suffix.lower() != ".vrt" and not allow_vrt:
@@ -137,6 +137,20 @@ def _check_vrt(path: Path, allow_vrt: bool) -> None:
         raise InputError(
             f"{path}: this VRT reads from a network location; refused by default "
             "(pass --allow-vrt if you trust it)"
+        )
+
+
+def _check_png_complete(path: Path) -> None:
+    """A PNG ends with an ``IEND`` chunk; a cut file does not. GDAL's PNG driver returns
+    garbage without an error when the whole image is read from a truncated file, so check."""
+    with open(path, "rb") as f:
+        if f.read(8) != b"\x89PNG\r\n\x1a\n":
+            return  # not a PNG: GDAL decides below
+        f.seek(max(0, path.stat().st_size - 4096))
+        tail = f.read()
+    if b"IEND" not in tail:
+        raise InputError(
+            f"{path}: the PNG is truncated (no IEND chunk at its end); re-copy the file"
         )
 
 
@@ -158,8 +172,8 @@ def open_scene(
         allow_no_georef: accept a GeoTIFF whose georeferencing is missing or corrupt.
 
     Raises:
-        InputError: 0-byte file, not a raster, VRT refused, too large, unsupported dtype,
-            corrupt georeferencing.
+        InputError: 0-byte file, not a raster, truncated PNG, VRT refused, too large,
+            unsupported dtype, corrupt georeferencing.
     """
     import rasterio
     from rasterio.enums import MaskFlags
@@ -171,6 +185,7 @@ def open_scene(
     if path.stat().st_size == 0:
         raise InputError(f"{path}: the file is empty (0 bytes); re-copy or remove it")
     _check_vrt(path, allow_vrt)
+    _check_png_complete(path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -181,6 +196,11 @@ def open_scene(
                 "image?"
             ) from None
     with ds:
+        if ds.driver == "VRT" and path.suffix.lower() != ".vrt" and not allow_vrt:
+            raise InputError(
+                f"{path}: this {path.suffix} file is really a GDAL VRT that points at other "
+                "files; refused by default (pass --allow-vrt, or name it .vrt, if you trust it)"
+            )
         not_georef = any(issubclass(w.category, NotGeoreferencedWarning) for w in caught)
         h, w = ds.height, ds.width
         if h < 1 or w < 1 or ds.count < 1:
