@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import fcntl
 import hashlib
 import json
@@ -28,7 +29,6 @@ from tilesegd.errors import (
     ConfigError,
     Interrupted,
     LockedError,
-    ModelFileError,
     OutputError,
     TilesegdError,
 )
@@ -39,13 +39,30 @@ SUMMARY_CSV = "summary.csv"
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to ``path`` through a temporary file and an atomic rename."""
+    """Write JSON to ``path`` through a temporary file and an atomic rename.
+
+    Raises:
+        OSError: the file cannot be written (the temporary file is removed; ``path`` keeps
+            its previous content).
+    """
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=2, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for "no space left" errors: ``OSError(ENOSPC / EDQUOT)`` or GDAL's messages."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc).lower()
+    return "no space left" in text or "free disk space" in text or "disk quota" in text
 
 
 @contextlib.contextmanager
@@ -114,10 +131,18 @@ def fingerprint(model_sha: str, cfg: RunConfig, device: str, dtype: str) -> str:
 
 
 def clean_stale(output: Path) -> None:
-    """Remove temporary files a killed run left at the top of the output directory."""
-    for p in output.glob(".*.tmp-*"):
+    """Remove what a killed run left behind: ``DIR/.*.tmp-*`` (run.json, summary.csv),
+    ``.*.tmp*`` files in the scenes' work folders (half-written GeoTIFFs) and folders replaced
+    by a publish (``DIR/.tilesegd/trash/``). Work stores (``pred.zarr`` + ``blocks.done``) are
+    kept: they are how a half-done scene resumes."""
+    from tilesegd.runner import WORK_DIR
+
+    stale = [*output.glob(".*.tmp-*"), *output.glob(f"{WORK_DIR}/work/*/.*.tmp*")]
+    stale += output.glob(f"{WORK_DIR}/trash/*")
+    for p in stale:
+        log.debug("removing stale %s", p)
         with contextlib.suppress(OSError):
-            p.unlink() if p.is_file() else shutil.rmtree(p)
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
 
 def run(
@@ -179,7 +204,8 @@ def run(
             save_probs=cfg.save_probs,
             compile=cfg.compile,
         )
-        cfg.geometry(engine.spec.tile_size, engine.spec.multiple)  # bad geometry: fail now
+        tile, _ = cfg.geometry(engine.spec.tile_size, engine.spec.multiple)  # bad: fail now
+        engine.check((tile, tile))  # class count / output size vs tilesegd.json, before any scene
         fp = fingerprint(model_sha, cfg, str(engine.device), str(engine.dtype))
         run_path = output / RUN_JSON
         previous: dict[str, Any] = {}
@@ -198,15 +224,18 @@ def run(
             "config": cfg.to_dict(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "status": "running",
-            "scenes": {},
+            # carry the previous entries forward so a run killed part-way loses no record
+            "scenes": {n: previous[n] for n in names if n in previous},
         }
         interrupted = None
         for path, name in zip(paths, names, strict=True):
             old = previous.get(name, {})
+            stat = _input_stat(path)
             if (
                 not cfg.overwrite
                 and old.get("status") == "done"
                 and old.get("fingerprint") == fp
+                and old.get("input_stat", stat) == stat
                 and _outputs_present(output / name)
             ):
                 log.info("%s: already done, skipping (use --overwrite to recompute)", name)
@@ -216,11 +245,8 @@ def run(
                 interrupted = Interrupted("stopped by a signal before this scene")
                 doc["scenes"][name] = {"status": "pending", "input": str(path)}
                 continue
-            if cfg.overwrite:
-                from tilesegd.runner import work_dir
-
-                shutil.rmtree(work_dir(output, name), ignore_errors=True)
-            entry: dict[str, Any] = {"input": str(path), "fingerprint": fp}
+            _discard_stale_work(output, name, stat, cfg.overwrite)
+            entry: dict[str, Any] = {"input": str(path), "fingerprint": fp, "input_stat": stat}
             t0 = time.perf_counter()
             try:
                 entry.update(
@@ -235,36 +261,100 @@ def run(
             except Interrupted as exc:
                 interrupted = exc
                 entry.update(status="interrupted", error=str(exc))
-            except ModelFileError:
-                raise
-            except TilesegdError as exc:
-                entry.update(status="failed", error=str(exc))
-                log.error("%s", exc)
-            except OSError as exc:
-                entry.update(status="failed", error=f"{path}: {exc}")
-                log.error("%s: %s", path, exc)
-                if exc.errno == 28:  # ENOSPC: nothing else can be written either
+            except Exception as exc:  # one bad scene never stops the others...
+                fatal = _scene_failed(entry, path, name, output, exc)
+                if fatal is not None:  # ...unless no later scene could succeed either
                     doc["scenes"][name] = entry
-                    _finish(output, doc, "failed")
-                    raise OutputError(
-                        f"{output}: disk full while writing {name}; free space "
-                        "and rerun the same command to resume"
-                    ) from None
-            except Exception as exc:  # never let one scene stop the others
-                log.debug("unexpected error", exc_info=True)
-                entry.update(
-                    status="failed", error=f"{path}: internal error {type(exc).__name__}: {exc}"
-                )
-                log.error("%s", entry["error"])
+                    _stop_run(output, doc, fatal)
             entry.setdefault("seconds", round(time.perf_counter() - t0, 3))
             doc["scenes"][name] = entry
-            write_json_atomic(run_path, doc)
+            try:
+                write_json_atomic(run_path, doc)
+            except OSError as exc:
+                _stop_run(output, doc, _output_error(output, exc))
         statuses = {e["status"] for e in doc["scenes"].values()}
         status = "interrupted" if interrupted else "failed" if "failed" in statuses else "done"
-        _finish(output, doc, status)
+        try:
+            _finish(output, doc, status)
+        except OSError as exc:
+            raise _output_error(output, exc) from None
         if interrupted is not None:
-            raise interrupted
+            raise Interrupted(
+                f"{output}: stopped by a signal; finished scenes and blocks are kept (run.json "
+                "says which); rerun the same command to resume"
+            )
     return doc
+
+
+def _output_error(output: Path, exc: OSError) -> OutputError:
+    what = "the disk is full" if is_disk_full(exc) else "it cannot be written"
+    return OutputError(
+        f"{output}: {what} ({' '.join(str(exc).split())[:160]}); free space or fix permissions, "
+        "then rerun the same command to resume"
+    )
+
+
+def _scene_failed(
+    entry: dict[str, Any], path: Path, name: str, output: Path, exc: Exception
+) -> TilesegdError | None:
+    """Record ``exc`` in the scene's ``run.json`` entry as a failure and log it; return the
+    error that must end the run (an output cannot be written, the disk is full), or ``None`` to
+    go on with the next scene. (A model that fails on this scene's tile shape fails the scene
+    only: the model itself was checked before the first scene.)"""
+    fatal: TilesegdError | None = None
+    if is_disk_full(exc):
+        fatal = OutputError(
+            f"{output}: disk full while writing {name} ({' '.join(str(exc).split())[:120]}); "
+            "free space and rerun the same command to resume"
+        )
+        error = str(fatal)
+    elif isinstance(exc, OutputError):
+        fatal, error = exc, str(exc)
+    elif isinstance(exc, TilesegdError):
+        error = str(exc)
+    elif isinstance(exc, OSError):
+        error = f"{path}: {' '.join(str(exc).split())}"
+    else:
+        log.debug("unexpected error", exc_info=True)
+        error = f"{path}: internal error {type(exc).__name__}: {exc}"
+    entry.update(status="failed", error=error)
+    if fatal is None:
+        log.error("%s", error)
+    return fatal
+
+
+def _stop_run(output: Path, doc: dict[str, Any], exc: TilesegdError) -> None:
+    """End the run on ``exc``: remove temporary files, record what is known, raise ``exc``."""
+    clean_stale(output)
+    with contextlib.suppress(OSError):  # the disk may be full: run.json keeps its last state
+        _finish(output, doc, "failed")
+    raise exc
+
+
+def _input_stat(path: Path) -> list[int]:
+    """``[size in bytes, mtime in ns]``: a changed input is recomputed, never resumed."""
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _discard_stale_work(output: Path, name: str, stat: list[int], overwrite: bool) -> None:
+    """Remove the scene's work folder on ``--overwrite`` or when it was computed from another
+    version of the input file (its ``pred.zarr`` attributes record the input's size/mtime)."""
+    from tilesegd.runner import work_dir
+
+    work = work_dir(output, name)
+    if not work.exists():
+        return
+    if not overwrite:
+        try:
+            meta = json.loads((work / "pred.zarr" / "zarr.json").read_text())
+            recorded = meta.get("attributes", {}).get("source_stat")
+        except (OSError, ValueError):
+            return  # no readable store: the store itself starts over
+        if recorded in (None, stat):
+            return
+        log.info("%s: the input changed since the half-done run; starting over", name)
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def _outputs_present(final: Path) -> bool:
@@ -287,11 +377,15 @@ def _finish(output: Path, doc: dict[str, Any], status: str) -> None:
     tmp = output / f".{SUMMARY_CSV}.tmp-{os.getpid()}"
     from tilesegd.areas import AREA_COLUMNS
 
-    with open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=("scene",) + AREA_COLUMNS)
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, output / SUMMARY_CSV)
+    try:
+        with open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=("scene",) + AREA_COLUMNS)
+            w.writeheader()
+            w.writerows(rows)
+        os.replace(tmp, output / SUMMARY_CSV)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
     write_json_atomic(output / RUN_JSON, doc)
 
 

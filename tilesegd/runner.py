@@ -1,9 +1,9 @@
 """One scene, end to end: profile, check, segment block by block, then COG, areas, preview.
 
-Work happens in ``DIR/.tilesegd/work/<scene>/``; only when every output is complete are they
-renamed into ``DIR/<scene>/`` (each rename is atomic), so nothing at a final path ever claims a
-success that did not happen. A killed scene resumes from the blocks listed in its work folder's
-``blocks.done``.
+Work happens in ``DIR/.tilesegd/work/<scene>/``; only when every output is complete does that
+folder become ``DIR/<scene>/``, in one directory rename (:func:`publish`), so nothing at a final
+path ever claims a success that did not happen. A killed scene resumes from the blocks listed in
+its work folder's ``blocks.done``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from tilesegd.reader import SceneSource
 from tilesegd.scene import Scene, check_compatible, open_scene
 from tilesegd.tiling import Block, TileGrid
 from tilesegd.writers.cog import write_cog
-from tilesegd.writers.zarr_store import ZarrMaskStore
+from tilesegd.writers.zarr_store import DONE_LOG, ZarrMaskStore
 
 log = logging.getLogger(__name__)
 WORK_DIR = ".tilesegd"
@@ -50,10 +50,20 @@ def scene_attrs(scene: Any, engine: Engine, cfg: RunConfig, fingerprint: str) ->
         ],
         "nodata": 255,
         "source": str(scene.path),
+        "source_stat": _source_stat(scene.path),
         "tilesegd_version": __version__,
         "fingerprint": fingerprint,
         "config": cfg.to_dict(),
     }
+
+
+def _source_stat(path: Any) -> list[int] | None:
+    """``[size, mtime_ns]`` of the input (a changed input is recomputed, not resumed)."""
+    try:
+        st = os.stat(path)
+    except (OSError, TypeError):
+        return None
+    return [st.st_size, st.st_mtime_ns]
 
 
 @dataclass
@@ -285,17 +295,47 @@ def run_scene(
 
 
 def publish(work: Path, final: Path) -> Path:
-    """Rename every finished output from ``work`` into ``final`` (each rename atomic), then
-    remove the work folder."""
-    final.mkdir(parents=True, exist_ok=True)
-    old = final / "pred.zarr"
-    if old.exists():
-        trash = final / f".pred.zarr.old-{os.getpid()}"
-        os.replace(old, trash)
-        shutil.rmtree(trash, ignore_errors=True)
-    os.replace(work / "pred.zarr", old)
-    for f in OUTPUT_FILES:
-        if (work / f).exists():
-            os.replace(work / f, final / f)
-    shutil.rmtree(work, ignore_errors=True)
+    """Make a scene's finished work folder its final folder ``final`` in one directory rename.
+
+    ``final`` never holds a mix of old and new outputs: a new folder is renamed in whole; an
+    existing one (``--overwrite``, or left by a run killed before ``run.json`` recorded the
+    scene) is swapped with the work folder atomically (Linux ``renameat2(RENAME_EXCHANGE)``), or,
+    where that is not available, first moved to ``DIR/.tilesegd/trash/`` (then ``final`` is
+    briefly absent, never partial). The old folder and ``blocks.done`` are then removed. The
+    scene only counts as done once ``run.json`` says so (written after this).
+
+    Raises:
+        OSError: a rename failed (the work folder is left intact, so a rerun resumes).
+    """
+    if final.exists():
+        if not _exchange(work, final):
+            trash = final.parent / WORK_DIR / "trash"
+            trash.mkdir(parents=True, exist_ok=True)
+            old = trash / f"{final.name}.{os.getpid()}"
+            os.replace(final, old)
+            os.replace(work, final)
+            work = old
+        shutil.rmtree(work, ignore_errors=True)  # after an exchange, ``work`` is the old folder
+    else:
+        os.replace(work, final)
+    (final / DONE_LOG).unlink(missing_ok=True)
     return final
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux ``renameat2`` with ``RENAME_EXCHANGE``); False when the
+    platform or filesystem cannot."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    rc = fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    return rc == 0

@@ -85,16 +85,28 @@ class ZarrMaskStore:
                     fill_value=0.0,
                     dimension_names=("class", "y", "x"),
                 )
+        self._repair_log()
         self.group = group
         self.mask = group["mask"]
         self.probs = group["probs"] if probs_chunks is not None else None
 
+    def _repair_log(self) -> None:
+        """Cut a half-written last line (a kill or a full disk in mid-append) off
+        ``blocks.done``, so the next id appended is not glued to it."""
+        if not self.log_path.exists():
+            return
+        data = self.log_path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with open(self.log_path, "r+b") as f:
+                f.truncate(data.rfind(b"\n") + 1)
+
     def done_blocks(self) -> set[int]:
-        """Ids of the blocks whose chunks are complete (from ``blocks.done``)."""
+        """Ids of the blocks whose chunks are complete: the newline-terminated lines of
+        ``blocks.done`` (a line without its newline was cut mid-write and does not count)."""
         if not self.log_path.exists():
             return set()
         done = set()
-        for line in self.log_path.read_text().splitlines():
+        for line in self.log_path.read_text().split("\n")[:-1]:
             if line.strip().isdigit():
                 done.add(int(line))
         return done
