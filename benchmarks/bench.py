@@ -129,7 +129,14 @@ def agreement(mask: str, reference: str, border: int = 64) -> dict[str, float]:
     }
 
 
-def plan(suite: str, work: Path, device: str, unet_size: int = 4096) -> list[dict[str, Any]]:
+def plan(
+    suite: str,
+    work: Path,
+    device: str,
+    unet_size: int = 4096,
+    sizes: tuple[int, ...] = (8192, 16384, 32768),
+    codecs: tuple[str, ...] = ("deflate", "zstd"),
+) -> list[dict[str, Any]]:
     """The configurations of a suite (dicts of worker kwargs plus bookkeeping keys)."""
     import models
     from make_scenes import generated_base, make_scenes, scene_path, write_scene
@@ -212,8 +219,7 @@ def plan(suite: str, work: Path, device: str, unet_size: int = 4096) -> list[dic
         )
         peers_for(f"unet-{unet_size}", scene, model, unet_size, 23, True)
     if suite in ("scale", "full"):
-        sizes, codecs = [8192, 16384, 32768], ["deflate", "zstd"]
-        make_scenes(sizes, codecs, DATA)
+        make_scenes(list(sizes), list(codecs), DATA)
         model = str(models.build("trivial", 23, mdir))
         for size in sizes:
             for codec in codecs:
@@ -324,6 +330,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=HERE, help="where results/ and RESULTS.md go")
     ap.add_argument("--work", type=Path, default=DATA, help="models and temporary outputs")
     ap.add_argument("--unet-size", type=int, default=4096, help="side of the Unet scene, px")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[8192, 16384, 32768])
+    ap.add_argument("--codecs", nargs="+", default=["deflate", "zstd"])
     ap.add_argument("--only", default=None, help="run only groups containing this text")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -331,11 +339,12 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(_worker(json.loads(args.worker))))
         return
     import torch
-    from report import write_report
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    cfgs = plan(args.suite, args.work, device, args.unet_size)
+    cfgs = plan(
+        args.suite, args.work, device, args.unet_size, tuple(args.sizes), tuple(args.codecs)
+    )
     if args.only:
         cfgs = [c for c in cfgs if args.only in c["group"]]
     results = []
@@ -365,13 +374,19 @@ def main(argv: list[str] | None = None) -> None:
             )
             print(f"{label} {msg}", flush=True)
         results.append(res)
+        _save(args, device, started, argv, results)
+    _save(args, device, started, argv, results, final=True)
+
+
+def _save(args, device, started, argv, results, final: bool = False) -> None:
+    """Write the JSON (after every configuration, so a cut-short run keeps its figures)."""
     doc = {
         "suite": args.suite,
         "command": " ".join(
             [Path(sys.executable).name, "benchmarks/bench.py", *(argv or sys.argv[1:])]
         ),
         "started": started,
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z") if final else None,
         "machine": machine(),
         "results": results,
         "summary": summarise(results),
@@ -379,8 +394,11 @@ def main(argv: list[str] | None = None) -> None:
     (args.out / "results").mkdir(parents=True, exist_ok=True)
     path = args.out / "results" / f"results_{args.suite}_{device}.json"
     path.write_text(json.dumps(doc, indent=1, default=str))
-    write_report(args.out / "RESULTS.md", sorted((args.out / "results").glob("results_*.json")))
-    print(f"wrote {path} and {args.out / 'RESULTS.md'}")
+    if final:
+        from report import write_report
+
+        write_report(args.out / "RESULTS.md", sorted((args.out / "results").glob("results_*.json")))
+        print(f"wrote {path} and {args.out / 'RESULTS.md'}")
 
 
 if __name__ == "__main__":
