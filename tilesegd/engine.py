@@ -224,7 +224,7 @@ class Engine:
             out = out[0]
         if out.ndim != 4 or out.shape[1] != self.spec.num_classes:
             raise ModelFileError(
-                f"{self.source}: the network outputs {tuple(out.shape[1:2])} channels, but "
+                f"{self.source}: the network outputs {out.shape[1]} channels, but "
                 f"tilesegd.json lists {self.spec.num_classes} classes; fix the metadata or "
                 "re-export the model"
             )

@@ -35,6 +35,12 @@ def _finite(data: np.ndarray, valid: np.ndarray) -> None:
         data[:, ~valid] = 0
 
 
+def _gdal_detail(exc: BaseException) -> str:
+    """GDAL's own message (rasterio's is often "Read failed. See previous exception"), one line."""
+    text = str(exc.__cause__ or exc)
+    return " ".join(text.split())[:160]
+
+
 class ArraySource:
     """A source over an in-memory image (C, H, W) and optional validity mask (H, W) bool."""
 
@@ -112,7 +118,7 @@ class SceneSource:
                 raise InputError(
                     f"{self.scene.path}: cannot decode pixels at rows {inner.row_off}-"
                     f"{inner.row_off + inner.height}, cols {inner.col_off}-"
-                    f"{inner.col_off + inner.width} ({str(exc)[:160]}); the file is probably "
+                    f"{inner.col_off + inner.width} ({_gdal_detail(exc)}); the file is probably "
                     "truncated or corrupt: re-copy it"
                 ) from None
         _finite(data, valid)
