@@ -93,10 +93,17 @@ def worker_engine(cfg: RunConfig, model_sha: str) -> Engine:
         return _ENGINES[key]
 
 
-def prepare_worker(cfg: RunConfig, model_sha: str) -> tuple[str, str]:
-    """Dask task: load the engine on a worker (fail fast) and return its resolved
-    ``(device, dtype)`` as strings, which go into the run's fingerprint."""
+def prepare_worker(cfg: RunConfig, model_sha: str, tile: int) -> tuple[str, str]:
+    """Dask task: load the engine on a worker and check the network on one ``tile``-pixel
+    tile (so a bad model fails before any scene), then return the resolved
+    ``(device, dtype)`` as strings, which go into the run's fingerprint.
+
+    Raises:
+        ModelFileError: the file or the network disagrees with its ``tilesegd.json``.
+        DeviceError: the device or precision is not available on the worker.
+    """
     engine = worker_engine(cfg, model_sha)
+    engine.check((tile, tile))
     return str(engine.device), str(engine.dtype)
 
 

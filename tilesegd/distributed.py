@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 import threading
 import time
 import uuid
@@ -40,7 +39,6 @@ from tilesegd.errors import (
     Interrupted,
     ModelFileError,
     OutputError,
-    TilesegdError,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -174,12 +172,22 @@ class _Run:
         from tqdm import tqdm
 
         from tilesegd import __version__
-        from tilesegd.api import RUN_JSON, _finish, _outputs_present, fingerprint
+        from tilesegd.api import (
+            RUN_JSON,
+            _discard_stale_work,
+            _finish,
+            _input_stat,
+            _output_error,
+            _outputs_present,
+            _stop_run,
+            fingerprint,
+        )
 
         cfg, output = self.cfg, self.output
         log.info("Dask scheduler %s; loading the model on a worker", self.client.scheduler.address)
+        tile, _ = cfg.geometry(self.spec.tile_size, self.spec.multiple)
         device, dtype = self.client.submit(
-            prepare_worker, self.task_cfg, self.model_sha, pure=False
+            prepare_worker, self.task_cfg, self.model_sha, tile, pure=False
         ).result()
         fp = fingerprint(self.model_sha, cfg, device, dtype)
         self.n = n_workers = max(1, len(self.client.scheduler_info().get("workers", {})))
@@ -206,7 +214,8 @@ class _Run:
             },
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "status": "running",
-            "scenes": {},
+            # carry the previous entries forward so a run killed part-way loses no record
+            "scenes": {n: previous[n] for n in names if n in previous},
         }
         run_id = uuid.uuid4().hex
         self.bar = tqdm(
@@ -217,23 +226,26 @@ class _Run:
         self.fatal: BaseException | None = None
         try:
             for idx, (path, name) in enumerate(zip(paths, names, strict=True)):
-                old = previous.get(name, {})
+                old, stat = previous.get(name, {}), _input_stat(path)
                 if (
                     not cfg.overwrite
                     and old.get("status") == "done"
                     and old.get("fingerprint") == fp
+                    and old.get("input_stat", stat) == stat
                     and _outputs_present(output / name)
                 ):
                     log.info("%s: already done, skipping (use --overwrite to recompute)", name)
                     doc["scenes"][name] = {**old, "skipped": True}
                     continue
-                if stop.is_set():
-                    break
+                if stop.is_set() or self.fatal is not None:
+                    doc["scenes"][name] = {"status": "pending", "input": str(path)}
+                    continue
+                _discard_stale_work(output, name, stat, cfg.overwrite)
+                entry = {"input": str(path), "fingerprint": fp, "input_stat": stat}
+                doc["scenes"][name] = entry
                 job = SceneJob(None, self.task_cfg, self.model_sha, device, dtype, run_id)
-                self._submit_scene(Path(path).resolve(), name, fp, job, idx, ac, per_task)
+                self._submit_scene(Path(path).resolve(), name, entry, job, idx, ac, per_task)
                 self._gather(ac)
-                if self.fatal is not None:
-                    break
             while (not ac.is_empty() or self.finishing) and self.fatal is None:
                 if stop.wait(0.05):
                     break
@@ -245,38 +257,35 @@ class _Run:
             for fut in list(self.finishing):
                 self._finished(fut)
             self.bar.close()
-        interrupted = None
-        if self.fatal is None and stop.is_set():
-            interrupted = Interrupted("stopped by a signal; finished blocks are kept")
-        why = str(self.fatal or interrupted or "not finished")
-        for path, name in zip(paths, names, strict=True):
-            e = doc["scenes"].setdefault(name, {"status": "pending", "input": str(path)})
+        interrupted = stop.is_set() and self.fatal is None
+        why = str(self.fatal or "stopped by a signal; finished blocks are kept")
+        for e in doc["scenes"].values():
             if e["status"] == "running":
                 e.update(status="interrupted" if interrupted else "failed", error=why)
+        if self.fatal is not None:
+            _stop_run(output, doc, self.fatal)
         statuses = {e["status"] for e in doc["scenes"].values()}
         status = "interrupted" if interrupted else "failed" if "failed" in statuses else "done"
-        _finish(output, doc, "failed" if self.fatal else status)
-        if self.fatal is not None:
-            raise self.fatal
-        if interrupted is not None:
-            raise interrupted
+        try:
+            _finish(output, doc, status)
+        except OSError as exc:
+            raise _output_error(output, exc) from None
+        if interrupted:
+            raise Interrupted(
+                f"{output}: stopped by a signal; finished scenes and blocks are kept (run.json "
+                "says which); rerun the same command to resume"
+            )
         return doc
 
-    def _submit_scene(self, path, name, fp, job, idx, ac, per_task) -> None:
+    def _submit_scene(self, path, name, entry, job, idx, ac, per_task) -> None:
         """Plan one scene on the client, then submit its block groups (priority: scene order)."""
-        from tilesegd.runner import plan_scene, work_dir
+        from tilesegd.runner import plan_scene
 
-        cfg = self.cfg
-        entry: dict[str, Any] = {"input": str(path), "fingerprint": fp}
-        self.doc["scenes"][name] = entry
-        if cfg.overwrite:
-            shutil.rmtree(work_dir(self.output, name), ignore_errors=True)
+        fp = entry["fingerprint"]
         try:
-            plan = plan_scene(path, name, SpecView(self.spec), cfg, self.output, fp)
-        except (TilesegdError, OSError) as exc:
-            entry.update(status="failed", error=_message(exc, str(path)))
-            log.error("%s", entry["error"])
-            self._write()
+            plan = plan_scene(path, name, SpecView(self.spec), self.cfg, self.output, fp)
+        except Exception as exc:  # recorded in run.json; the others go on
+            self._failed(name, path, entry, exc)
             return
         entry["status"] = "running"
         st = self.states[name] = _SceneState(plan, entry, time.perf_counter())
@@ -321,16 +330,10 @@ class _Run:
                     st.t_blocks = time.perf_counter() - st.t0
                     self._start_finish(st)
                 continue
-            exc = fut.exception()
-            if isinstance(exc, (ModelFileError, DeviceError)):
-                self.fatal = exc
-                return
             st.failed = True
             self.client.cancel([f for f, n in self.owner.items() if n == name])
-            st.entry.update(status="failed", error=_message(exc, st.entry["input"]))
             st.entry["seconds"] = round(time.perf_counter() - st.t0, 3)
-            log.error("%s", st.entry["error"])
-            self._write()
+            self._failed(name, st.entry["input"], st.entry, fut.exception())
         for fut in [f for f in self.finishing if f.done()]:
             self._finished(fut)
 
@@ -340,10 +343,8 @@ class _Run:
         missing = {b.id for b in st.plan.todo} - st.done_ids
         if missing:  # cannot happen unless a task lied; never publish a partial mask
             st.failed = True
-            error = f"{st.entry['input']}: blocks {sorted(missing)} were not computed; rerun"
-            st.entry.update(status="failed", error=error)
-            log.error("%s", error)
-            self._write()
+            error = f"blocks {sorted(missing)} were not computed; rerun to resume"
+            self._failed(st.plan.name, st.entry["input"], st.entry, OutputError(error))
             return
         args = (st.plan, self.spec, self.cfg, self.output, str(self.model))
         self.finishing[self.finisher.submit(finish_scene, *args)] = st.plan.name
@@ -353,14 +354,9 @@ class _Run:
         st = self.states[name]
         try:
             result = fut.result()
-        except Exception as exc:  # never let one scene stop the others
-            st.entry.update(status="failed", error=_message(exc, st.entry["input"]))
-            log.error("%s", st.entry["error"])
-            if isinstance(exc, OSError) and exc.errno == 28 and self.fatal is None:
-                self.fatal = OutputError(
-                    f"{self.output}: disk full while writing {name}; free space and rerun "
-                    "the same command to resume"
-                )
+        except Exception as exc:  # recorded in run.json; the others go on
+            self._failed(name, st.entry["input"], st.entry, exc)
+            return
         else:
             seconds = time.perf_counter() - st.t0
             st.entry.update(
@@ -375,13 +371,25 @@ class _Run:
             log.info("%s: done in %.1f s on %d worker(s)", name, seconds, len(st.workers))
         self._write()
 
+    def _failed(self, name: str, path: Any, entry: dict[str, Any], exc: BaseException) -> None:
+        """Record a scene's failure as a local run does; a model that cannot run, an output
+        that cannot be written or a full disk end the whole run (``self.fatal``)."""
+        from tilesegd.api import _scene_failed
+
+        if not isinstance(exc, Exception):  # e.g. a worker's KeyboardInterrupt
+            exc = RuntimeError(str(exc))
+        fatal = _scene_failed(entry, Path(path), name, self.output, exc)
+        if isinstance(exc, DeviceError):
+            fatal = exc
+        if fatal is not None and self.fatal is None:
+            self.fatal = fatal
+        self._write()
+
     def _write(self) -> None:
-        from tilesegd.api import RUN_JSON, write_json_atomic
+        from tilesegd.api import RUN_JSON, _output_error, write_json_atomic
 
-        write_json_atomic(self.output / RUN_JSON, self.doc)
-
-
-def _message(exc: BaseException, path: str) -> str:
-    if isinstance(exc, TilesegdError):
-        return str(exc)
-    return f"{path}: {type(exc).__name__}: {exc}"
+        try:
+            write_json_atomic(self.output / RUN_JSON, self.doc)
+        except OSError as exc:
+            if self.fatal is None:
+                self.fatal = _output_error(self.output, exc)
