@@ -1,0 +1,67 @@
+"""``tilesegd train``: train an smp network on image/mask pairs; writes a run directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command(context_settings={"max_content_width": 100})
+@click.option("--images", type=click.Path(), help="Folder of images (GeoTIFF, PNG, JPEG).")
+@click.option("--masks", type=click.Path(), help="Folder of masks, matched to images by stem.")
+@click.option(
+    "--classes",
+    type=click.Path(),
+    help="Classes CSV: value,name,r,g,b or name,r,g,b (Semantic Drone Dataset class_dict.csv).",
+)
+@click.option("--output", "-o", type=click.Path(), help="Run directory (RUNDIR).")
+@click.option("--config", "config_file", type=click.Path(), help="YAML config (train: section).")
+@click.option(
+    "--arch", help="smp architecture: Unet (default), UnetPlusPlus, FPN, DeepLabV3Plus..."
+)
+@click.option("--encoder", help="smp encoder (default mobilenet_v2).")
+@click.option(
+    "--encoder-weights",
+    type=click.Path(),
+    help="LOCAL encoder weights file (safetensors / state dict); nothing is downloaded.",
+)
+@click.option("--epochs", type=int, help="Epochs (default 20).")
+@click.option(
+    "--steps-per-epoch", type=int, help="Batches per epoch (default: cover the data once)."
+)
+@click.option("--batch-size", type=int, help="Tiles per batch (default 8).")
+@click.option("--tile-size", type=int, help="Training tile side in pixels (default 512).")
+@click.option("--lr", type=float, help="Peak learning rate, AdamW (default 1e-3).")
+@click.option("--loss", help="Loss terms joined by +: ce, dice, focal, lovasz, jaccard, bce.")
+@click.option("--ignore", multiple=True, help="Class name to ignore (repeatable).")
+@click.option("--val-fraction", type=float, help="Share of pairs for validation (default 0.2).")
+@click.option("--seed", type=int, help="Random seed (default 0).")
+@click.option("--device", help="auto (default), cpu, cuda or cuda:N.")
+@click.option("--patience", type=int, help="Early stop after N epochs without better mIoU.")
+@click.option(
+    "--resume",
+    type=click.Path(),
+    help="Continue the run in RUNDIR from its last.ckpt (uses RUNDIR/config.yaml).",
+)
+@click.pass_context
+def train(ctx: click.Context, config_file: str | None, **flags: object) -> None:
+    """Train a segmentation model; writes config.yaml, metrics.csv, curves.png, confusion.png,
+    best.ckpt, last.ckpt and model.ts into RUNDIR.
+
+    \b
+    tilesegd train --images data/images --masks data/masks --classes classes.csv \\
+        --output runs/a --config configs/loveda_unet.yaml
+    tilesegd train --resume runs/a
+    """
+    from tilesegd.config import resolve
+    from tilesegd.train.loop import TrainConfig
+    from tilesegd.train.loop import train as run_training
+
+    flags["ignore"] = list(flags["ignore"]) or None  # type: ignore[arg-type]
+    if flags.get("resume") and not config_file:
+        config_file = str(Path(str(flags["resume"])) / "config.yaml")
+    cfg = resolve(TrainConfig, config_file, flags, section="train")
+    quiet = bool((ctx.obj or {}).get("quiet"))
+    out = run_training(cfg, progress=not quiet)
+    click.echo(f"model: {out / 'model.ts'}\nrun:   {out}")

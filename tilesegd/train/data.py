@@ -1,0 +1,567 @@
+"""Training data: class maps, image/mask pairing, dataset scan and random native-resolution tiles.
+
+Masks are either single-band class *values* or colour-coded RGB(A). A classes CSV maps them to
+contiguous class ids ``0..K-1``; classes listed as ignored (``--ignore NAME``, and any class
+named ``nodata``) map to :data:`IGNORE_INDEX` (255) and are not model outputs. Two CSV layouts
+are accepted:
+
+* ``value,name,r,g,b`` (LoveDA style: mask value -> class; colour used for colour-coded masks),
+* ``name,r,g,b`` (the Semantic Drone Dataset's ``class_dict.csv``: the value is the row order).
+
+Large images are never resized down: training tiles are random windows at native resolution
+(scale jitter resamples a window of ``tile * s`` pixels, ``s`` in ``[1 - j, 1 + j]``, to the tile).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import warnings
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tilesegd.errors import ConfigError, DatasetError
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = 255
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp", ".vrt")
+DEFAULT_IGNORED = ("nodata",)
+
+
+@dataclass(frozen=True)
+class ClassEntry:
+    """One row of a classes CSV: raw mask ``value``, ``name``, ``color`` (r, g, b 0-255)."""
+
+    value: int
+    name: str
+    color: tuple[int, int, int]
+    ignored: bool = False
+
+
+@dataclass
+class ClassMap:
+    """Mapping between raw mask values / colours and contiguous class ids.
+
+    Attributes:
+        entries: every CSV row, in file order.
+        source: where it came from (for messages).
+
+    Class ids are the positions of the non-ignored entries (``0..K-1``); ignored entries map to
+    :data:`IGNORE_INDEX`.
+    """
+
+    entries: list[ClassEntry]
+    source: str = "<classes>"
+    _ids: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        ids, k = [], 0
+        for e in self.entries:
+            ids.append(IGNORE_INDEX if e.ignored else k)
+            k += not e.ignored
+        if k == 0:
+            raise ConfigError(f"{self.source}: every class is ignored; keep at least one")
+        if k > 254:
+            raise ConfigError(f"{self.source}: {k} classes; at most 254 are supported")
+        self._ids = np.asarray(ids, np.uint8)
+        values = [e.value for e in self.entries]
+        if len(set(values)) != len(values):
+            raise ConfigError(f"{self.source}: duplicate mask values {values}")
+        self._vorder = np.argsort(values)
+        self._values = np.asarray(values, np.int64)[self._vorder]
+        codes = [(c[0] << 16) | (c[1] << 8) | c[2] for c in (e.color for e in self.entries)]
+        if len(set(codes)) == len(codes):
+            self._corder = np.argsort(codes)
+            self._codes = np.asarray(codes, np.int64)[self._corder]
+        else:
+            self._codes = None  # colours not unique: colour-coded masks are refused
+
+    @property
+    def classes(self) -> list[ClassEntry]:
+        """The K output classes (ignored entries removed), id = position."""
+        return [e for e in self.entries if not e.ignored]
+
+    @property
+    def names(self) -> list[str]:
+        """Names of the K output classes."""
+        return [e.name for e in self.classes]
+
+    @property
+    def ignored_names(self) -> list[str]:
+        """Names of the ignored classes."""
+        return [e.name for e in self.entries if e.ignored]
+
+    @property
+    def num_classes(self) -> int:
+        """K, the number of output classes."""
+        return len(self.classes)
+
+    def encode(self, mask: np.ndarray, path: str | Path = "<mask>") -> np.ndarray:
+        """Raw mask -> class ids.
+
+        Args:
+            mask: (H, W) or (1, H, W) class values (any integer dtype), or (3|4, H, W) uint8
+                colours (an alpha band is dropped).
+            path: the mask file, named in errors.
+
+        Returns:
+            (H, W) uint8 ids in ``0..K-1``, :data:`IGNORE_INDEX` for ignored classes.
+
+        Raises:
+            DatasetError: a value or colour is not in the classes CSV (names the file and the
+                first few unknown values).
+        """
+        if mask.ndim == 3 and mask.shape[0] == 1:
+            mask = mask[0]
+        if mask.ndim == 2:
+            if mask.dtype.kind == "f":
+                if not np.all(np.isfinite(mask)) or np.any(mask != np.round(mask)):
+                    raise DatasetError(
+                        f"{path}: mask holds non-integer values; masks must be "
+                        "integer class values or RGB colours"
+                    )
+            keys, table, order, what = mask.astype(np.int64), self._values, self._vorder, "value"
+        elif mask.ndim == 3 and mask.shape[0] in (3, 4):
+            if self._codes is None:
+                raise DatasetError(
+                    f"{path}: colour-coded mask, but the colours in {self.source}"
+                    " are not unique; give each class its own r,g,b"
+                )
+            m = mask[:3].astype(np.int64)
+            keys, table, order, what = (
+                (m[0] << 16) | (m[1] << 8) | m[2],
+                self._codes,
+                self._corder,
+                "colour",
+            )
+        else:
+            raise DatasetError(
+                f"{path}: mask has shape {mask.shape}; expected 1 band of class "
+                "values or 3 bands (RGB) of class colours"
+            )
+        pos = np.clip(np.searchsorted(table, keys), 0, len(table) - 1)
+        bad = table[pos] != keys
+        if bad.any():
+            unknown = np.unique(keys[bad])[:5]
+            if what == "colour":
+                shown = ", ".join(f"({u >> 16}, {(u >> 8) & 255}, {u & 255})" for u in unknown)
+            else:
+                shown = ", ".join(str(int(u)) for u in unknown)
+            raise DatasetError(
+                f"{path}: {int(bad.sum())} pixel(s) with mask {what}(s) {shown} not listed in "
+                f"{self.source}; add them to the classes CSV (or fix the mask)"
+            )
+        return self._ids[order[pos]]
+
+    def decode(self, ids: np.ndarray, mode: str = "color") -> np.ndarray:
+        """Class ids -> raw mask values (``mode="value"``, (H, W) int64) or colours
+        (``mode="color"``, (3, H, W) uint8). Ignored pixels get the first ignored class (or
+        value 255 / black when none is ignored). The inverse of :meth:`encode`."""
+        ign = [e for e in self.entries if e.ignored]
+        fill = ign[0] if ign else ClassEntry(IGNORE_INDEX, "ignore", (0, 0, 0))
+        cls = self.classes + [fill] * (256 - self.num_classes)
+        if mode == "value":
+            return np.asarray([e.value for e in cls], np.int64)[ids]
+        lut = np.asarray([e.color for e in cls], np.uint8)
+        return lut[ids].transpose(2, 0, 1).copy()
+
+    @classmethod
+    def from_names(
+        cls, names: Sequence[str], colors: Sequence[Sequence[int]], source: str = "<model>"
+    ) -> ClassMap:
+        """Masks that hold class ids directly (value = id, 255 = ignore), e.g. for ``eval``
+        without ``--classes``; colours are the model's."""
+        entries = [
+            ClassEntry(i, n, tuple(int(v) for v in c[:3]))
+            for i, (n, c) in enumerate(zip(names, colors, strict=True))
+        ]
+        if len(entries) < IGNORE_INDEX:
+            entries.append(ClassEntry(IGNORE_INDEX, "ignore", (1, 2, 3), ignored=True))
+        return cls(entries, source)
+
+
+def read_classes(path: str | Path, ignore: Sequence[str] = ()) -> ClassMap:
+    """Parse a classes CSV (``value,name,r,g,b`` or ``name,r,g,b``; see the module docstring).
+
+    Args:
+        path: the CSV file.
+        ignore: class names to ignore (case-insensitive); a class named ``nodata`` is always
+            ignored.
+
+    Raises:
+        ConfigError: missing file, unknown header, bad numbers, or an ``ignore`` name that is
+            not in the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: classes CSV not found; pass --classes FILE")
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+    if not rows:
+        raise ConfigError(f"{path}: classes CSV is empty")
+    header = [h.strip().lower() for h in rows[0]]
+    want_ignore = {n.strip().lower() for n in ignore}
+    if header[:5] == ["value", "name", "r", "g", "b"]:
+        has_value = True
+    elif header[:4] == ["name", "r", "g", "b"]:
+        has_value = False
+    else:
+        raise ConfigError(
+            f"{path}: header {rows[0]} not understood; use value,name,r,g,b or "
+            "name,r,g,b (Semantic Drone Dataset class_dict.csv)"
+        )
+    entries = []
+    for i, row in enumerate(rows[1:]):
+        try:
+            cells = [c.strip() for c in row]
+            value, rest = (int(cells[0]), cells[1:]) if has_value else (i, cells)
+            name = rest[0]
+            color = tuple(int(float(v)) for v in rest[1:4])
+            if len(color) != 3 or not all(0 <= v <= 255 for v in color):
+                raise ValueError("r,g,b must be 0..255")
+        except (ValueError, IndexError) as exc:
+            raise ConfigError(f"{path}: line {i + 2} {row}: {exc}") from None
+        low = name.lower()
+        entries.append(ClassEntry(value, name, color, low in want_ignore or low in DEFAULT_IGNORED))
+    missing = want_ignore - {e.name.lower() for e in entries}
+    if missing:
+        raise ConfigError(
+            f"{path}: --ignore {', '.join(sorted(missing))}: no such class; "
+            f"classes are {', '.join(e.name for e in entries)}"
+        )
+    return ClassMap(entries, str(path))
+
+
+@dataclass(frozen=True)
+class Pair:
+    """An image file and its mask file (same stem)."""
+
+    image: Path
+    mask: Path
+
+    @property
+    def name(self) -> str:
+        return self.image.stem
+
+
+def _listing(folder: Path) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise ConfigError(f"{folder}: not a directory; pass an existing folder")
+    files = sorted(
+        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    )
+    out: dict[str, Path] = {}
+    for p in files:
+        if p.stem in out:
+            raise DatasetError(
+                f"{folder}: two files share the stem {p.stem!r} ({out[p.stem].name}, "
+                f"{p.name}); keep one per image"
+            )
+        out[p.stem] = p
+    return out
+
+
+def find_pairs(images: str | Path, masks: str | Path) -> list[Pair]:
+    """Match ``images/`` and ``masks/`` by file stem (``0.png`` <-> ``0.png``, ``a.jpg`` <->
+    ``a.png``), sorted by stem.
+
+    Raises:
+        ConfigError: a folder is missing.
+        DatasetError: no pairs, or images without a mask (named).
+    """
+    imgs, msks = _listing(Path(images)), _listing(Path(masks))
+    lonely = sorted(set(imgs) - set(msks))
+    if lonely:
+        raise DatasetError(
+            f"{masks}: no mask for image(s) {', '.join(lonely[:5])}"
+            f"{' ...' if len(lonely) > 5 else ''}; masks are matched by file stem"
+        )
+    extra = sorted(set(msks) - set(imgs))
+    if extra:
+        log.warning("%s: %d mask(s) without an image ignored (%s)", masks, len(extra), extra[:3])
+    if not imgs:
+        raise DatasetError(f"{images}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    return [Pair(imgs[s], msks[s]) for s in sorted(imgs)]
+
+
+def read_raster(path: Path, bands: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Read a whole raster: ``(data (C, H, W) native dtype, valid (H, W) bool)``.
+
+    ``valid`` is False where GDAL's dataset mask says nodata (nodata value, alpha, internal mask).
+
+    Raises:
+        DatasetError: unreadable file or a band number out of range.
+    """
+    import rasterio
+    import rasterio.errors
+    from rasterio.enums import MaskFlags
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            with rasterio.open(path) as ds:
+                if bands is not None and max(bands) > ds.count:
+                    raise DatasetError(f"{path}: has {ds.count} band(s), bands {list(bands)} asked")
+                data = ds.read(list(bands) if bands else None)
+                if all(MaskFlags.all_valid in f for f in ds.mask_flag_enums):
+                    valid = np.ones(data.shape[1:], bool)
+                else:  # nodata value, alpha band or internal mask
+                    valid = ds.dataset_mask() > 0
+    except rasterio.errors.RasterioError as exc:
+        raise DatasetError(f"{path}: cannot read ({exc}); is it a valid image?") from None
+    return data, valid
+
+
+def input_scale_for(dtype: np.dtype) -> float:
+    """Raw -> [0, 1] divisor by dtype: 255 (uint8), 65535 (uint16: the full bit depth, so the
+    scale never depends on the sample; the dataset mean/std then normalise the real range),
+    32767 (int16), 1 (floats)."""
+    dt = np.dtype(dtype)
+    return {"uint8": 255.0, "uint16": 65535.0, "int16": 32767.0}.get(dt.name, 1.0)
+
+
+class PairStore:
+    """Decoded pairs with an LRU cache bounded in bytes.
+
+    ``get(i)`` returns ``(image (C, H, W) native dtype, ids (H, W) uint8)``, with ids set to
+    :data:`IGNORE_INDEX` where the image is nodata.
+    """
+
+    def __init__(self, pairs: Sequence[Pair], classmap: ClassMap, cache_mb: float = 4096) -> None:
+        self.pairs = list(pairs)
+        self.classmap = classmap
+        self.cache_bytes = int(cache_mb * 2**20)
+        self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._used = 0
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def get(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        if i in self._cache:
+            self._cache.move_to_end(i)
+            return self._cache[i]
+        pair = self.pairs[i]
+        image, valid = read_raster(pair.image)
+        raw, _ = read_raster(pair.mask)
+        if raw.shape[1:] != image.shape[1:]:
+            raise DatasetError(
+                f"{pair.mask}: mask is {raw.shape[2]}x{raw.shape[1]} but image "
+                f"{pair.image.name} is {image.shape[2]}x{image.shape[1]} (WxH); "
+                "masks must be pixel-aligned with their images"
+            )
+        ids = self.classmap.encode(raw, pair.mask)
+        ids[~valid] = IGNORE_INDEX
+        item = (image, ids)
+        size = image.nbytes + ids.nbytes
+        while self._cache and self._used + size > self.cache_bytes:
+            _, old = self._cache.popitem(last=False)
+            self._used -= old[0].nbytes + old[1].nbytes
+        if size <= self.cache_bytes:
+            self._cache[i] = item
+            self._used += size
+        return item
+
+
+@dataclass
+class DatasetStats:
+    """What a scan of the training pairs found.
+
+    Attributes:
+        dtype: the images' dtype name (all must agree).
+        bands: band count (all must agree).
+        input_scale: see :func:`input_scale_for`.
+        mean, std: per-channel statistics of ``raw / input_scale`` over valid pixels
+            (every 4th row and column).
+        class_pixels: (K,) int64 labelled pixels per class id.
+        pixels: (n,) labelled pixels per training image.
+    """
+
+    dtype: str
+    bands: int
+    input_scale: float
+    mean: list[float]
+    std: list[float]
+    class_pixels: np.ndarray
+    pixels: np.ndarray
+
+
+def scan(store: PairStore, train_idx: Sequence[int], all_idx: Sequence[int]) -> DatasetStats:
+    """Read every pair once: check dtypes, band counts and mask values (errors name the file),
+    count labelled pixels per class, and compute channel mean/std on the training images.
+
+    Raises:
+        DatasetError: mixed dtypes or band counts, unknown mask values, size mismatches.
+    """
+    k = store.classmap.num_classes
+    dtype = bands = None
+    counts = np.zeros(k, np.int64)
+    pixels = np.zeros(len(train_idx), np.int64)
+    s = s2 = n = 0.0
+    train_pos = {j: p for p, j in enumerate(train_idx)}
+    for i in all_idx:
+        image, ids = store.get(i)
+        path = store.pairs[i].image
+        if dtype is None:
+            dtype, bands = image.dtype, image.shape[0]
+        elif image.dtype != dtype or image.shape[0] != bands:
+            raise DatasetError(
+                f"{path}: {image.shape[0]} band(s) {image.dtype}, but "
+                f"{store.pairs[all_idx[0]].image.name} has {bands} band(s) "
+                f"{dtype}; all images must agree"
+            )
+        if i in train_pos:
+            counts += np.bincount(ids.ravel(), minlength=256)[:k]
+            pixels[train_pos[i]] = int((ids != IGNORE_INDEX).sum())
+            sub = image[:, ::4, ::4].astype(np.float64)
+            ok = ids[::4, ::4] != IGNORE_INDEX
+            if not ok.any():
+                continue
+            v = sub[:, ok]
+            s = s + v.sum(1)
+            s2 = s2 + (v**2).sum(1)
+            n += v.shape[1]
+    scale = input_scale_for(dtype)
+    if n == 0:
+        raise DatasetError("the training masks have no labelled pixels (all ignored)")
+    mean = s / n / scale
+    std = np.sqrt(np.maximum(s2 / n / scale**2 - mean**2, 0.0))
+    std = np.maximum(std, 1e-3)
+    return DatasetStats(
+        np.dtype(dtype).name,
+        int(bands),
+        scale,
+        [float(v) for v in mean],
+        [float(v) for v in std],
+        counts,
+        pixels,
+    )
+
+
+def split(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Deterministic train/validation split of ``n`` pairs (a seeded permutation).
+
+    With one pair it is used for both (a warning says so); otherwise at least one pair goes to
+    each side. Returns sorted ``(train, val)`` index lists.
+    """
+    if n == 1:
+        log.warning(
+            "only 1 image/mask pair: validating on the training image (scores are "
+            "optimistic); add pairs for an honest validation"
+        )
+        return [0], [0]
+    perm = np.random.default_rng(seed).permutation(n)
+    n_val = min(n - 1, max(1, round(n * val_fraction)))
+    return sorted(perm[n_val:].tolist()), sorted(perm[:n_val].tolist())
+
+
+def build_augment(augment: bool):
+    """The albumentations pipeline applied to (H, W, C) float32 tiles in ``[0, 1]``-ish units:
+    flips, 90-degree rotations, brightness/contrast (scale jitter happens at crop time)."""
+    import albumentations as A
+
+    if not augment:
+        return A.Compose([])
+    return A.Compose(
+        [
+            A.HorizontalFlip(p=0.5),
+            A.VerticalFlip(p=0.5),
+            A.RandomRotate90(p=0.5),
+            A.RandomBrightnessContrast(brightness_limit=0.15, contrast_limit=0.15, p=0.5),
+        ]
+    )
+
+
+class TileSampler:
+    """Random training tiles at native resolution.
+
+    Args:
+        store: the pairs.
+        indices: training pair indices; an image is drawn with probability proportional to its
+            labelled pixels.
+        weights: (n,) labelled pixels per index (from :class:`DatasetStats`).
+        tile_size: tile side, pixels.
+        scale_jitter: ``j``: a window of ``round(tile * s)`` pixels, ``s`` log-uniform in
+            ``[1 - j, 1 + j]``, is resampled to the tile (0 = pure native resolution).
+        augment: flips, rotations, brightness/contrast.
+        input_scale, mean, std: normalisation, as in the model file.
+    """
+
+    def __init__(
+        self,
+        store: PairStore,
+        indices: Sequence[int],
+        weights: np.ndarray,
+        tile_size: int,
+        scale_jitter: float,
+        augment: bool,
+        input_scale: float,
+        mean: Sequence[float],
+        std: Sequence[float],
+    ) -> None:
+        self.store, self.indices, self.tile = store, list(indices), tile_size
+        w = np.asarray(weights, np.float64) + 1.0
+        self.p = w / w.sum()
+        self.jitter = scale_jitter if augment else 0.0
+        self.aug = build_augment(augment)
+        self.scale = float(input_scale)
+        self.mean = np.asarray(mean, np.float32).reshape(-1, 1, 1)
+        self.std = np.asarray(std, np.float32).reshape(-1, 1, 1)
+
+    def normalise(self, image: np.ndarray) -> np.ndarray:
+        """(C, H, W) raw -> float32 ``(raw / input_scale - mean) / std``."""
+        return (image.astype(np.float32) / self.scale - self.mean) / self.std
+
+    def _crop(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        import cv2
+
+        t = self.tile
+        for _attempt in range(10):
+            i = self.indices[rng.choice(len(self.indices), p=self.p)]
+            image, ids = self.store.get(i)
+            h, w = ids.shape
+            s = (
+                math.exp(rng.uniform(math.log(1 - self.jitter), math.log(1 + self.jitter)))
+                if self.jitter
+                else 1.0
+            )
+            side = max(8, round(t * s))
+            ch, cw = min(side, h), min(side, w)
+            r, c = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+            m = ids[r : r + ch, c : c + cw]
+            if (m != IGNORE_INDEX).any():
+                break
+        x = image[:, r : r + ch, c : c + cw].astype(np.float32).transpose(1, 2, 0) / self.scale
+        if side != t:
+            oh, ow = max(1, round(ch * t / side)), max(1, round(cw * t / side))
+            x = cv2.resize(x, (ow, oh), interpolation=cv2.INTER_LINEAR).reshape(oh, ow, -1)
+            m = cv2.resize(m, (ow, oh), interpolation=cv2.INTER_NEAREST)
+        ph, pw = t - x.shape[0], t - x.shape[1]
+        if ph > 0 or pw > 0:  # image smaller than the tile: pad with the mean, ignore
+            fill = (self.mean[:, 0, 0]).astype(np.float32)
+            xp = np.broadcast_to(fill, (t, t, x.shape[2])).copy()
+            xp[: x.shape[0], : x.shape[1]] = x
+            mp = np.full((t, t), IGNORE_INDEX, np.uint8)
+            mp[: m.shape[0], : m.shape[1]] = m
+            x, m = xp, mp
+        return x[:t, :t], m[:t, :t]
+
+    def sample(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` tiles: ``(x (n, C, T, T) float32 normalised, y (n, T, T) int64 ids)``.
+
+        Fully determined by ``rng`` (albumentations is reseeded from it per tile)."""
+        xs, ys = [], []
+        for _ in range(n):
+            x, m = self._crop(rng)
+            self.aug.set_random_seed(int(rng.integers(2**31 - 1)))
+            out = self.aug(image=x, mask=m)
+            x = np.ascontiguousarray(out["image"].transpose(2, 0, 1))
+            xs.append((x - self.mean) / self.std)
+            ys.append(out["mask"].astype(np.int64))
+        return np.stack(xs).astype(np.float32), np.stack(ys)
