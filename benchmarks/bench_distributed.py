@@ -117,15 +117,16 @@ def table(suite: str, rows: dict[str, dict[str, Any]]) -> str:
     lines = [
         f"**{suite}** ({base['megapixels']} MP in total)",
         "",
-        "| configuration | wall s | MP/s | vs local | cluster start s | masks identical |",
-        "|---|---:|---:|---:|---:|---|",
+        "| configuration | wall s | MP/s | vs local | cluster start s | masks identical "
+        "| load avg (before, after) |",
+        "|---|---:|---:|---:|---:|---|---|",
     ]
     for name, r in rows.items():
         same = "yes" if r["masks_sha"] == base["masks_sha"] else "NO"
         speed = r["mp_per_s"] / base["mp_per_s"]
         lines.append(
             f"| {name} | {r['wall_s']} | {r['mp_per_s']} | {speed:.2f}x | "
-            f"{r.get('cluster_start_s', '-')} | {same} |"
+            f"{r.get('cluster_start_s', '-')} | {same} | {r.get('load_avg_1min', '-')} |"
         )
     return "\n".join(lines)
 
@@ -152,6 +153,7 @@ def main(argv: list[str] | None = None) -> None:
         for name, options in CONFIGS.items():
             spec = {"scenes": scenes, "model": model, "options": options}
             spec["out"] = str(args.out / "run")
+            load_before = os.getloadavg()[0]
             r = subprocess.run(
                 [sys.executable, __file__, "--one", json.dumps(spec)],
                 capture_output=True,
@@ -160,6 +162,7 @@ def main(argv: list[str] | None = None) -> None:
             if r.returncode:
                 raise SystemExit(f"{suite} / {name} failed:\n{r.stderr[-3000:]}")
             rows[name] = json.loads(r.stdout.strip().splitlines()[-1])
+            rows[name]["load_avg_1min"] = [round(load_before, 1), round(os.getloadavg()[0], 1)]
             print(f"{suite:8s} {name:34s} {rows[name]}", flush=True)
         doc["suites"][suite] = rows
         print(table(suite, rows), flush=True)
