@@ -13,13 +13,13 @@ from tilesegd.errors import ConfigError, DatasetError
 from tilesegd.train.data import (
     IGNORE_INDEX,
     PairStore,
-    TileSampler,
     find_pairs,
     read_classes,
     read_raster,
     scan,
     split,
 )
+from tilesegd.train.tiles import TileSampler
 
 # The Semantic Drone Dataset's class_dict.csv (TU Graz): name,r,g,b; id = row order.
 SDD_CLASSES = [

@@ -19,7 +19,6 @@ epoch, in the model-file contract).
 
 from __future__ import annotations
 
-import copy
 import csv
 import logging
 import math
@@ -38,20 +37,21 @@ from tilesegd.train.checkpoint import load_checkpoint, save_checkpoint
 from tilesegd.train.config import TrainConfig
 from tilesegd.train.data import (
     PairStore,
-    TileSampler,
     find_pairs,
     read_classes,
     scan,
     split,
 )
-from tilesegd.train.metrics import confusion_matrix, plot_confusion, plot_curves, scores
+from tilesegd.train.metrics import plot_confusion, plot_curves
 from tilesegd.train.model import (
-    TwoClassLogits,
     build_loss,
     build_model,
     class_weights,
     load_encoder_weights,
+    network_from_state,
 )
+from tilesegd.train.tiles import TileSampler
+from tilesegd.train.validate import validate_epoch
 
 log = logging.getLogger(__name__)
 
@@ -71,29 +71,6 @@ CSV_FIELDS = (
 )
 # settings that may change on --resume (everything else must match the checkpoint)
 RESUME_FREE = {"device", "output", "resume", "patience", "cache_mb"}
-
-
-def network_from_state(
-    spec: dict[str, Any], model_state: dict[str, torch.Tensor] | None = None
-) -> torch.nn.Module:
-    """Rebuild the deployable network (K logit channels) from a checkpoint's ``spec``.
-
-    Raises:
-        ConfigError: the architecture cannot be rebuilt.
-    """
-    k = len(spec["classes"])
-    binary = bool(spec.get("binary"))
-    net = build_model(
-        spec["arch"],
-        spec["encoder"],
-        int(spec["in_channels"]),
-        1 if binary else k,
-        int(spec.get("encoder_depth", 5)),
-        spec.get("decoder_channels"),
-    )
-    if model_state is not None:
-        net.load_state_dict(model_state)
-    return TwoClassLogits(net) if binary else net
 
 
 def _steps(cfg: TrainConfig, pixels: np.ndarray) -> int:
@@ -148,45 +125,6 @@ def _set_frozen(model: torch.nn.Module, frozen: bool) -> None:
         p.requires_grad_(not frozen)
     if frozen:
         enc.eval()  # keep batch-norm statistics of the frozen encoder
-
-
-def _validate(
-    model: torch.nn.Module,
-    spec: ModelSpec,
-    binary: bool,
-    store: PairStore,
-    val_idx: list[int],
-    val_tiles: tuple[torch.Tensor, torch.Tensor] | None,
-    loss_fn: torch.nn.Module,
-    cfg: TrainConfig,
-    device: torch.device,
-) -> tuple[float | None, dict[str, Any]]:
-    """Validation loss on fixed tiles and metrics on whole images via ``predict_array``."""
-    from tilesegd.engine import Engine
-    from tilesegd.pipeline import predict_array
-
-    model.eval()
-    val_loss = None
-    if val_tiles is not None:
-        with torch.no_grad():
-            x, y = val_tiles
-            val_loss = float(loss_fn(model(x.to(device)), y.to(device)))
-    net = copy.deepcopy(model)
-    engine = Engine(
-        TwoClassLogits(net) if binary else net,
-        spec,
-        device=str(device),
-        precision="auto",
-        batch_size=cfg.batch_size,
-        runtime="eager",
-    )
-    k = spec.num_classes
-    cm = np.zeros((k, k), np.int64)
-    for i in val_idx:
-        image, ids = store.get(i)
-        pred = predict_array(engine, image, tile_size=cfg.val_tile_size or cfg.tile_size)
-        cm += confusion_matrix(ids, pred, k)
-    return val_loss, scores(cm, [c.name for c in spec.classes])
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> Path:
@@ -390,7 +328,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         bar.close()
         if frozen:
             _set_frozen(model, False)
-        val_loss, sc = _validate(
+        val_loss, sc = validate_epoch(
             model, spec, binary, store, val_idx, val_tiles, loss_fn, cfg, device
         )
         miou = sc["miou"] if sc["miou"] is not None else 0.0

@@ -213,3 +213,26 @@ def build_loss(
             fn = _MaskedJaccard(binary)
         built.append((w, name, fn))
     return CombinedLoss(built, binary)
+
+
+def network_from_state(
+    spec: dict[str, Any], model_state: dict[str, torch.Tensor] | None = None
+) -> torch.nn.Module:
+    """Rebuild the deployable network (K logit channels) from a checkpoint's ``spec``.
+
+    Raises:
+        ConfigError: the architecture cannot be rebuilt.
+    """
+    k = len(spec["classes"])
+    binary = bool(spec.get("binary"))
+    net = build_model(
+        spec["arch"],
+        spec["encoder"],
+        int(spec["in_channels"]),
+        1 if binary else k,
+        int(spec.get("encoder_depth", 5)),
+        spec.get("decoder_channels"),
+    )
+    if model_state is not None:
+        net.load_state_dict(model_state)
+    return TwoClassLogits(net) if binary else net

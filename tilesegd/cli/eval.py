@@ -1,0 +1,42 @@
+"""``tilesegd eval``: score a model against labelled images (tiled, full resolution)."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("eval", context_settings={"max_content_width": 100})
+@click.option("--model", "-m", required=True, type=click.Path(), help="Model file (.ts / .pt2).")
+@click.option("--images", required=True, type=click.Path(), help="Folder of images.")
+@click.option("--masks", required=True, type=click.Path(), help="Folder of masks (same stems).")
+@click.option(
+    "--classes",
+    type=click.Path(),
+    help="Classes CSV of the masks (default: masks hold the model's class ids or colours).",
+)
+@click.option("--ignore", multiple=True, help="Class name to leave out of the scores.")
+@click.option("--output", "-o", required=True, type=click.Path(), help="Report directory.")
+@click.option("--tile-size", type=int, help="Tile side in pixels (default: the model's).")
+@click.option("--overlap", type=int, help="Pixels shared by neighbouring tiles.")
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
+@click.option("--precision", default="auto", show_default=True, help="auto, fp32, fp16, bf16.")
+@click.option("--save-predictions", is_flag=True, help="Also write pred/<stem>.png masks.")
+def eval_cmd(ignore: tuple[str, ...], **opts: object) -> None:
+    """Evaluate a model: writes metrics.json, metrics.csv and confusion.png into --output.
+
+    \b
+    tilesegd eval --model model.ts --images data/images --masks data/masks \\
+        --classes classes.csv --output eval/
+    """
+    from tilesegd.evaluate import evaluate
+
+    doc = evaluate(ignore=ignore, **opts)  # type: ignore[arg-type]
+    click.echo(
+        f"mIoU {doc['miou'] or 0:.4f}  pixel accuracy {doc['pixel_accuracy'] or 0:.4f}  "
+        f"mean Dice {doc['mean_dice'] or 0:.4f}  ({doc['pixels']} labelled pixels)"
+    )
+    for c in doc["per_class"]:
+        iou = "n/a" if c["iou"] is None else f"{c['iou']:.4f}"
+        click.echo(f"  {c['id']:3d} {c['name']:<24s} IoU {iou}")
+    click.echo(f"report: {opts['output']}")

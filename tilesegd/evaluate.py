@@ -1,0 +1,170 @@
+"""``tilesegd eval``: score a model file against labelled images at full resolution.
+
+Each image goes through the deployed path (:class:`tilesegd.engine.Engine` and the tiled,
+stitched :func:`tilesegd.pipeline.predict_array`); the confusion matrix summed over all images
+gives per-class IoU, Dice, precision and recall, mIoU and pixel accuracy
+(:mod:`tilesegd.train.metrics`). Outputs: ``metrics.json``, ``metrics.csv``, ``confusion.png``
+and, with ``save_predictions``, ``pred/<stem>.png`` (masks in the same coding as the inputs).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tilesegd.errors import ConfigError, DatasetError, IncompatibleInputError
+from tilesegd.model_file import ModelSpec
+from tilesegd.train.data import IGNORE_INDEX, ClassMap, find_pairs, read_classes, read_raster
+from tilesegd.train.metrics import confusion_matrix, plot_confusion, scores
+
+log = logging.getLogger(__name__)
+
+
+def model_classmap(
+    spec: ModelSpec, classes: str | Path | None, ignore: Sequence[str] = ()
+) -> tuple[ClassMap, np.ndarray]:
+    """The mask coding and a lookup ``csv id -> model class id``.
+
+    Without ``classes`` masks hold model class ids (255 = ignore) or model colours. With a
+    classes CSV its non-ignored classes are matched to the model's by name
+    (case-insensitive).
+
+    Raises:
+        ConfigError: a CSV class the model does not know (ignore it with ``--ignore``).
+    """
+    if classes is None:
+        cmap = ClassMap.from_names(
+            [c.name for c in spec.classes], [c.color for c in spec.classes], "<model classes>"
+        )
+        lut = np.arange(256, dtype=np.uint8)
+        return cmap, lut
+    cmap = read_classes(classes, ignore)
+    model_ids = {c.name.lower(): c.id for c in spec.classes}
+    unknown = [n for n in cmap.names if n.lower() not in model_ids]
+    if unknown:
+        raise ConfigError(
+            f"{classes}: class(es) {', '.join(unknown)} are not outputs of the model "
+            f"({', '.join(c.name for c in spec.classes)}); ignore them with --ignore NAME"
+        )
+    lut = np.full(256, IGNORE_INDEX, np.uint8)
+    for i, n in enumerate(cmap.names):
+        lut[i] = model_ids[n.lower()]
+    return cmap, lut
+
+
+def _write_prediction(path: Path, ids: np.ndarray, cmap: ClassMap, lut: np.ndarray) -> None:
+    import rasterio
+    import rasterio.errors
+
+    inv = np.full(256, IGNORE_INDEX, np.uint8)  # model id -> csv id
+    for csv_id in range(cmap.num_classes):
+        inv[lut[csv_id]] = csv_id
+    values = cmap.decode(inv[ids], mode="value")
+    dtype = "uint8" if values.max() < 256 and values.min() >= 0 else "uint16"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(
+            path, "w", driver="PNG", width=ids.shape[1], height=ids.shape[0], count=1, dtype=dtype
+        ) as dst:
+            dst.write(values.astype(dtype)[None])
+
+
+def evaluate(
+    model: str | os.PathLike[str],
+    images: str | os.PathLike[str],
+    masks: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    classes: str | os.PathLike[str] | None = None,
+    *,
+    ignore: Sequence[str] = (),
+    device: str = "auto",
+    precision: str = "auto",
+    batch_size: int = 8,
+    tile_size: int | None = None,
+    overlap: int | None = None,
+    save_predictions: bool = False,
+) -> dict[str, Any]:
+    """Evaluate ``model`` on every image/mask pair and write the reports into ``output``.
+
+    Args:
+        model: a model file (TorchScript / torch.export with ``tilesegd.json``).
+        images, masks: folders paired by file stem.
+        output: report directory (created).
+        classes: classes CSV of the masks (see :func:`model_classmap`).
+        ignore: class names to leave out of the scores.
+        device, precision, batch_size: as for ``tilesegd run``.
+        tile_size, overlap: tiling in pixels (default: the model's tile size, 64 px overlap).
+        save_predictions: also write ``pred/<stem>.png``.
+
+    Returns:
+        The ``metrics.json`` document: ``miou``, ``mean_dice``, ``pixel_accuracy``,
+        ``per_class`` (id, name, iou, dice, precision, recall, support), ``confusion_matrix``
+        (rows = true class) and ``per_image`` mIoU.
+
+    Raises:
+        ModelFileError: the model file is unusable.
+        DatasetError / IncompatibleInputError: unmatched pairs, unknown mask values, images whose
+            bands or dtype do not fit the model.
+    """
+    from tilesegd.engine import Engine
+    from tilesegd.pipeline import predict_array
+
+    engine = Engine.from_file(model, device=device, precision=precision, batch_size=batch_size)
+    spec = engine.spec
+    cmap, lut = model_classmap(spec, classes, ignore)
+    pairs = find_pairs(images, masks)
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    if save_predictions:
+        (out / "pred").mkdir(exist_ok=True)
+    k = spec.num_classes
+    names = [c.name for c in spec.classes]
+    dtypes = spec.extra.get("dtypes")
+    total = np.zeros((k, k), np.int64)
+    per_image: dict[str, Any] = {}
+    for pair in pairs:
+        image, valid = read_raster(pair.image, spec.bands)
+        if dtypes and image.dtype.name not in dtypes:
+            raise IncompatibleInputError(
+                f"{pair.image}: {image.dtype.name} imagery, but the model was trained on "
+                f"{', '.join(dtypes)}; convert the images or use a model trained on this type"
+            )
+        raw, _ = read_raster(pair.mask)
+        if raw.shape[1:] != image.shape[1:]:
+            raise DatasetError(
+                f"{pair.mask}: mask size {raw.shape[1:]} differs from image {image.shape[1:]} "
+                "(H, W); masks must be pixel-aligned with their images"
+            )
+        target = lut[cmap.encode(raw, pair.mask)]
+        target[~valid] = IGNORE_INDEX
+        pred = predict_array(engine, image, valid, tile_size=tile_size, overlap=overlap)
+        cm = confusion_matrix(target, pred, k)
+        total += cm
+        per_image[pair.name] = {"miou": scores(cm, names)["miou"], "pixels": int(cm.sum())}
+        if save_predictions:
+            _write_prediction(out / "pred" / f"{pair.name}.png", pred, cmap, lut)
+        log.info("%s: mIoU %s", pair.name, per_image[pair.name]["miou"])
+    doc = scores(total, names)
+    doc.update(
+        model=str(Path(model).resolve()), images=str(images), masks=str(masks), per_image=per_image
+    )
+    (out / "metrics.json").write_text(json.dumps(doc, indent=2))
+    with open(out / "metrics.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["class_id", "name", "iou", "dice", "precision", "recall", "support"])
+        for c in doc["per_class"]:
+            w.writerow(
+                [c["id"], c["name"], c["iou"], c["dice"], c["precision"], c["recall"], c["support"]]
+            )
+        w.writerow(["", "mean", doc["miou"], doc["mean_dice"], "", "", doc["pixels"]])
+        w.writerow(["", "pixel_accuracy", doc["pixel_accuracy"], "", "", "", doc["pixels"]])
+    plot_confusion(total, names, out / "confusion.png")
+    return doc

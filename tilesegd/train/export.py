@@ -1,0 +1,165 @@
+"""``tilesegd export``: a training checkpoint -> a deployable model file.
+
+* ``torchscript``: traced on the CPU and saved with ``tilesegd.json`` by
+  :func:`tilesegd.model_file.save_model`; the reloaded file is checked against the eager network
+  (max abs logit difference, argmax agreement).
+* ``tensorrt``: traced on CUDA and compiled by :mod:`tilesegd.tensorrt` for a static
+  ``(batch_size, C, tile_size, tile_size)`` input, saved as TorchScript with the same
+  ``tilesegd.json`` (plus ``runtime: tensorrt``, ``static_input`` and ``precision``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tilesegd.errors import ConfigError, ModelFileError
+from tilesegd.model_file import META_NAME, ModelSpec, load_model, save_model
+from tilesegd.train.checkpoint import load_checkpoint
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("torchscript", "tensorrt")
+
+
+def parity(eager: torch.nn.Module, other: Any, x: torch.Tensor) -> dict[str, float]:
+    """Compare two networks on ``x`` (B, C, H, W) float32.
+
+    Returns:
+        ``{"max_abs_diff": float (logit units), "argmax_agreement": float in [0, 1]}``.
+    """
+    with torch.no_grad():
+        a = eager(x).float()
+        b = other(x).float()
+    return {
+        "max_abs_diff": float((a - b).abs().max()),
+        "argmax_agreement": float((a.argmax(1) == b.argmax(1)).float().mean()),
+    }
+
+
+def export_model(
+    ckpt: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    fmt: str = "torchscript",
+    precision: str = "fp32",
+    tile_size: int | None = None,
+    batch_size: int | None = None,
+    report: dict[str, Any] | None = None,
+) -> Path:
+    """Export a checkpoint (or a run directory: its ``best.ckpt``) to a model file.
+
+    Args:
+        ckpt: ``RUNDIR/best.ckpt``, ``last.ckpt`` or RUNDIR.
+        output: the model file to write.
+        fmt: ``torchscript`` or ``tensorrt``.
+        precision: ``fp32``; ``fp16`` only for ``tensorrt`` (TorchScript stays fp32 and is run
+            in fp16 by ``tilesegd run --precision fp16``).
+        tile_size: the model's suggested (TensorRT: fixed) tile side in pixels; default the
+            checkpoint's.
+        batch_size: TensorRT's fixed batch size (default 8); unused for TorchScript.
+        report: if given, filled with the parity check (``max_abs_diff``,
+            ``argmax_agreement``), ``format`` and ``output``.
+
+    Returns:
+        The written path.
+
+    Raises:
+        ConfigError: unknown format / precision, or a tile size that is not a multiple of the
+            model's ``multiple``.
+        ModelFileError: unreadable checkpoint.
+        DeviceError: ``tensorrt`` without CUDA or torch-tensorrt.
+    """
+    from tilesegd.train.loop import network_from_state
+
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if precision not in ("fp32", "fp16"):
+        raise ConfigError(f"--precision must be fp32 or fp16, got {precision!r}")
+    if fmt == "torchscript" and precision != "fp32":
+        raise ConfigError(
+            "--precision fp16 applies to --format tensorrt; a TorchScript model stays fp32 and "
+            "runs in fp16 with `tilesegd run --precision fp16`"
+        )
+    if fmt == "tensorrt":
+        from tilesegd.tensorrt import require_tensorrt
+
+        require_tensorrt()  # fail before any work
+    model_state, st = load_checkpoint(ckpt)
+    meta = dict(st["spec"])
+    meta["trained"] = {"epoch": st.get("epoch"), "val_miou": st.get("best_miou")}
+    spec = ModelSpec.from_dict(meta, str(ckpt))
+    tile = tile_size or spec.tile_size
+    if tile % spec.multiple:
+        raise ConfigError(
+            f"--tile-size {tile} must be a multiple of {spec.multiple} for this model; try "
+            f"{max(spec.multiple, tile // spec.multiple * spec.multiple)}"
+        )
+    meta["tile_size"] = tile
+    net = network_from_state(meta, model_state).eval()
+    output = Path(output)
+    if fmt == "torchscript":
+        spec = ModelSpec.from_dict(meta, str(output))
+        side = min(tile, max(64, 2 * spec.multiple))
+        save_model(net, output, spec, example_size=side)
+        loaded = load_model(output, "cpu")
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(2, spec.in_channels, side, side, generator=gen)
+        check = parity(net, loaded.module, x)
+    else:
+        check = _export_tensorrt(net, meta, output, tile, batch_size or 8, precision)
+    log.info(
+        "exported %s (%s): max abs logit diff vs eager %.3g, argmax agreement %.5f",
+        output,
+        fmt,
+        check["max_abs_diff"],
+        check["argmax_agreement"],
+    )
+    if report is not None:
+        report.update(check, format=fmt, output=str(output))
+    return output
+
+
+def _export_tensorrt(
+    net: torch.nn.Module,
+    meta: dict[str, Any],
+    output: Path,
+    tile: int,
+    batch: int,
+    precision: str,
+) -> dict[str, float]:
+    from tilesegd.tensorrt import compile_torchscript
+
+    c = int(meta["in_channels"])
+    net = net.cuda()
+    x = torch.randn(batch, c, tile, tile, device="cuda", generator=None)
+    warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=FutureWarning)
+    with torch.no_grad():
+        traced = torch.jit.trace(net, x[:1], check_trace=False)
+    trt_mod = compile_torchscript(traced, c, tile, batch, precision)
+    check = parity(net, trt_mod, x)
+    meta = {
+        **meta,
+        "runtime": "tensorrt",
+        "static_input": [batch, c, tile, tile],
+        "precision": precision,
+    }
+    spec = ModelSpec.from_dict(meta, str(output))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+    os.close(fd)
+    try:
+        torch.jit.save(trt_mod, tmp, _extra_files={META_NAME: json.dumps(spec.to_dict())})
+        os.replace(tmp, output)
+    except OSError as exc:
+        raise ModelFileError(f"{output}: cannot write the TensorRT model ({exc})") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return check

@@ -1,0 +1,64 @@
+"""Validation after each epoch: the deployed inference path on whole validation images."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import torch
+
+from tilesegd.model_file import ModelSpec
+from tilesegd.train.config import TrainConfig
+from tilesegd.train.data import PairStore
+from tilesegd.train.metrics import confusion_matrix, scores
+from tilesegd.train.model import TwoClassLogits
+
+
+def validate_epoch(
+    model: torch.nn.Module,
+    spec: ModelSpec,
+    binary: bool,
+    store: PairStore,
+    val_idx: list[int],
+    val_tiles: tuple[torch.Tensor, torch.Tensor] | None,
+    loss_fn: torch.nn.Module,
+    cfg: TrainConfig,
+    device: torch.device,
+) -> tuple[float | None, dict[str, Any]]:
+    """Score ``model`` after an epoch.
+
+    The loss is computed on fixed validation tiles ``val_tiles`` (x (n, C, T, T) float32
+    normalised, y (n, T, T) int64); the metrics come from whole validation images run through
+    the deployed path: a copy of the network in :class:`tilesegd.engine.Engine` (precision
+    ``auto``: fp32 on the CPU, fp16 on CUDA) and the tiled, stitched
+    :func:`tilesegd.pipeline.predict_array`.
+
+    Returns:
+        ``(val_loss or None, scores)`` with ``scores`` from :func:`tilesegd.train.metrics.scores`.
+    """
+    from tilesegd.engine import Engine
+    from tilesegd.pipeline import predict_array
+
+    model.eval()
+    val_loss = None
+    if val_tiles is not None:
+        with torch.no_grad():
+            x, y = val_tiles
+            val_loss = float(loss_fn(model(x.to(device)), y.to(device)))
+    net = copy.deepcopy(model)
+    engine = Engine(
+        TwoClassLogits(net) if binary else net,
+        spec,
+        device=str(device),
+        precision="auto",
+        batch_size=cfg.batch_size,
+        runtime="eager",
+    )
+    k = spec.num_classes
+    cm = np.zeros((k, k), np.int64)
+    for i in val_idx:
+        image, ids = store.get(i)
+        pred = predict_array(engine, image, tile_size=cfg.val_tile_size or cfg.tile_size)
+        cm += confusion_matrix(ids, pred, k)
+    return val_loss, scores(cm, [c.name for c in spec.classes])
