@@ -75,12 +75,21 @@ class AreaCounter:
         self.area = np.zeros(256, np.float64)
 
     def add(self, row_off: int, ids: np.ndarray) -> None:
-        """Count an (h, w) uint8 block of class ids whose first row is scene row ``row_off``."""
-        flat = ids.ravel()
-        self.pixels += np.bincount(flat, minlength=256)
-        if self.row_areas is not None:
-            weights = np.repeat(self.row_areas[row_off : row_off + ids.shape[0]], ids.shape[1])
-            self.area += np.bincount(flat, weights=weights, minlength=256)
+        """Count an (h, w) uint8 block of class ids whose first row is scene row ``row_off``.
+
+        One integer histogram per block; areas are counts x pixel area when the block's rows
+        share one pixel area (every projected CRS), else one histogram per row (geographic).
+        """
+        counts = np.bincount(ids.ravel(), minlength=256)
+        self.pixels += counts
+        if self.row_areas is None:
+            return
+        rows = self.row_areas[row_off : row_off + ids.shape[0]]
+        if rows.min() == rows.max():
+            self.area += counts * rows[0]
+        else:
+            for row, a in zip(ids, rows, strict=True):
+                self.area += np.bincount(row, minlength=256) * a
 
     def rows(self, classes: Sequence[ClassInfo]) -> list[dict[str, Any]]:
         """One dict per class with the :data:`AREA_COLUMNS` (nodata excluded; ``percent`` is
