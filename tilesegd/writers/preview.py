@@ -58,11 +58,12 @@ def write_preview(
     from matplotlib.patches import Patch
     from rasterio.enums import Resampling
 
-    with rasterio.open(mask_path) as m:
+    # GDAL decodes the blocks of a decimated read in parallel with NUM_THREADS
+    with rasterio.open(mask_path, num_threads="ALL_CPUS") as m:
         scale = min(1.0, max_size / max(m.height, m.width))
         shape = (max(1, round(m.height * scale)), max(1, round(m.width * scale)))
         mask = m.read(1, out_shape=shape, resampling=Resampling.nearest)
-    with rasterio.open(scene_path) as s:
+    with rasterio.open(scene_path, num_threads="ALL_CPUS") as s:
         show = list(bands)[:3]
         img = s.read(show, out_shape=(len(show), *shape), resampling=Resampling.average)
     valid = mask != 255
@@ -91,7 +92,8 @@ def write_preview(
     ]
     fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0, 0.8, 1))
+    # fixed margins: tight_layout costs a whole extra render (~0.35 s a scene)
+    fig.subplots_adjust(left=0.01, right=0.8, bottom=0.02, top=0.88, wspace=0.04)
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp)
