@@ -161,3 +161,45 @@ def test_cuda_runtimes_match_the_cpu(runtime: str) -> None:
         got, _ = eng.predict(x, valid)
         assert (got == want).mean() > 0.999
     assert eng.times.h2d > 0 and eng.times.infer > 0
+
+
+class LayoutProbe(torch.nn.Module):
+    """Wraps a network and records whether each input was channels-last (NHWC) in memory;
+    with ``flatten_view`` it first ``view()``s the input as (B, C*H*W), which NHWC strides
+    cannot satisfy (as networks written for NCHW only may do)."""
+
+    def __init__(self, net: torch.nn.Module, flatten_view: bool = False) -> None:
+        super().__init__()
+        self.net = net
+        self.flatten_view = flatten_view
+        self.nhwc: list[bool] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.nhwc.append(
+            x.shape[1] > 1
+            and x.is_contiguous(memory_format=torch.channels_last)
+            and not x.is_contiguous()
+        )
+        if self.flatten_view:
+            b, c, h, w = x.shape
+            x = x.view(b, c * h * w).view(b, c, h, w)
+        return self.net(x)
+
+
+def test_cpu_feeds_nhwc_and_falls_back_to_nchw_for_networks_that_need_it() -> None:
+    x, valid = _tiles(5)
+    want, _ = Engine(TinyConvNet(3, 5), spec_for(5, multiple=2), "cpu", batch_size=4).predict(
+        x, valid
+    )
+
+    probe = LayoutProbe(TinyConvNet(3, 5))
+    eng = Engine(probe, spec_for(5, multiple=2), "cpu", batch_size=4)
+    got, _ = eng.predict(x, valid)
+    assert probe.nhwc[-2:] == [True, True]  # the two batch calls ran on NHWC input
+    np.testing.assert_array_equal(got, want)
+
+    strict = LayoutProbe(TinyConvNet(3, 5), flatten_view=True)
+    eng = Engine(strict, spec_for(5, multiple=2), "cpu", batch_size=4)
+    got, _ = eng.predict(x, valid)  # NHWC fails in check(): NCHW from then on, no error
+    assert strict.nhwc[0] is True and not any(strict.nhwc[1:])
+    np.testing.assert_array_equal(got, want)
