@@ -69,3 +69,16 @@ def test_no_georeferencing_leaves_areas_empty() -> None:
     assert row_pixel_areas(None, None, 5, 5) is None
     rows = count(np.ones((5, 5), np.uint8), None)
     assert rows[1]["pixels"] == 25 and rows[1]["area_m2"] is None and rows[1]["percent"] == 100
+
+
+def test_geographic_mixed_classes_sum_their_own_rows_areas() -> None:
+    # each class's area is the sum of its pixels' row areas (rows differ with latitude)
+    h, w = 23, 17
+    areas = row_pixel_areas(CRS.from_epsg(4326), Affine(0.05, 0, 5.0, 0, -0.05, 70.0), h, w)
+    rng = np.random.default_rng(3)
+    mask = rng.choice(np.array([0, 1, 2, 255], np.uint8), size=(h, w))
+    rows = count(mask, areas, block=5)
+    for r in rows:
+        want = float((areas[:, None] * (mask == r["class_id"])).sum())
+        assert r["area_m2"] == pytest.approx(want, rel=1e-9)
+    assert sum(r["pixels"] for r in rows) == int((mask != 255).sum())
