@@ -151,6 +151,10 @@ def compute_blocks(
     from tqdm import tqdm
 
     blocks = plan.todo if blocks is None else blocks
+    if cfg.preview_size > 0:
+        from tilesegd.writers.preview import preload
+
+        preload()
     source = SceneSource(plan.scene, plan.bands)
     bar = tqdm(
         total=plan.scene.megapixels,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,25 @@ from typing import Any
 import numpy as np
 
 from tilesegd.model_file import ClassInfo
+
+_preloading: threading.Thread | None = None
+
+
+def preload() -> None:
+    """Import matplotlib (~0.5-1 s) in a background thread, once per process, so the first
+    scene's preview does not wait for it: started while blocks compute, when the main thread
+    mostly waits on the network with the GIL released."""
+    global _preloading
+    if _preloading is None:
+
+        def load() -> None:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot  # noqa: F401
+
+        _preloading = threading.Thread(target=load, name="tilesegd-preload", daemon=True)
+        _preloading.start()
 
 
 def _display(img: np.ndarray, valid: np.ndarray) -> np.ndarray:
