@@ -69,8 +69,10 @@ def make_synthetic(root: Path) -> tuple[Path, Path, Path, Path]:
     for d in (images, masks, scenes):
         d.mkdir(parents=True, exist_ok=True)
     classes = root / "labeled" / "classes.csv"
-    classes.write_text("value,name,r,g,b\n" + "".join(
-        f"{v},{n},{c[0]},{c[1]},{c[2]}\n" for v, n, c in SYNTH_CLASSES))
+    classes.write_text(
+        "value,name,r,g,b\n"
+        + "".join(f"{v},{n},{c[0]},{c[1]},{c[2]}\n" for v, n, c in SYNTH_CLASSES)
+    )
     warnings.filterwarnings("ignore", category=rasterio.errors.NotGeoreferencedWarning)
     for i in range(4):
         img, lab = synthetic_scene(512, 512, seed=i)
@@ -81,9 +83,19 @@ def make_synthetic(root: Path) -> tuple[Path, Path, Path, Path]:
             d.write(lab[None])
     img, _ = synthetic_scene(1100, 1500, seed=99)
     img[:, :200, :300] = 0
-    with rasterio.open(scenes / "synthetic_scene.tif", "w", driver="GTiff", width=1500,
-                       height=1100, count=3, dtype="uint8", crs="EPSG:32633", nodata=0,
-                       transform=from_origin(500000.0, 4650000.0, 0.5, 0.5), tiled=True) as d:
+    with rasterio.open(
+        scenes / "synthetic_scene.tif",
+        "w",
+        driver="GTiff",
+        width=1500,
+        height=1100,
+        count=3,
+        dtype="uint8",
+        crs="EPSG:32633",
+        nodata=0,
+        transform=from_origin(500000.0, 4650000.0, 0.5, 0.5),
+        tiled=True,
+    ) as d:
         d.write(img)
     return images, masks, classes, scenes
 
@@ -110,8 +122,18 @@ def main() -> int:
     run_dir = DEMO / "model"
     model = run_dir / "model.ts"
     if not model.is_file():
-        rc = tilesegd("train", "--images", str(images), "--masks", str(masks), "--classes",
-                      str(classes), "--output", str(run_dir), *train_opts)
+        rc = tilesegd(
+            "train",
+            "--images",
+            str(images),
+            "--masks",
+            str(masks),
+            "--classes",
+            str(classes),
+            "--output",
+            str(run_dir),
+            *train_opts,
+        )
         if rc != 0 or not model.is_file():
             print(f"demo: training failed (exit {rc})", file=sys.stderr)
             return rc or 1
@@ -124,8 +146,10 @@ def main() -> int:
         print(f"  {scene}/  mask.tif  pred.zarr  areas.csv  preview.png")
     print(f"  {out / 'summary.csv'}\n  {out / 'run.json'}")
     if rc == 4:
-        print("Some scenes failed with a clear reason (see above and run.json): the 1-band "
-              "uint16 sample cannot feed a 3-band RGB model.")
+        print(
+            "Some scenes failed with a clear reason (see above and run.json): the 1-band "
+            "uint16 sample cannot feed a 3-band RGB model."
+        )
     print(f"Model trained in {run_dir} (metrics.csv, curves.png, confusion.png).")
     return 0
 
