@@ -162,7 +162,8 @@ def compute_task(job: SceneJob, block_ids: list[int]) -> dict[str, Any]:
     out = {"blocks": list(block_ids), "computed": len(todo), "tiles_run": 0}
     out.update(tiles_skipped=0, pixels=0, worker=f"{socket.gethostname()}:{os.getpid()}")
     if todo:
-        stats = compute_blocks(plan, engine, job.cfg, todo, progress=False)
+        # the preview is drawn on the client, from the scene (no sampler on workers)
+        stats = compute_blocks(plan, engine, job.cfg, todo, progress=False, sample_preview=False)
         out.update(tiles_run=stats.tiles_run, tiles_skipped=stats.tiles_skipped)
         out["pixels"] = stats.pixels
     out["seconds"] = round(time.perf_counter() - t0, 3)

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from tilesegd import __version__
 from tilesegd.areas import AreaCounter, row_pixel_areas, write_areas_csv
 from tilesegd.config import RunConfig
@@ -24,10 +26,11 @@ from tilesegd.engine import Engine
 from tilesegd.errors import ConfigError
 from tilesegd.model_file import ModelSpec
 from tilesegd.pipeline import SegmentStats, segment
-from tilesegd.reader import SceneSource
+from tilesegd.reader import SceneSource, Source
 from tilesegd.scene import Scene, check_compatible, open_scene
-from tilesegd.tiling import Block, TileGrid
+from tilesegd.tiling import Block, TileGrid, Win
 from tilesegd.writers.cog import write_cog
+from tilesegd.writers.preview import PreviewSampler, preload, write_preview
 from tilesegd.writers.zarr_store import DONE_LOG, ZarrMaskStore
 
 log = logging.getLogger(__name__)
@@ -78,6 +81,7 @@ class ScenePlan:
         work: the scene's work folder; ``store`` lives in it.
         store: the (possibly half-done) ``pred.zarr``.
         todo: blocks still to compute.
+        preview: the preview image sampled from the blocks decoded by :func:`compute_blocks`.
     """
 
     scene: Scene
@@ -87,6 +91,7 @@ class ScenePlan:
     work: Path
     store: ZarrMaskStore
     todo: list[Block]
+    preview: PreviewSampler | None = None
 
     @property
     def done_pixels(self) -> int:
@@ -146,16 +151,25 @@ def compute_blocks(
     *,
     stop: threading.Event | None = None,
     progress: bool = True,
+    sample_preview: bool = True,
 ) -> SegmentStats:
-    """Segment ``blocks`` (default: ``plan.todo``) of a planned scene into its store."""
+    """Segment ``blocks`` (default: ``plan.todo``) of a planned scene into its store.
+
+    With ``sample_preview`` (and a preview asked for), the decoded windows also fill
+    ``plan.preview``, which :func:`finish_scene` uses instead of reading the scene again.
+    """
     from tqdm import tqdm
 
     blocks = plan.todo if blocks is None else blocks
-    if cfg.preview_size > 0:
-        from tilesegd.writers.preview import preload
-
-        preload()
-    source = SceneSource(plan.scene, plan.bands)
+    source: Source = SceneSource(plan.scene, plan.bands)
+    if cfg.preview_size > 0 and sample_preview:
+        preload()  # matplotlib, in the background
+        scene = plan.scene
+        if plan.preview is None:
+            plan.preview = PreviewSampler(
+                scene.height, scene.width, len(plan.bands), scene.dtype, cfg.preview_size
+            )
+        source = _Sampling(source, plan.preview)
     bar = tqdm(
         total=plan.scene.megapixels,
         initial=plan.done_pixels / 1e6,
@@ -183,6 +197,23 @@ def compute_blocks(
     finally:
         bar.close()
         source.close()
+
+
+class _Sampling:
+    """A :class:`~tilesegd.reader.Source` that also hands each decoded window to a
+    :class:`~tilesegd.writers.preview.PreviewSampler`."""
+
+    def __init__(self, source: SceneSource, sampler: PreviewSampler) -> None:
+        self.source, self.sampler = source, sampler
+        self.height, self.width = source.height, source.width
+
+    def read(self, win: Win) -> tuple[np.ndarray, np.ndarray]:
+        data, valid = self.source.read(win)
+        self.sampler.add(win.row_off, win.col_off, data)
+        return data, valid
+
+    def close(self) -> None:
+        self.source.close()
 
 
 def finish_scene(
@@ -220,8 +251,6 @@ def finish_scene(
     rows = counter.rows(spec.classes)
     write_areas_csv(plan.work / "areas.csv", rows)
     if cfg.preview_size > 0:
-        from tilesegd.writers.preview import write_preview
-
         write_preview(
             plan.work / "preview.png",
             scene.path,
@@ -231,6 +260,7 @@ def finish_scene(
             rows,
             cfg.preview_size,
             title=f"{plan.name} ({scene.width} x {scene.height})",
+            sampled=plan.preview,
         )
     final = publish(plan.work, output / plan.name)
     return {

@@ -32,6 +32,60 @@ def preload() -> None:
         _preloading.start()
 
 
+class PreviewSampler:
+    """Collects the preview image from the windows the pipeline decodes anyway, so a scene is
+    never decoded a second time just for ``preview.png`` (a decimated GDAL read of a scene
+    without overviews decodes every pixel: ~12 s for a 32768^2 DEFLATE scene on 2 cores).
+
+    Keeps every ``step``-th row and column of the scene (nearest-neighbour decimation).
+    Thread-safe: readers write disjoint or identical pixels.
+
+    Args:
+        height, width: scene size in pixels.
+        bands: bands read (the model's input bands).
+        dtype: the raster's dtype.
+        max_size: longest side of the preview in pixels.
+
+    Attributes:
+        step: decimation step in pixels, ``ceil(max(height, width) / max_size)``.
+        image: (bands, ceil(height / step), ceil(width / step)) of ``dtype``.
+    """
+
+    def __init__(self, height: int, width: int, bands: int, dtype: Any, max_size: int) -> None:
+        self.height, self.width = height, width
+        self.step = max(1, -(-max(height, width) // max(1, max_size)))
+        shape = (-(-height // self.step), -(-width // self.step))
+        self.image = np.zeros((bands, *shape), dtype)
+        self._seen = np.zeros(shape, bool)
+
+    def add(self, row_off: int, col_off: int, data: np.ndarray) -> None:
+        """Keep the sampled pixels of ``data`` (C, h, w), a window whose top-left pixel is
+        scene pixel ``(row_off, col_off)`` (it may reach outside the scene)."""
+        k = self.step
+
+        def axis(off: int, n: int, size: int) -> tuple[int, int, int]:
+            first = max(off, 0)
+            first += -first % k  # first sampled scene index inside the window
+            last = min(off + n, size)
+            count = max(0, -(-(last - first) // k))
+            return first - off, first // k, count
+
+        (dr, pr, nr), (dc, pc, nc) = (
+            axis(row_off, data.shape[1], self.height),
+            axis(col_off, data.shape[2], self.width),
+        )
+        if nr and nc:
+            src = data[:, dr : dr + (nr - 1) * k + 1 : k, dc : dc + (nc - 1) * k + 1 : k]
+            self.image[:, pr : pr + nr, pc : pc + nc] = src
+            self._seen[pr : pr + nr, pc : pc + nc] = True
+
+    @property
+    def complete(self) -> bool:
+        """Whether every preview pixel was sampled (False after a resume: the blocks done
+        before were not decoded in this process)."""
+        return bool(self._seen.all())
+
+
 def _display(img: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """(C, h, w) any dtype -> (h, w, 3) float in [0, 1], 2-98 % stretch per band."""
     img = img.astype(np.float32)
@@ -57,10 +111,12 @@ def write_preview(
     area_rows: list[dict[str, Any]] | None = None,
     max_size: int = 1024,
     title: str = "",
+    sampled: PreviewSampler | None = None,
 ) -> Path:
     """Render ``preview.png`` (atomically) from decimated reads of the scene and the COG.
 
-    Decimated reads use the files' overviews where present, so memory stays small.
+    Decimated reads use the files' overviews where present, so memory stays small; with a
+    complete ``sampled`` image the scene is not read again.
 
     Args:
         path: destination PNG.
@@ -69,6 +125,7 @@ def write_preview(
         classes: names and colours for the legend.
         area_rows: ``areas.csv`` rows for the legend's percentages.
         max_size: longest side of each panel in pixels.
+        sampled: the image collected while the scene was segmented (used when complete).
     """
     import matplotlib
 
@@ -79,13 +136,21 @@ def write_preview(
     from rasterio.enums import Resampling
 
     # GDAL decodes the blocks of a decimated read in parallel with NUM_THREADS
+    show = list(bands)[:3]
+    if sampled is not None and not sampled.complete:
+        sampled = None
     with rasterio.open(mask_path, num_threads="ALL_CPUS") as m:
-        scale = min(1.0, max_size / max(m.height, m.width))
-        shape = (max(1, round(m.height * scale)), max(1, round(m.width * scale)))
+        if sampled is not None:
+            shape = sampled.image.shape[1:]
+        else:
+            scale = min(1.0, max_size / max(m.height, m.width))
+            shape = (max(1, round(m.height * scale)), max(1, round(m.width * scale)))
         mask = m.read(1, out_shape=shape, resampling=Resampling.nearest)
-    with rasterio.open(scene_path, num_threads="ALL_CPUS") as s:
-        show = list(bands)[:3]
-        img = s.read(show, out_shape=(len(show), *shape), resampling=Resampling.average)
+    if sampled is not None:
+        img = sampled.image[: len(show)]
+    else:
+        with rasterio.open(scene_path, num_threads="ALL_CPUS") as s:
+            img = s.read(show, out_shape=(len(show), *shape), resampling=Resampling.average)
     valid = mask != 255
     rgb = _display(img, valid)
     lut = np.zeros((256, 3), np.float32)
