@@ -70,6 +70,7 @@ def test_missing_fields_are_named(tiny_model, tmp_path) -> None:
         ({"classes": ["a"], "in_channels": 3, "bands": [1, 2]}, "bands"),
         ({"classes": ["a"], "in_channels": 1, "std": [0.0]}, "std"),
         ({"classes": ["a"], "in_channels": 1, "mean": [1, 2]}, "mean and std"),
+        ({"classes": [f"c{i}" for i in range(256)], "in_channels": 1}, "at most 255 classes"),
     ],
 )
 def test_invalid_fields(meta, msg) -> None:

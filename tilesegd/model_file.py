@@ -158,6 +158,11 @@ class ModelSpec:
             raise bad(f"in_channels must be >= 1, got {in_ch}")
         if not classes:
             raise bad("classes is empty; list one entry per output channel")
+        if len(classes) > 255:
+            raise bad(
+                f"{len(classes)} classes, but masks are uint8 with 255 as nodata: at most 255 "
+                "classes (ids 0..254); merge classes or split the model"
+            )
         if [c.id for c in classes] != list(range(len(classes))):
             raise bad("class ids must be 0..K-1 in order, got " + str([c.id for c in classes]))
         if len(bands) != in_ch or min(bands) < 1:
