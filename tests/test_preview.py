@@ -1,5 +1,6 @@
 """preview.png: the image sampled from the windows the pipeline decodes (no second read of the
-scene), and the fallback to a decimated GDAL read when a run did not decode every block."""
+scene), the fallback to a decimated GDAL read when a run did not decode every block, and the
+bounded GDAL block cache of the segment and COG passes."""
 
 from __future__ import annotations
 
@@ -96,3 +97,42 @@ def test_resumed_scene_falls_back_to_reading_the_scene(tmp_path: Path, tiny_mode
     assert plan.preview is not None and not plan.preview.complete
     finish_scene(plan, engine.spec, cfg, tmp_path / "out")
     assert (tmp_path / "out" / "s" / "preview.png").stat().st_size > 1000
+
+
+def test_gdal_block_cache_is_bounded_while_segmenting_and_writing(
+    tmp_path: Path, tiny_model, monkeypatch
+) -> None:
+    from rasterio.env import getenv
+
+    import tilesegd.runner as runner
+    from tilesegd.gdalenv import GDAL_CACHE_MB
+
+    monkeypatch.delenv("GDAL_CACHEMAX", raising=False)
+    seen: dict[str, object] = {}
+    real_segment = runner.segment
+
+    def spy_segment(*a, **k):
+        seen["segment"] = getenv().get("GDAL_CACHEMAX")
+        return real_segment(*a, **k)
+
+    import rasterio.shutil
+
+    real_shutil_copy = rasterio.shutil.copy
+
+    def spy_copy(*a, **k):
+        seen["cog"] = getenv().get("GDAL_CACHEMAX")
+        return real_shutil_copy(*a, **k)
+
+    monkeypatch.setattr(runner, "segment", spy_segment)
+    monkeypatch.setattr(rasterio.shutil, "copy", spy_copy)
+    scene = make_raster(tmp_path / "s.tif", smooth_image(90, 110, 3, seed=6))
+    cfg, engine, plan = _plan(tmp_path, tiny_model, scene)
+    compute_blocks(plan, engine, cfg, progress=False)
+    finish_scene(plan, engine.spec, cfg, tmp_path / "out")
+    assert seen == {"segment": GDAL_CACHE_MB, "cog": GDAL_CACHE_MB}
+
+    monkeypatch.setenv("GDAL_CACHEMAX", "1024")  # the user's own setting is left alone
+    seen.clear()
+    cfg, engine, plan = _plan(tmp_path / "again", tiny_model, scene)
+    compute_blocks(plan, engine, cfg, progress=False)
+    assert seen["segment"] is None

@@ -24,6 +24,7 @@ from tilesegd.areas import AreaCounter, row_pixel_areas, write_areas_csv
 from tilesegd.config import RunConfig
 from tilesegd.engine import Engine
 from tilesegd.errors import ConfigError
+from tilesegd.gdalenv import gdal_env
 from tilesegd.model_file import ModelSpec
 from tilesegd.pipeline import SegmentStats, segment
 from tilesegd.reader import SceneSource, Source
@@ -183,17 +184,18 @@ def compute_blocks(
         " MP [{elapsed}<{remaining}, {rate_noinv_fmt}]",
     )
     try:
-        return segment(
-            source,
-            plan.grid,
-            engine,
-            plan.store.write_block,
-            on_probs=plan.store.write_probs if cfg.save_probs else None,
-            blocks=blocks,
-            workers=cfg.workers,
-            progress=lambda px: bar.update(px / 1e6),
-            stop=stop,
-        )
+        with gdal_env():  # a bounded GDAL block cache: memory flat in the scene size
+            return segment(
+                source,
+                plan.grid,
+                engine,
+                plan.store.write_block,
+                on_probs=plan.store.write_probs if cfg.save_probs else None,
+                blocks=blocks,
+                workers=cfg.workers,
+                progress=lambda px: bar.update(px / 1e6),
+                stop=stop,
+            )
     finally:
         bar.close()
         source.close()

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from tilesegd.gdalenv import gdal_env
 from tilesegd.model_file import ClassInfo
 from tilesegd.tiling import Block
 
@@ -93,7 +94,7 @@ def write_cog(
     for k, v in (tags or {}).items():
         all_tags[k] = v if isinstance(v, str) else json.dumps(v)
     try:
-        with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+        with gdal_env(GDAL_TIFF_INTERNAL_MASK=True):
             with rasterio.open(tmp, "w", **profile) as dst:
                 for block in blocks:
                     ids = read_block(block)
