@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,6 @@ from tilesegd.train.data import (
     read_classes,
     read_raster,
     scan,
-    split,
 )
 from tilesegd.train.tiles import TileSampler
 
@@ -120,15 +118,6 @@ def test_find_pairs_by_stem_and_missing_mask(tmp_path: Path) -> None:
     make_raster(tmp_path / "m" / "b.png", np.zeros((1, 8, 8), np.uint8))
     pairs = find_pairs(tmp_path / "i", tmp_path / "m")
     assert [(p.image.name, p.mask.name) for p in pairs] == [("a.tif", "a.png"), ("b.tif", "b.png")]
-
-
-def test_split_is_deterministic_and_single_pair_warns(caplog) -> None:
-    assert split(10, 0.2, 3) == split(10, 0.2, 3)
-    tr, va = split(10, 0.2, 3)
-    assert len(va) == 2 and not set(tr) & set(va) and sorted(tr + va) == list(range(10))
-    with caplog.at_level(logging.WARNING):
-        assert split(1, 0.2, 0) == ([0], [0])
-    assert "validating on the training image" in caplog.text
 
 
 def _store(tmp_path: Path, images: list[np.ndarray], masks: list[np.ndarray]) -> PairStore:

@@ -35,7 +35,18 @@ import click
 @click.option("--lr", type=float, help="Peak learning rate, AdamW (default 1e-3).")
 @click.option("--loss", help="Loss terms joined by +: ce, dice, focal, lovasz, jaccard, bce.")
 @click.option("--ignore", multiple=True, help="Class name to ignore (repeatable).")
-@click.option("--val-fraction", type=float, help="Share of pairs for validation (default 0.2).")
+@click.option(
+    "--val-fraction",
+    type=float,
+    help="Share of pairs (or of each image's rows, with --val-split regions) held out for "
+    "validation (default 0.2).",
+)
+@click.option(
+    "--val-split",
+    type=click.Choice(["images", "regions"]),
+    help="images: hold out whole images (default); regions: hold out a strip of every image's "
+    "rows, for a few large scenes (always used with a single pair).",
+)
 @click.option("--seed", type=int, help="Random seed (default 0).")
 @click.option("--device", help="auto (default), cpu, cuda or cuda:N.")
 @click.option("--patience", type=int, help="Early stop after N epochs without better mIoU.")

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tilesegd.errors import ConfigError
+from tilesegd.train.split import SPLITS
 
 LOSS_TERMS = ("ce", "bce", "dice", "focal", "lovasz", "jaccard")
 SCHEDULES = ("onecycle", "cosine", "constant")
@@ -44,7 +45,10 @@ class TrainConfig:
         class_weights: ``None``, ``balanced`` (median-frequency balancing) or a list of K
             weights, for ``ce`` / ``bce``.
         ignore: class names whose pixels are ignored (a class named ``nodata`` always is).
-        val_fraction: share of pairs held out for validation (at least one each side).
+        val_fraction: share of pairs (``images``) or of each image's rows (``regions``) held
+            out for validation (at least one pair / row each side).
+        val_split: ``images`` (hold out whole images) or ``regions`` (hold out a strip of every
+            image's rows; for a few large scenes); see :mod:`tilesegd.train.split`.
         seed: seeds the split, initialisation, tile sampling and augmentation.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         amp: mixed precision (fp16 autocast + gradient scaling) on CUDA; ignored on the CPU.
@@ -81,6 +85,7 @@ class TrainConfig:
     class_weights: str | list[float] | None = None
     ignore: list[str] = field(default_factory=list)
     val_fraction: float = 0.2
+    val_split: str = "images"
     seed: int = 0
     device: str = "auto"
     amp: bool = True
@@ -144,6 +149,10 @@ class TrainConfig:
                 )
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
+        if self.val_split not in SPLITS:
+            raise ConfigError(
+                f"val_split must be one of {', '.join(SPLITS)}, got {self.val_split!r}"
+            )
         if self.lr <= 0 or self.weight_decay < 0:
             raise ConfigError("lr must be > 0 and weight_decay >= 0")
         if self.schedule not in SCHEDULES:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from tilesegd.errors import ConfigError, DatasetError
+from tilesegd.train.split import Region, as_region
 
 log = logging.getLogger(__name__)
 
@@ -379,7 +380,7 @@ class DatasetStats:
         mean, std: per-channel statistics of ``raw / input_scale`` over valid pixels
             (every 4th row and column).
         class_pixels: (K,) int64 labelled pixels per class id.
-        pixels: (n,) labelled pixels per training image.
+        pixels: (n,) labelled pixels per training image or region (in the order given).
     """
 
     dtype: str
@@ -391,9 +392,15 @@ class DatasetStats:
     pixels: np.ndarray
 
 
-def scan(store: PairStore, train_idx: Sequence[int], all_idx: Sequence[int]) -> DatasetStats:
+def scan(store: PairStore, train: Sequence[int | Region], all_idx: Sequence[int]) -> DatasetStats:
     """Read every pair once: check dtypes, band counts and mask values (errors name the file),
     count labelled pixels per class, and compute channel mean/std on the training images.
+
+    Args:
+        store: the pairs.
+        train: training pair indices or :class:`~tilesegd.train.split.Region` s (rows of a
+            pair); class counts and statistics come from these pixels only.
+        all_idx: every pair index to check (training and validation).
 
     Raises:
         DatasetError: mixed dtypes or band counts, unknown mask values, size mismatches.
@@ -401,9 +408,9 @@ def scan(store: PairStore, train_idx: Sequence[int], all_idx: Sequence[int]) -> 
     k = store.classmap.num_classes
     dtype = bands = None
     counts = np.zeros(k, np.int64)
-    pixels = np.zeros(len(train_idx), np.int64)
+    regions = [as_region(r) for r in train]
+    pixels = np.zeros(len(regions), np.int64)
     s = s2 = n = 0.0
-    train_pos = {j: p for p, j in enumerate(train_idx)}
     for i in all_idx:
         image, ids = store.get(i)
         path = store.pairs[i].image
@@ -415,11 +422,14 @@ def scan(store: PairStore, train_idx: Sequence[int], all_idx: Sequence[int]) -> 
                 f"{store.pairs[all_idx[0]].image.name} has {bands} band(s) "
                 f"{dtype}; all images must agree"
             )
-        if i in train_pos:
-            counts += np.bincount(ids.ravel(), minlength=256)[:k]
-            pixels[train_pos[i]] = int((ids != IGNORE_INDEX).sum())
-            sub = image[:, ::4, ::4].astype(np.float64)
-            ok = ids[::4, ::4] != IGNORE_INDEX
+        for p, reg in enumerate(regions):
+            if reg.index != i:
+                continue
+            part, im = ids[reg.rows], image[:, reg.rows]
+            counts += np.bincount(part.ravel(), minlength=256)[:k]
+            pixels[p] = int((part != IGNORE_INDEX).sum())
+            sub = im[:, ::4, ::4].astype(np.float64)
+            ok = part[::4, ::4] != IGNORE_INDEX
             if not ok.any():
                 continue
             v = sub[:, ok]
@@ -441,20 +451,3 @@ def scan(store: PairStore, train_idx: Sequence[int], all_idx: Sequence[int]) -> 
         counts,
         pixels,
     )
-
-
-def split(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Deterministic train/validation split of ``n`` pairs (a seeded permutation).
-
-    With one pair it is used for both (a warning says so); otherwise at least one pair goes to
-    each side. Returns sorted ``(train, val)`` index lists.
-    """
-    if n == 1:
-        log.warning(
-            "only 1 image/mask pair: validating on the training image (scores are "
-            "optimistic); add pairs for an honest validation"
-        )
-        return [0], [0]
-    perm = np.random.default_rng(seed).permutation(n)
-    n_val = min(n - 1, max(1, round(n * val_fraction)))
-    return sorted(perm[n_val:].tolist()), sorted(perm[:n_val].tolist())

@@ -40,7 +40,6 @@ from tilesegd.train.data import (
     find_pairs,
     read_classes,
     scan,
-    split,
 )
 from tilesegd.train.metrics import plot_confusion, plot_curves
 from tilesegd.train.model import (
@@ -50,6 +49,7 @@ from tilesegd.train.model import (
     load_encoder_weights,
     network_from_state,
 )
+from tilesegd.train.split import make_split
 from tilesegd.train.tiles import TileSampler
 from tilesegd.train.validate import validate_epoch
 
@@ -166,14 +166,16 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
 
     classmap = read_classes(cfg.classes, cfg.ignore)
     pairs = find_pairs(cfg.images, cfg.masks)
-    train_idx, val_idx = split(len(pairs), cfg.val_fraction, cfg.seed)
+    train_idx, val_idx = make_split(
+        [p.image for p in pairs], cfg.val_split, cfg.val_fraction, cfg.seed
+    )
     store = PairStore(pairs, classmap, cfg.cache_mb)
-    stats = scan(store, train_idx, sorted(set(train_idx) | set(val_idx)))
+    stats = scan(store, train_idx, sorted({r.index for r in train_idx + val_idx}))
     log.info(
         "%d pairs: training on %s, validating on %s",
         len(pairs),
-        [pairs[i].name for i in train_idx],
-        [pairs[i].name for i in val_idx],
+        ", ".join(r.describe(pairs[r.index].name) for r in train_idx),
+        ", ".join(r.describe(pairs[r.index].name) for r in val_idx),
     )
     mean, std = stats.mean, stats.std
     if cfg.normalization == "imagenet":

@@ -2,7 +2,7 @@
 
 A tile is a random window of ``tile * s`` pixels (``s`` log-uniform in ``[1 - j, 1 + j]``, the
 scale jitter; ``s = 1`` without augmentation) resampled to ``tile`` pixels: images are never
-resized down as a whole. Images smaller than a tile are padded with the channel mean and the
+resized down as a whole. Images (or training regions) smaller than a tile are padded with the channel mean and the
 ignore index. Flips, 90-degree rotations and brightness/contrast come from albumentations,
 reseeded per tile from the caller's generator so a tile sequence is fully reproducible.
 """
@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from tilesegd.train.data import IGNORE_INDEX, PairStore
+from tilesegd.train.split import Region, as_region
 
 
 def build_augment(augment: bool):
@@ -39,9 +40,10 @@ class TileSampler:
 
     Args:
         store: the pairs.
-        indices: training pair indices; an image is drawn with probability proportional to its
-            labelled pixels.
-        weights: (n,) labelled pixels per index (from :class:`DatasetStats`).
+        indices: training pair indices (whole images) or
+            :class:`~tilesegd.train.split.Region` s (rows of a pair; a tile never leaves its
+            region's rows); one is drawn with probability proportional to its labelled pixels.
+        weights: (n,) labelled pixels per index or region (from :class:`DatasetStats`).
         tile_size: tile side, pixels.
         scale_jitter: ``j``: a window of ``round(tile * s)`` pixels, ``s`` log-uniform in
             ``[1 - j, 1 + j]``, is resampled to the tile (0 = pure native resolution).
@@ -52,7 +54,7 @@ class TileSampler:
     def __init__(
         self,
         store: PairStore,
-        indices: Sequence[int],
+        indices: Sequence[int | Region],
         weights: np.ndarray,
         tile_size: int,
         scale_jitter: float,
@@ -61,7 +63,8 @@ class TileSampler:
         mean: Sequence[float],
         std: Sequence[float],
     ) -> None:
-        self.store, self.indices, self.tile = store, list(indices), tile_size
+        self.store, self.tile = store, tile_size
+        self.regions = [as_region(r) for r in indices]
         w = np.asarray(weights, np.float64) + 1.0
         self.p = w / w.sum()
         self.jitter = scale_jitter if augment else 0.0
@@ -79,8 +82,9 @@ class TileSampler:
 
         t = self.tile
         for _attempt in range(10):
-            i = self.indices[rng.choice(len(self.indices), p=self.p)]
-            image, ids = self.store.get(i)
+            reg = self.regions[rng.choice(len(self.regions), p=self.p)]
+            image, ids = self.store.get(reg.index)
+            image, ids = image[:, reg.rows], ids[reg.rows]
             h, w = ids.shape
             s = (
                 math.exp(rng.uniform(math.log(1 - self.jitter), math.log(1 + self.jitter)))

@@ -13,6 +13,7 @@ from tilesegd.train.config import TrainConfig
 from tilesegd.train.data import PairStore
 from tilesegd.train.metrics import confusion_matrix, scores
 from tilesegd.train.model import TwoClassLogits
+from tilesegd.train.split import Region, as_region
 
 
 def validate_epoch(
@@ -20,7 +21,7 @@ def validate_epoch(
     spec: ModelSpec,
     binary: bool,
     store: PairStore,
-    val_idx: list[int],
+    val_idx: list[int | Region],
     val_tiles: tuple[torch.Tensor, torch.Tensor] | None,
     loss_fn: torch.nn.Module,
     cfg: TrainConfig,
@@ -32,7 +33,9 @@ def validate_epoch(
     normalised, y (n, T, T) int64); the metrics come from whole validation images run through
     the deployed path: a copy of the network in :class:`tilesegd.engine.Engine` (precision
     ``auto``: fp32 on the CPU, fp16 on CUDA) and the tiled, stitched
-    :func:`tilesegd.pipeline.predict_array`.
+    :func:`tilesegd.pipeline.predict_array`. ``val_idx`` holds pair indices or
+    :class:`~tilesegd.train.split.Region` s: each image is predicted whole, once, and only the
+    rows of its validation regions are scored.
 
     Returns:
         ``(val_loss or None, scores)`` with ``scores`` from :func:`tilesegd.train.metrics.scores`.
@@ -57,8 +60,11 @@ def validate_epoch(
     )
     k = spec.num_classes
     cm = np.zeros((k, k), np.int64)
-    for i in val_idx:
+    regions = [as_region(r) for r in val_idx]
+    for i in dict.fromkeys(r.index for r in regions):
         image, ids = store.get(i)
         pred = predict_array(engine, image, tile_size=cfg.val_tile_size or cfg.tile_size)
-        cm += confusion_matrix(ids, pred, k)
+        for r in regions:
+            if r.index == i:
+                cm += confusion_matrix(ids[r.rows], pred[r.rows], k)
     return val_loss, scores(cm, [c.name for c in spec.classes])
