@@ -203,3 +203,21 @@ def test_cpu_feeds_nhwc_and_falls_back_to_nchw_for_networks_that_need_it() -> No
     got, _ = eng.predict(x, valid)  # NHWC fails in check(): NCHW from then on, no error
     assert strict.nhwc[0] is True and not any(strict.nhwc[1:])
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_normalisation_matches_the_formula_and_zeroes_nodata(channels_last: bool) -> None:
+    spec = spec_for(3, multiple=2)
+    eng = Engine(TinyConvNet(3, 3), spec, "cpu", batch_size=2)
+    eng._channels_last = channels_last
+    x, valid = _tiles(2, side=20)
+    scale = np.float32(spec.input_scale)
+    mean = np.asarray(spec.mean, np.float32).reshape(1, -1, 1, 1)
+    std = np.asarray(spec.std, np.float32).reshape(1, -1, 1, 1)
+    ref = (x.astype(np.float32) / scale - mean) / std
+    for v in (valid, np.ones_like(valid)):  # partly nodata, and all valid (multiply skipped)
+        got = eng._normalise(torch.from_numpy(x), torch.from_numpy(v))
+        assert got.is_contiguous(memory_format=torch.channels_last) == channels_last
+        assert got.dtype == torch.float32 and got.data_ptr() != torch.from_numpy(x).data_ptr()
+        np.testing.assert_allclose(got.numpy(), ref * v[:, None], rtol=1e-5, atol=1e-5)
+    assert (x[0, :, :5] != 0).any()  # so the nodata rows above really were zeroed

@@ -268,8 +268,13 @@ class Engine:
         return torch.autocast(self.device.type, dtype=self.dtype, cache_enabled=False)
 
     def _normalise(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        # in place on one fresh float32 copy (3x faster on the CPU than out-of-place ops)
-        x = x.to(torch.float32, copy=True).mul_(self._a).add_(self._b).mul_(valid.unsqueeze(1))
+        # in place on one fresh float32 copy (3x faster on the CPU than out-of-place ops), NCHW
+        # then one reorder to NHWC (torch reorders float32 ~3x faster than uint8); the nodata
+        # multiply is skipped for all-valid batches on the CPU (on CUDA the test would wait for
+        # the device): 8.7 -> 6.9 ms per 8 x 512^2 uint8 batch on 2 cores
+        x = x.to(torch.float32, copy=True).mul_(self._a).add_(self._b)
+        if self._cuda or not bool(valid.all()):
+            x.mul_(valid.unsqueeze(1))
         if self._channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
