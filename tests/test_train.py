@@ -116,7 +116,10 @@ def test_train_writes_run_directory(run: Path) -> None:
     spec = loaded.spec
     assert [c.name for c in spec.classes] == ["soil", "grass", "water"]  # nodata is no output
     assert spec.extra["dtypes"] == ["uint8"] and spec.input_scale == 255.0
-    assert spec.multiple == 8 and spec.tile_size == 64 and len(spec.mean) == 3
+    assert spec.multiple == 8 and spec.tile_size >= 64 and len(spec.mean) == 3
+    # the measured seamless geometry: overlap = 2 x halo, a core at least as wide as the overlap
+    assert spec.overlap is not None and spec.overlap % 16 == 0 and spec.overlap >= 16
+    assert spec.tile_size - spec.overlap >= spec.overlap
     assert spec.extra["arch"] == "Unet" and spec.extra["ignored_classes"] == ["nodata"]
     logits = loaded.module(torch.zeros(1, 3, 64, 64))
     assert logits.shape == (1, 3, 64, 64)

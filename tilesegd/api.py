@@ -200,11 +200,14 @@ def run(
             device=cfg.device,
             sha256=cfg.model_sha256,
             precision=cfg.precision,
-            batch_size=cfg.batch_size,
+            batch_size=cfg.batch_size or 8,
             save_probs=cfg.save_probs,
             compile=cfg.compile,
         )
-        tile, _ = cfg.geometry(engine.spec.tile_size, engine.spec.multiple)  # bad: fail now
+        tile, _ = cfg.geometry(
+            engine.spec.tile_size, engine.spec.multiple, engine.spec.overlap
+        )  # bad: fail now
+        engine.batch_size = cfg.batch_for(tile)
         engine.check((tile, tile))  # class count / output size vs tilesegd.json, before any scene
         fp = fingerprint(model_sha, cfg, str(engine.device), str(engine.dtype))
         run_path = output / RUN_JSON

@@ -7,12 +7,15 @@ The resolved :class:`RunConfig` is validated once and written into every output'
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tilesegd.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
@@ -51,8 +54,10 @@ class RunConfig:
         output: output directory.
         tile_size: network input side, pixels; ``None`` = the model's suggested ``tile_size``.
         overlap: pixels shared by neighbouring tiles (a halo of ``overlap / 2`` each side);
-            ``None`` = 64, or a quarter of tiles smaller than 256 px.
-        batch_size: tiles per network call (halved automatically on CUDA out-of-memory).
+            ``None`` = the model file's measured ``overlap``, else 64, or a quarter of tiles
+            smaller than 256 px.
+        batch_size: tiles per network call (halved automatically on CUDA out-of-memory);
+            ``None`` = :meth:`batch_for` the tile size.
         device: ``auto`` (CUDA if present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
         precision: ``auto`` (fp16 on CUDA, fp32 on CPU), ``fp32``, ``fp16``, ``bf16``.
         workers: reader / writer threads; with ``cluster: local``, the number of Dask worker
@@ -82,7 +87,7 @@ class RunConfig:
     output: str | None = None
     tile_size: int | None = None
     overlap: int | None = None
-    batch_size: int = 8
+    batch_size: int | None = None
     device: str = "auto"
     precision: str = "auto"
     workers: int = field(default_factory=default_workers)
@@ -111,7 +116,7 @@ class RunConfig:
             raise ConfigError(f"tile_size must be >= 1 pixel, got {self.tile_size}")
         if self.overlap is not None and (self.overlap < 0 or self.overlap % 2):
             raise ConfigError(f"overlap must be an even number of pixels >= 0, got {self.overlap}")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.workers < 1:
             raise ConfigError(f"workers must be >= 1, got {self.workers}")
@@ -140,8 +145,14 @@ class RunConfig:
             parse_shard(self.shard)
         return self
 
-    def geometry(self, model_tile_size: int, multiple: int) -> tuple[int, int]:
+    def geometry(
+        self, model_tile_size: int, multiple: int, model_overlap: int | None = None
+    ) -> tuple[int, int]:
         """Resolve ``(tile_size, overlap)`` in pixels against the model's suggestions.
+
+        ``overlap`` defaults to the model file's measured ``overlap`` (capped to leave a core of
+        ``multiple`` pixels when ``--tile-size`` is smaller than the model's tile), else 64, or a
+        quarter of tiles smaller than 256 px.
 
         Raises:
             ConfigError: the pair cannot make a tile grid (see :class:`~tilesegd.tiling.TileGrid`).
@@ -150,10 +161,29 @@ class RunConfig:
 
         tile = self.tile_size or model_tile_size
         overlap = self.overlap
+        if overlap is None and model_overlap is not None:
+            overlap = max(0, min(int(model_overlap), tile - multiple)) // 2 * 2
+            if overlap < model_overlap:
+                log.warning(
+                    "tile %d px leaves room for a %d-px overlap, less than the %d px the model "
+                    "needs to be seamless; use --tile-size %d or more",
+                    tile,
+                    overlap,
+                    model_overlap,
+                    model_tile_size,
+                )
         if overlap is None:
             overlap = min(64, tile // 4) // 2 * 2
         TileGrid(10**5, 10**5, tile, overlap, multiple)  # validates, raises ConfigError
         return tile, overlap
+
+    def batch_for(self, tile: int) -> int:
+        """Tiles per network call: ``batch_size`` if given, else 8 tiles of up to 512^2 pixels
+        and proportionally fewer of larger tiles (~2.1 megapixels per call, at least 1), so
+        memory does not grow with a model's larger seamless tile."""
+        if self.batch_size is not None:
+            return self.batch_size
+        return max(1, min(8, (8 * 512 * 512) // (tile * tile)))
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable copy (what goes into outputs' metadata)."""

@@ -81,15 +81,18 @@ def worker_engine(cfg: RunConfig, model_sha: str) -> Engine:
     with _LOCK:
         if key not in _ENGINES:
             _ENGINES.clear()  # one model per worker process at a time
-            _ENGINES[key] = Engine.from_file(
+            engine = Engine.from_file(
                 cfg.model or "",
                 device=cfg.device,
                 sha256=model_sha or None,
                 precision=cfg.precision,
-                batch_size=cfg.batch_size,
+                batch_size=cfg.batch_size or 8,
                 save_probs=cfg.save_probs,
                 compile=cfg.compile,
             )
+            tile, _ = cfg.geometry(engine.spec.tile_size, engine.spec.multiple, engine.spec.overlap)
+            engine.batch_size = cfg.batch_for(tile)
+            _ENGINES[key] = engine
         return _ENGINES[key]
 
 

@@ -139,7 +139,9 @@ def run_distributed(
             f"{model}: SHA-256 is {model_sha}, but --model-sha256 pins {cfg.model_sha256}; "
             "check that this is the model you meant"
         )
-    cfg.geometry(spec.tile_size, spec.multiple)  # bad geometry: fail before any cluster
+    cfg.geometry(
+        spec.tile_size, spec.multiple, spec.overlap
+    )  # bad geometry: fail before any cluster
     client, cluster = open_client(cfg)
     try:
         return _Run(cfg, spec, model, model_sha, client, output.resolve()).run(
@@ -185,7 +187,7 @@ class _Run:
 
         cfg, output = self.cfg, self.output
         log.info("Dask scheduler %s; loading the model on a worker", self.client.scheduler.address)
-        tile, _ = cfg.geometry(self.spec.tile_size, self.spec.multiple)
+        tile, _ = cfg.geometry(self.spec.tile_size, self.spec.multiple, self.spec.overlap)
         device, dtype = self.client.submit(
             prepare_worker, self.task_cfg, self.model_sha, tile, pure=False
         ).result()

@@ -15,6 +15,10 @@ each carrying an extra file ``tilesegd.json`` that describes how to feed the net
 The network maps float32 ``(B, in_channels, H, W)`` to logits ``(B, K, H, W)`` with
 ``K = len(classes)``; ``H`` and ``W`` must be multiples of ``multiple``. Raw raster values are
 divided by ``input_scale``, then normalised per channel with ``(x - mean) / std``.
+
+Optional: ``"overlap"`` (pixels, even): the tile overlap ``tilesegd run`` uses by default, for
+tiles of ``tile_size``. ``tilesegd train`` measures it (:func:`tilesegd.halo.measure_halo`) so
+that the stitched masks agree with whole-image inference.
 """
 
 from __future__ import annotations
@@ -88,6 +92,7 @@ class ModelSpec:
         mean, std: per-channel normalisation applied after scaling, ``len == in_channels``.
         multiple: model height and width must be multiples of this (pixels).
         tile_size: suggested tile size in pixels (a multiple of ``multiple``).
+        extra: every other key of ``tilesegd.json`` (e.g. ``overlap``, ``arch``).
     """
 
     classes: tuple[ClassInfo, ...]
@@ -99,6 +104,12 @@ class ModelSpec:
     multiple: int = 32
     tile_size: int = 512
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def overlap(self) -> int | None:
+        """Suggested tile overlap in pixels (``2 * halo``), or ``None`` if the file has none."""
+        v = self.extra.get("overlap")
+        return None if v is None else int(v)
 
     @property
     def num_classes(self) -> int:

@@ -249,17 +249,20 @@ def predict_array(
         image: (C, H, W) raw values, any numeric dtype, bands already in model order.
         valid: (H, W) bool, False for nodata; ``None`` = all valid (NaN/Inf always invalid).
         tile_size: network input side in pixels (default: the model's ``tile_size``).
-        overlap: pixels shared by neighbouring tiles (default: 64, or a quarter of tiles
-            smaller than 256 px, as ``tilesegd run``).
+        overlap: pixels shared by neighbouring tiles (default: as ``tilesegd run``, the model
+            file's measured ``overlap``, else 64, or a quarter of tiles smaller than 256 px).
         block_size: approximate block side in pixels.
 
     Returns:
         (H, W) uint8 class ids, 255 where invalid.
     """
+    from tilesegd.config import RunConfig
+
     src = ArraySource(image, valid)
-    tile = tile_size or engine.spec.tile_size
-    if overlap is None:
-        overlap = min(64, tile // 4) // 2 * 2
+    spec = engine.spec
+    tile, overlap = RunConfig(tile_size=tile_size, overlap=overlap).geometry(
+        spec.tile_size, spec.multiple, spec.overlap
+    )
     grid = TileGrid(src.height, src.width, tile, overlap, engine.spec.multiple, block_size)
     out = np.full((src.height, src.width), 255, np.uint8)
 

@@ -125,7 +125,7 @@ def plan_scene(
             f"{spec.in_channels} input channels"
         )
     check_compatible(scene, bands, spec.extra.get("dtypes"))
-    tile, overlap = cfg.geometry(spec.tile_size, spec.multiple)
+    tile, overlap = cfg.geometry(spec.tile_size, spec.multiple, spec.overlap)
     grid = TileGrid(scene.height, scene.width, tile, overlap, spec.multiple, cfg.block_size)
     work = work_dir(output, name)
     work.mkdir(parents=True, exist_ok=True)

@@ -50,12 +50,14 @@ def _bands(ctx: click.Context, param: click.Parameter, value: str | None) -> lis
     "--overlap",
     type=int,
     help="Pixels shared by neighbouring tiles; half of it is the halo cropped from "
-    "each side [default: 64, or a quarter of tiles under 256 px].",
+    "each side [default: the model file's measured overlap (seamless), else 64, or a quarter "
+    "of tiles under 256 px].",
 )
 @click.option(
     "--batch-size",
     type=int,
-    help="Tiles per network call; halved automatically on CUDA out-of-memory [default: 8].",
+    help="Tiles per network call; halved automatically on CUDA out-of-memory [default: 8 "
+    "tiles of up to 512 px, fewer of larger tiles (~2 megapixels per call)].",
 )
 @click.option("--device", help="auto | cpu | cuda | cuda:N [default: auto = CUDA if present].")
 @click.option(

@@ -20,6 +20,7 @@ epoch, in the model-file contract).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import math
 import os
@@ -43,6 +44,7 @@ from tilesegd.train.data import (
 )
 from tilesegd.train.metrics import plot_confusion, plot_curves
 from tilesegd.train.model import (
+    TwoClassLogits,
     build_loss,
     build_model,
     class_weights,
@@ -330,6 +332,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         bar.close()
         if frozen:
             _set_frozen(model, False)
+        spec = _seamless_spec(model, spec, binary, cfg, device)
         val_loss, sc = validate_epoch(
             model, spec, binary, store, val_idx, val_tiles, loss_fn, cfg, device
         )
@@ -361,13 +364,16 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         _write_metrics(out / "metrics.csv", history)
         plot_curves(history, out / "curves.png")
         log.info(
-            "epoch %d/%d: train loss %.4f, val loss %s, val mIoU %.4f, pixel acc %.4f, %.1f s%s",
+            "epoch %d/%d: train loss %.4f, val loss %s, val mIoU %.4f, pixel acc %.4f "
+            "(tile %d, overlap %d px), %.1f s%s",
             epoch + 1,
             cfg.epochs,
             row["train_loss"],
             row["val_loss"],
             miou,
             row["val_pixel_accuracy"],
+            spec.tile_size,
+            spec.overlap,
             row["seconds"],
             " (best)" if improved else "",
         )
@@ -376,6 +382,20 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             break
     _save_best_model(out, spec)
     return out
+
+
+def _seamless_spec(
+    model: torch.nn.Module, spec: ModelSpec, binary: bool, cfg: TrainConfig, device: torch.device
+) -> ModelSpec:
+    """``spec`` with the inference ``tile_size`` and ``overlap`` this epoch's weights need to
+    agree with whole-image inference (:func:`tilesegd.halo.measure_halo`); validation and the
+    saved model file use them, so the validation score is what ``tilesegd run`` delivers."""
+    from tilesegd.halo import measure_halo, seamless_geometry
+
+    net = TwoClassLogits(model) if binary else model
+    halo = measure_halo(net, spec.in_channels, spec.multiple, device=device)
+    tile, overlap = seamless_geometry(halo, cfg.val_tile_size or cfg.tile_size, spec.multiple)
+    return dataclasses.replace(spec, tile_size=tile, extra={**spec.extra, "overlap": overlap})
 
 
 def _save_best_model(out: Path, spec: ModelSpec) -> Path:

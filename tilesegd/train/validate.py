@@ -63,7 +63,7 @@ def validate_epoch(
     regions = [as_region(r) for r in val_idx]
     for i in dict.fromkeys(r.index for r in regions):
         image, ids = store.get(i)
-        pred = predict_array(engine, image, tile_size=cfg.val_tile_size or cfg.tile_size)
+        pred = predict_array(engine, image)  # the spec's tile_size and overlap
         for r in regions:
             if r.index == i:
                 cm += confusion_matrix(ids[r.rows], pred[r.rows], k)

@@ -1,0 +1,105 @@
+"""The measured halo: networks of known reach, the tile geometry it implies, and its use."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from conftest import smooth_image, spec_for
+
+from tilesegd.config import RunConfig
+from tilesegd.engine import Engine
+from tilesegd.halo import measure_halo, seamless_geometry
+from tilesegd.pipeline import predict_array
+
+
+class ConvStack(torch.nn.Module):
+    """``depth`` 3x3 convolutions with zero padding: the reach is exactly ``depth`` pixels."""
+
+    def __init__(self, depth: int, classes: int = 4, seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        chans = [3] + [8] * (depth - 1) + [classes]
+        self.convs = torch.nn.ModuleList(
+            torch.nn.Conv2d(a, b, 3, padding=1) for a, b in zip(chans, chans[1:], strict=False)
+        )
+        for p in self.parameters():
+            with torch.no_grad():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, c in enumerate(self.convs):
+            x = c(x) if i == len(self.convs) - 1 else torch.tanh(c(x))
+        return x
+
+
+class GlobalMean(torch.nn.Module):
+    """Every pixel's logits depend on the whole input (a global average): no halo suffices."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = x.mean((2, 3), keepdim=True)
+        return torch.cat([x[:, :1] - 4 * m[:, :1], x[:, 1:2] + 4 * m[:, 1:2]], 1)
+
+
+@pytest.mark.parametrize("depth", [1, 5, 12])
+def test_halo_of_a_conv_stack_is_within_its_reach(depth: int) -> None:
+    halo = measure_halo(ConvStack(depth), 3, 2, max_halo=64)
+    assert 2 <= halo <= depth + depth % 2  # a multiple of 2 no wider than the reach
+    if depth >= 5:
+        assert halo >= 2 * (depth // 4)  # a deep stack needs more than the minimum
+
+
+def test_a_network_of_global_reach_gets_the_maximum_and_a_warning(caplog) -> None:
+    with caplog.at_level(logging.WARNING):
+        assert measure_halo(GlobalMean(), 3, 8, max_halo=40) == 40
+    assert "larger --overlap" in caplog.text
+
+
+def test_measurement_is_deterministic_and_restores_the_mode() -> None:
+    net = ConvStack(7).train()
+    assert measure_halo(net, 3, 2) == measure_halo(net, 3, 2)
+    assert net.training
+
+
+def test_seamless_geometry() -> None:
+    assert seamless_geometry(96, 256, 32) == (384, 192)
+    assert seamless_geometry(16, 256, 32) == (256, 32)
+    assert seamless_geometry(100, 64, 32) == (416, 200)
+
+
+def test_run_geometry_uses_the_model_overlap(caplog) -> None:
+    assert RunConfig().geometry(512, 32, 192) == (512, 192)
+    assert RunConfig().geometry(512, 32, None) == (512, 64)
+    assert RunConfig(overlap=32).geometry(512, 32, 192) == (512, 32)  # the flag wins
+    with caplog.at_level(logging.WARNING):
+        assert RunConfig(tile_size=128).geometry(512, 32, 192) == (128, 96)
+    assert "less than the 192 px the model needs" in caplog.text
+
+
+def test_measured_halo_makes_tiles_agree_with_whole_image_inference() -> None:
+    net = ConvStack(14, classes=3)
+    halo = measure_halo(net, 3, 2)
+    tile, overlap = seamless_geometry(halo, 32, 2)
+    image = smooth_image(150, 170, 3, seed=3)
+    mean = image.reshape(3, -1).mean(1) / 255
+    std = image.reshape(3, -1).std(1) / 255
+    x = (image / 255 - mean[:, None, None]) / std[:, None, None]
+    with torch.inference_mode():
+        whole = net(torch.from_numpy(x.astype(np.float32))[None]).argmax(1)[0].numpy()
+    spec = spec_for(
+        3, multiple=2, tile_size=tile, overlap=overlap, mean=mean.tolist(), std=std.tolist()
+    )
+    eng = Engine(net, spec, "cpu", batch_size=4)
+    seamless = predict_array(eng, image)  # the model file's geometry, as tilesegd run
+    narrow = predict_array(eng, image, tile_size=tile, overlap=2)
+    inner = (slice(16, -16), slice(16, -16))
+    agree = (seamless[inner] == whole[inner]).mean()
+    assert agree >= 0.999, agree
+    assert (narrow[inner] == whole[inner]).mean() < agree  # a thin halo does leave seams
+
+
+def test_default_batch_keeps_pixels_per_call_bounded() -> None:
+    assert [RunConfig().batch_for(t) for t in (256, 512, 896, 2048)] == [8, 8, 2, 1]
+    assert RunConfig(batch_size=5).batch_for(2048) == 5
