@@ -40,6 +40,7 @@ def validate_epoch(
     Returns:
         ``(val_loss or None, scores)`` with ``scores`` from :func:`tilesegd.train.metrics.scores`.
     """
+    from tilesegd.config import RunConfig
     from tilesegd.engine import Engine
     from tilesegd.pipeline import predict_array
 
@@ -55,7 +56,7 @@ def validate_epoch(
         spec,
         device=str(device),
         precision="auto",
-        batch_size=cfg.batch_size,
+        batch_size=RunConfig().batch_for(spec.tile_size),  # as tilesegd run's default
         runtime="eager",
     )
     k = spec.num_classes
