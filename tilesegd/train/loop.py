@@ -334,7 +334,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             _set_frozen(model, False)
         spec = _seamless_spec(model, spec, binary, cfg, device)
         val_loss, sc = validate_epoch(
-            model, spec, binary, store, val_idx, val_tiles, loss_fn, cfg, device
+            model, spec, binary, store, val_idx, val_tiles, loss_fn, device
         )
         miou = sc["miou"] if sc["miou"] is not None else 0.0
         row = {

@@ -2,9 +2,10 @@
 
 A tile is a random window of ``tile * s`` pixels (``s`` log-uniform in ``[1 - j, 1 + j]``, the
 scale jitter; ``s = 1`` without augmentation) resampled to ``tile`` pixels: images are never
-resized down as a whole. Images (or training regions) smaller than a tile are padded with the channel mean and the
-ignore index. Flips, 90-degree rotations and brightness/contrast come from albumentations,
-reseeded per tile from the caller's generator so a tile sequence is fully reproducible.
+resized down as a whole. Images (or training regions) smaller than a tile are padded with the
+channel mean and the ignore index. Flips, 90-degree rotations and brightness/contrast come from
+albumentations, reseeded per tile from the caller's generator so a tile sequence is fully
+reproducible.
 """
 
 from __future__ import annotations

@@ -9,7 +9,6 @@ import numpy as np
 import torch
 
 from tilesegd.model_file import ModelSpec
-from tilesegd.train.config import TrainConfig
 from tilesegd.train.data import PairStore
 from tilesegd.train.metrics import confusion_matrix, scores
 from tilesegd.train.model import TwoClassLogits
@@ -24,7 +23,6 @@ def validate_epoch(
     val_idx: list[int | Region],
     val_tiles: tuple[torch.Tensor, torch.Tensor] | None,
     loss_fn: torch.nn.Module,
-    cfg: TrainConfig,
     device: torch.device,
 ) -> tuple[float | None, dict[str, Any]]:
     """Score ``model`` after an epoch.
