@@ -14,6 +14,7 @@ Large images are never resized down: training tiles are random windows at native
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import warnings
@@ -290,6 +291,22 @@ def find_pairs(images: str | Path, masks: str | Path) -> list[Pair]:
     return [Pair(imgs[s], msks[s]) for s in sorted(imgs)]
 
 
+@contextlib.contextmanager
+def _open_raster(path: str | Path):
+    """``rasterio.open`` without the not-georeferenced warning (PNG/JPEG pairs are normal);
+    GDAL errors become :class:`DatasetError` naming the file."""
+    import rasterio
+    import rasterio.errors
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            with rasterio.open(path) as ds:
+                yield ds
+    except rasterio.errors.RasterioError as exc:
+        raise DatasetError(f"{path}: cannot read ({exc}); is it a valid image?") from None
+
+
 def read_raster(path: Path, bands: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Read a whole raster: ``(data (C, H, W) native dtype, valid (H, W) bool)``.
 
@@ -298,24 +315,27 @@ def read_raster(path: Path, bands: Sequence[int] | None = None) -> tuple[np.ndar
     Raises:
         DatasetError: unreadable file or a band number out of range.
     """
-    import rasterio
-    import rasterio.errors
     from rasterio.enums import MaskFlags
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-            with rasterio.open(path) as ds:
-                if bands is not None and max(bands) > ds.count:
-                    raise DatasetError(f"{path}: has {ds.count} band(s), bands {list(bands)} asked")
-                data = ds.read(list(bands) if bands else None)
-                if all(MaskFlags.all_valid in f for f in ds.mask_flag_enums):
-                    valid = np.ones(data.shape[1:], bool)
-                else:  # nodata value, alpha band or internal mask
-                    valid = ds.dataset_mask() > 0
-    except rasterio.errors.RasterioError as exc:
-        raise DatasetError(f"{path}: cannot read ({exc}); is it a valid image?") from None
+    with _open_raster(path) as ds:
+        if bands is not None and max(bands) > ds.count:
+            raise DatasetError(f"{path}: has {ds.count} band(s), bands {list(bands)} asked")
+        data = ds.read(list(bands) if bands else None)
+        if all(MaskFlags.all_valid in f for f in ds.mask_flag_enums):
+            valid = np.ones(data.shape[1:], bool)
+        else:  # nodata value, alpha band or internal mask
+            valid = ds.dataset_mask() > 0
     return data, valid
+
+
+def raster_height(path: str | Path) -> int:
+    """Height in pixels from the file's header (nothing is decoded).
+
+    Raises:
+        DatasetError: the file cannot be opened.
+    """
+    with _open_raster(path) as ds:
+        return int(ds.height)
 
 
 def input_scale_for(dtype: np.dtype) -> float:

@@ -17,7 +17,6 @@ One pair is always split into regions.
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,24 +105,6 @@ def split_regions(
     return train, val
 
 
-def raster_height(path: str | Path) -> int:
-    """Height in pixels from the file's header (nothing is decoded).
-
-    Raises:
-        DatasetError: the file cannot be opened.
-    """
-    import rasterio
-    import rasterio.errors
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-            with rasterio.open(path) as ds:
-                return int(ds.height)
-    except rasterio.errors.RasterioError as exc:
-        raise DatasetError(f"{path}: cannot read ({exc}); is it a valid image?") from None
-
-
 def make_split(
     images: Sequence[str | Path], mode: str, val_fraction: float, seed: int
 ) -> tuple[list[Region], list[Region]]:
@@ -147,6 +128,8 @@ def make_split(
         )
         mode = "regions"
     if mode == "regions":
+        from tilesegd.train.data import raster_height  # data imports this module
+
         return split_regions([raster_height(p) for p in images], val_fraction, seed)
     train, val = split(len(images), val_fraction, seed)
     return [Region(i) for i in train], [Region(i) for i in val]
