@@ -7,6 +7,7 @@ The resolved :class:`RunConfig` is validated once and written into every output'
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 from dataclasses import dataclass, field
@@ -20,6 +21,19 @@ log = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 CLUSTERS = ("local", "local-cuda")
+
+
+@functools.cache
+def _warn_capped(tile: int, overlap: int, needed: int, model_tile: int) -> None:
+    """Warn once per geometry (``geometry`` runs per scene) that seams may show."""
+    log.warning(
+        "tile %d px leaves room for a %d-px overlap, less than the %d px the model needs to be "
+        "seamless; use --tile-size %d or more",
+        tile,
+        overlap,
+        needed,
+        model_tile,
+    )
 
 
 def default_workers() -> int:
@@ -164,14 +178,7 @@ class RunConfig:
         if overlap is None and model_overlap is not None:
             overlap = max(0, min(int(model_overlap), tile - multiple)) // 2 * 2
             if overlap < model_overlap:
-                log.warning(
-                    "tile %d px leaves room for a %d-px overlap, less than the %d px the model "
-                    "needs to be seamless; use --tile-size %d or more",
-                    tile,
-                    overlap,
-                    model_overlap,
-                    model_tile_size,
-                )
+                _warn_capped(tile, overlap, int(model_overlap), model_tile_size)
         if overlap is None:
             overlap = min(64, tile // 4) // 2 * 2
         TileGrid(10**5, 10**5, tile, overlap, multiple)  # validates, raises ConfigError
