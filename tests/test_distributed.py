@@ -130,7 +130,7 @@ def test_killed_worker_blocks_are_recomputed(tmp_path: Path) -> None:
     def kill_a_busy_worker_mid_run(client, pids: dict[str, int]) -> None:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            done = len(log.read_text().split()) if log.exists() else 0
+            done = len(log.read_text().splitlines()) if log.exists() else 0
             busy = [a for a, keys in client.processing().items() if keys and a in pids]
             if done >= 1 and busy:
                 os.kill(pids[busy[0]], signal.SIGKILL)

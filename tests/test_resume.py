@@ -95,7 +95,8 @@ def done_ids(out: Path, scene: str) -> set[int]:
     p = done_log(out, scene)
     if not p.exists():
         return set()
-    return {int(x) for x in p.read_text().split("\n")[:-1] if x.strip().isdigit()}
+    lines = p.read_text().split("\n")[:-1]  # "<block id> <pixels>"; a cut last line has no \n
+    return {int(x.split()[0]) for x in lines if x.split() and x.split()[0].isdigit()}
 
 
 def wait_for(proc: subprocess.Popen, ready, timeout: float = 240.0) -> None:

@@ -461,7 +461,7 @@ def test_disk_full_in_a_block_write_stops_cleanly_and_resumes(
     assert "disk full" in run["scenes"]["floats"]["error"]
     assert "good" not in run["scenes"]  # the run stopped: nothing else can be written
     assert not (out / "floats").exists() and not leftovers(out)
-    done = (out / ".tilesegd" / "work" / "floats" / "blocks.done").read_text().split()
+    done = (out / ".tilesegd" / "work" / "floats" / "blocks.done").read_text().splitlines()
     assert len(done) == 3
     monkeypatch.setattr(ZarrMaskStore, "write_block", real)
     r = run_cli(inp, model, out)

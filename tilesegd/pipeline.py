@@ -15,8 +15,9 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,18 +25,12 @@ import numpy as np
 from tilesegd.engine import Engine, Pending
 from tilesegd.errors import Interrupted
 from tilesegd.reader import ArraySource, Source
-from tilesegd.tiling import Block, Tile, TileGrid
+from tilesegd.stitch import Stitcher, TileJob, split_block
+from tilesegd.tiling import Block, Tile, TileGrid, Win
 
 BlockSink = Callable[[Block, np.ndarray], None]
 ProbSink = Callable[[Tile, np.ndarray], None]
-
-
-@dataclass
-class _BlockState:
-    block: Block
-    ids: np.ndarray
-    remaining: int
-    queued: int = 0
+STAGES = ("read", "read_wait", "batch", "infer_wait", "stitch", "write")
 
 
 @dataclass
@@ -57,6 +52,154 @@ class SegmentStats:
     times: dict = field(default_factory=dict)
 
 
+class StageTimes:
+    """Thread-safe seconds per pipeline stage (the keys of :data:`STAGES`)."""
+
+    def __init__(self) -> None:
+        self.seconds = dict.fromkeys(STAGES, 0.0)
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            dt = time.perf_counter() - t0
+            with self._lock:
+                self.seconds[stage] += dt
+
+
+class Prefetcher:
+    """Reads blocks' windows on ``workers`` threads, ``depth`` blocks ahead of the consumer.
+
+    Iterating yields ``(block, data (C, H, W), valid (H, W) bool)`` for
+    ``grid.read_window(block)``, in the order of ``blocks``.
+    """
+
+    def __init__(
+        self, source: Source, grid: TileGrid, blocks: list[Block], workers: int, times: StageTimes
+    ) -> None:
+        self.source, self.grid, self.times = source, grid, times
+        self.pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="tilesegd-read")
+        self.depth = max(2, 2 * workers)
+        self._todo = iter(blocks)
+        self._reads: deque[tuple[Block, Future]] = deque()
+
+    def _read(self, win: Win) -> tuple[np.ndarray, np.ndarray]:
+        with self.times("read"):
+            return self.source.read(win)
+
+    def _refill(self) -> None:
+        while len(self._reads) < self.depth:
+            b = next(self._todo, None)
+            if b is None:
+                return
+            self._reads.append((b, self.pool.submit(self._read, self.grid.read_window(b))))
+
+    def __iter__(self) -> Iterator[tuple[Block, np.ndarray, np.ndarray]]:
+        self._refill()
+        while self._reads:
+            block, fut = self._reads.popleft()
+            with self.times("read_wait"):
+                data, valid = fut.result()
+            self._refill()
+            yield block, data, valid
+
+    def close(self) -> None:
+        """Stop reading (pending reads are cancelled)."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class BlockWriter:
+    """The sink: calls ``on_block`` on ``workers`` writer threads, at most ``2 x workers``
+    blocks queued (back-pressure on the stitcher), and re-raises writer errors early."""
+
+    def __init__(self, on_block: BlockSink, workers: int, times: StageTimes) -> None:
+        self.on_block, self.times = on_block, times
+        self.pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="tilesegd-write")
+        self.slots = threading.Semaphore(2 * max(1, workers))
+        self.futures: list[Future] = []
+
+    def _job(self, block: Block, ids: np.ndarray) -> None:
+        try:
+            with self.times("write"):
+                self.on_block(block, ids)
+        finally:
+            self.slots.release()
+
+    def submit(self, block: Block, ids: np.ndarray) -> None:
+        """Queue one finished block (blocks while ``2 x workers`` are queued)."""
+        self.slots.acquire()
+        self.futures.append(self.pool.submit(self._job, block, ids))
+        for done in [f for f in self.futures if f.done()]:
+            done.result()  # re-raise writer errors early
+            self.futures.remove(done)
+
+    def wait(self) -> None:
+        """Wait for every queued block; re-raise the first writer error."""
+        for f in self.futures:
+            f.result()
+        self.futures.clear()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+
+class Batcher:
+    """Groups tiles (from any number of blocks) into batches of ``size`` for the engine, and
+    keeps at most ``in_flight`` batches on the device before their results are drained.
+
+    Args:
+        engine: runs the batches.
+        core_box: ``(row, col, height, width)`` of the tile core, in tile pixels.
+        on_result: called with ``(jobs, ids (B, h, w) uint8, probs (B, K, h, w) or None)`` for
+            each finished batch, in submission order.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        core_box: tuple[int, int, int, int],
+        on_result: Callable[[list[TileJob], np.ndarray, np.ndarray | None], None],
+        times: StageTimes,
+    ) -> None:
+        self.engine, self.core_box, self.on_result, self.times = engine, core_box, on_result, times
+        self.in_flight = 2 if engine.device.type == "cuda" else 1
+        self.jobs: list[TileJob] = []
+        self.pending: deque[tuple[Pending, list[TileJob]]] = deque()
+
+    def add(self, job: TileJob) -> None:
+        """Queue one tile; a full batch goes to the engine."""
+        self.jobs.append(job)
+        if len(self.jobs) >= self.engine.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send the queued tiles (a short batch) to the engine."""
+        if not self.jobs:
+            return
+        with self.times("batch"):
+            xb = np.stack([j.x for j in self.jobs])
+            vb = np.stack([j.valid for j in self.jobs])
+        self.pending.append((self.engine.submit(xb, vb, self.core_box), self.jobs))
+        self.jobs = []
+        while len(self.pending) >= self.in_flight:
+            self._drain_one()
+
+    def _drain_one(self) -> None:
+        p, jobs = self.pending.popleft()
+        with self.times("infer_wait"):
+            ids, probs = p.result()
+        self.on_result(jobs, ids, probs)
+
+    def finish(self) -> None:
+        """Flush and drain everything in flight."""
+        self.flush()
+        while self.pending:
+            self._drain_one()
+
+
 def segment(
     source: Source,
     grid: TileGrid,
@@ -71,6 +214,10 @@ def segment(
 ) -> SegmentStats:
     """Segment the blocks of ``source`` and pass each finished block to ``on_block``.
 
+    The roles: :class:`Prefetcher` (reader threads) -> :func:`~tilesegd.stitch.split_block`
+    (tiles, all-nodata ones skipped) -> :class:`Batcher` (engine calls) ->
+    :class:`~tilesegd.stitch.Stitcher` (cores into blocks, checked) -> :class:`BlockWriter`.
+
     Args:
         source: where raw pixels come from (:class:`~tilesegd.reader.SceneSource`,
             :class:`~tilesegd.reader.ArraySource`).
@@ -78,7 +225,7 @@ def segment(
         engine: runs batches of tiles.
         on_block: called with ``(block, ids)``, ``ids`` (h, w) uint8 class ids of
             ``block.window`` with 255 for nodata; called from writer threads, at most
-            ``workers`` at once, in any order.
+            ``workers`` at once, in any order, exactly once per block.
         on_probs: called with ``(tile, probs)``, probs (K, h, w) float16 of ``tile.core``.
         blocks: the blocks to do (default: all; pass a subset to resume or distribute).
         workers: reader threads and writer threads.
@@ -91,145 +238,57 @@ def segment(
 
     Raises:
         InputError: from the source (truncated file...). Interrupted: ``stop`` was set.
+        BlockCheckError: a block's ids disagree with its input's nodata, or a block was never
+            finished (a bug; nothing wrong is written).
     """
     todo = list(grid.blocks() if blocks is None else blocks)
-    stats = SegmentStats()
-    (ch, cw), (hh, hw) = grid.core_shape, grid.halo
-    core_box = (hh, hw, ch, cw)
-    th, tw = grid.tile_shape
-    depth = max(2, 2 * workers)
-    in_flight_cap = 2 if engine.device.type == "cuda" else 1
-    readers = ThreadPoolExecutor(max(1, workers), thread_name_prefix="tilesegd-read")
-    writers = ThreadPoolExecutor(max(1, workers), thread_name_prefix="tilesegd-write")
-    write_slots = threading.Semaphore(2 * max(1, workers))
-    writes: list[Future] = []
-    reads: deque[tuple[Block, Future]] = deque()
-    pending: deque[tuple[Pending, list[tuple[_BlockState, Tile, np.ndarray]]]] = deque()
-    batch_x: list[np.ndarray] = []
-    batch_v: list[np.ndarray] = []
-    batch_meta: list[tuple[_BlockState, Tile, np.ndarray]] = []
-    it = iter(todo)
-    t_start = time.perf_counter()
-    engine_t0 = engine.times.as_dict()
-    times = dict.fromkeys(("read", "read_wait", "batch", "infer_wait", "stitch", "write"), 0.0)
-    t_lock = threading.Lock()
+    stats, times = SegmentStats(), StageTimes()
+    t_start, engine_t0 = time.perf_counter(), engine.times.as_dict()
+    writer = BlockWriter(on_block, workers, times)
 
-    def add(key: str, t0: float) -> None:
-        dt = time.perf_counter() - t0
-        with t_lock:
-            times[key] += dt
-
-    def timed_read(win):
-        t0 = time.perf_counter()
-        try:
-            return source.read(win)
-        finally:
-            add("read", t0)
-
-    def finish(state: _BlockState) -> None:
-        write_slots.acquire()
-
-        def job() -> None:
-            t0 = time.perf_counter()
-            try:
-                on_block(state.block, state.ids)
-            finally:
-                add("write", t0)
-                write_slots.release()
-
-        writes.append(writers.submit(job))
+    def finished(block: Block, ids: np.ndarray) -> None:
+        writer.submit(block, ids)
         stats.blocks += 1
         if progress is not None:
-            progress(state.block.window.height * state.block.window.width)
-        for done in [f for f in writes if f.done()]:
-            done.result()  # re-raise writer errors early
-            writes.remove(done)
+            progress(block.window.height * block.window.width)
 
-    def drain(p: Pending, meta: list) -> None:
-        t0 = time.perf_counter()
-        ids, probs = p.result()
-        add("infer_wait", t0)
-        t0 = time.perf_counter()
-        for k, (state, tile, vcore) in enumerate(meta):
-            r0 = tile.core.row_off - state.block.window.row_off
-            c0 = tile.core.col_off - state.block.window.col_off
-            h, w = tile.core.height, tile.core.width
-            out = state.ids[r0 : r0 + h, c0 : c0 + w]
-            out[...] = ids[k, :h, :w]
-            out[~vcore] = 255
-            if on_probs is not None and probs is not None:
-                on_probs(tile, probs[k, :, :h, :w])
-            state.remaining -= 1
-            if state.remaining == 0:
-                finish(state)
-        add("stitch", t0)
+    stitcher = Stitcher(finished)
 
-    def flush() -> None:
-        if not batch_x:
-            return
-        t0 = time.perf_counter()
-        xb, vb = np.stack(batch_x), np.stack(batch_v)
-        add("batch", t0)
-        p = engine.submit(xb, vb, core_box)
-        pending.append((p, list(batch_meta)))
-        batch_x.clear()
-        batch_v.clear()
-        batch_meta.clear()
-        while len(pending) >= in_flight_cap:
-            drain(*pending.popleft())
+    def stitch(jobs: list[TileJob], ids: np.ndarray, probs: np.ndarray | None) -> None:
+        with times("stitch"):
+            for k, job in enumerate(jobs):
+                if on_probs is not None and probs is not None:
+                    h, w = job.tile.core.height, job.tile.core.width
+                    on_probs(job.tile, probs[k, :, :h, :w])
+                stitcher.place(job, ids[k])
 
-    def refill() -> None:
-        while len(reads) < depth:
-            b = next(it, None)
-            if b is None:
-                return
-            reads.append((b, readers.submit(timed_read, grid.read_window(b))))
-
+    (ch, cw), (hh, hw) = grid.core_shape, grid.halo
+    batcher = Batcher(engine, (hh, hw, ch, cw), stitch, times)
+    reads = Prefetcher(source, grid, todo, workers, times)
     try:
-        refill()
-        while reads:
+        for block, data, valid in reads:
             if stop is not None and stop.is_set():
                 raise Interrupted("stopped by a signal; finished blocks are kept")
-            block, fut = reads.popleft()
-            t0 = time.perf_counter()
-            data, valid = fut.result()
-            add("read_wait", t0)
-            refill()
-            rwin = grid.read_window(block)
-            tiles = grid.tiles_in_block(block)
-            state = _BlockState(
-                block, np.full((block.window.height, block.window.width), 255, np.uint8), len(tiles)
-            )
-            for tile in tiles:
-                r, c = tile.read.row_off - rwin.row_off, tile.read.col_off - rwin.col_off
-                v = valid[r : r + th, c : c + tw]
-                vcore = v[hh : hh + tile.core.height, hw : hw + tile.core.width]
-                if not vcore.any():
-                    stats.tiles_skipped += 1
-                    state.remaining -= 1
-                    continue
-                batch_x.append(data[:, r : r + th, c : c + tw])
-                batch_v.append(v)
-                batch_meta.append((state, tile, vcore))
-                state.queued += 1
-                stats.tiles_run += 1
-                if len(batch_x) >= engine.batch_size:
-                    flush()
-            if state.queued == 0:  # every tile was nodata: finished without the model
-                finish(state)
-        flush()
-        while pending:
-            drain(*pending.popleft())
-        for f in writes:
-            f.result()
+            state = stitcher.open(grid, block, valid)
+            jobs, skipped = split_block(grid, state, data, valid)
+            stats.tiles_run += len(jobs)
+            stats.tiles_skipped += skipped
+            for job in jobs:
+                batcher.add(job)
+            if skipped:  # may finish the block, if its other tiles are already stitched
+                stitcher.account(state, skipped)
+        batcher.finish()
+        stitcher.check_all_finished()
+        writer.wait()
     finally:
-        readers.shutdown(wait=True, cancel_futures=True)
-        writers.shutdown(wait=True)
+        reads.close()
+        writer.close()
     stats.pixels = sum(b.window.height * b.window.width for b in todo)
     engine_t1 = engine.times.as_dict()
-    times.update({k: engine_t1[k] - engine_t0[k] for k in ("h2d", "infer", "d2h")})
-    times["total"] = time.perf_counter() - t_start
-    stats.times = {k: round(v, 3) for k, v in times.items()}
+    t = dict(times.seconds)
+    t.update({k: engine_t1[k] - engine_t0[k] for k in ("h2d", "infer", "d2h")})
+    t["total"] = time.perf_counter() - t_start
+    stats.times = {k: round(v, 3) for k, v in t.items()}
     return stats
 
 

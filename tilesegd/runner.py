@@ -29,6 +29,7 @@ from tilesegd.model_file import ModelSpec
 from tilesegd.pipeline import SegmentStats, segment
 from tilesegd.reader import SceneSource, Source
 from tilesegd.scene import Scene, check_compatible, open_scene
+from tilesegd.stitch import BlockCheckError
 from tilesegd.tiling import Block, TileGrid, Win
 from tilesegd.writers.cog import write_cog
 from tilesegd.writers.preview import PreviewSampler, preload, write_preview
@@ -196,6 +197,8 @@ def compute_blocks(
                 progress=lambda px: bar.update(px / 1e6),
                 stop=stop,
             )
+    except BlockCheckError as exc:
+        raise BlockCheckError(f"{plan.scene.path}: {exc}") from None
     finally:
         bar.close()
         source.close()
@@ -228,6 +231,7 @@ def finish_scene(
         Partial ``run.json`` entry: sizes, pixel counts and output paths.
     """
     scene, blocks = plan.scene, plan.grid.blocks()
+    written = check_blocks_done(plan)
     counter = AreaCounter(
         spec.num_classes, row_pixel_areas(scene.crs, scene.transform, scene.height, scene.width)
     )
@@ -251,6 +255,14 @@ def finish_scene(
         on_block=lambda b, ids: counter.add(b.window.row_off, ids),
     )
     rows = counter.rows(spec.classes)
+    counted = int(sum(r["pixels"] for r in rows))
+    if written is not None and written != counted:
+        raise BlockCheckError(
+            f"{scene.path}: the blocks' log records {written} class-id pixels written, but "
+            f"{counted} were read back from pred.zarr; nothing was published. This is a "
+            "tilesegd bug (or the work store was changed by hand): please report it"
+        )
+    valid_pixels = counted  # == the input's valid pixels: every block was checked on writing
     write_areas_csv(plan.work / "areas.csv", rows)
     if cfg.preview_size > 0:
         write_preview(
@@ -270,7 +282,7 @@ def finish_scene(
         "width": scene.width,
         "height": scene.height,
         "blocks": len(blocks),
-        "valid_pixels": int(sum(r["pixels"] for r in rows)),
+        "valid_pixels": valid_pixels,
         "nodata_pixels": counter.nodata_pixels,
         "outputs": {
             k: str(final / k)
@@ -278,6 +290,27 @@ def finish_scene(
             if (final / k).exists()
         },
     }
+
+
+def check_blocks_done(plan: ScenePlan) -> int | None:
+    """Check that every block of the scene is in the store's ``blocks.done`` log before the
+    scene is finished (a block never written would read back as all nodata).
+
+    Returns:
+        The class-id pixels the blocks' log records (``None`` if an older log lacks counts).
+
+    Raises:
+        BlockCheckError: blocks are missing (named; the scene is not published).
+    """
+    done = plan.store.done_counts()
+    missing = [b.id for b in plan.grid.blocks() if b.id not in done]
+    if missing:
+        raise BlockCheckError(
+            f"{plan.scene.path}: {len(missing)} block(s) were never written (ids "
+            f"{missing[:10]}); nothing was published. Rerun the same command to compute them"
+        )
+    counts = list(done.values())
+    return None if any(c is None for c in counts) else int(sum(counts))
 
 
 def run_scene(

@@ -3,7 +3,9 @@
 The mask is chunked by block, so each block is one chunk: blocks write in parallel without
 locks and a finished chunk is the unit of resume. A block counts as finished once its id is in
 the append-only ``blocks.done`` log next to the store (the chunk is written first, then the id
-is appended and flushed), so a kill at any moment loses at most the blocks in flight.
+is appended and flushed), so a kill at any moment loses at most the blocks in flight. Each log
+line is ``"<block id> <class-id pixels>"``: the count of non-nodata ids written, which the
+finish step checks against the areas it counts from the store (nothing lost on the way).
 """
 
 from __future__ import annotations
@@ -103,19 +105,28 @@ class ZarrMaskStore:
     def done_blocks(self) -> set[int]:
         """Ids of the blocks whose chunks are complete: the newline-terminated lines of
         ``blocks.done`` (a line without its newline was cut mid-write and does not count)."""
+        return set(self.done_counts())
+
+    def done_counts(self) -> dict[int, int | None]:
+        """``{block id: class-id (non-nodata) pixels written}`` of the finished blocks
+        (``None`` for a line of an older log that carries no count)."""
         if not self.log_path.exists():
-            return set()
-        done = set()
+            return {}
+        done: dict[int, int | None] = {}
         for line in self.log_path.read_text().split("\n")[:-1]:
-            if line.strip().isdigit():
-                done.add(int(line))
+            parts = line.split()
+            if not parts or not all(p.isdigit() for p in parts) or len(parts) > 2:
+                continue
+            done[int(parts[0])] = int(parts[1]) if len(parts) == 2 else None
         return done
 
     def write_block(self, block: Block, ids: np.ndarray) -> None:
-        """Write one block's (h, w) uint8 ids, then record it as done (thread-safe)."""
+        """Write one block's (h, w) uint8 ids, then record it as done with its count of
+        class-id (non-255) pixels (thread-safe)."""
         self.mask[block.window.slices] = ids
+        n = ids.size - int(np.count_nonzero(ids == 255))
         with self._lock, open(self.log_path, "a") as f:
-            f.write(f"{block.id}\n")
+            f.write(f"{block.id} {n}\n")
             f.flush()
             os.fsync(f.fileno())
 
