@@ -22,9 +22,9 @@ from rasterio.transform import from_origin
 from tilesegd.api import run
 from tilesegd.cli.main import cli
 from tilesegd.config import RunConfig
-from tilesegd.distributed import select_shard
 from tilesegd.errors import EXIT_SCENES_FAILED, ConfigError
 from tilesegd.model_file import save_model
+from tilesegd.scene import select_shard
 
 GEOMETRY = {"tile_size": 64, "overlap": 16, "block_size": 48}  # 48-px blocks: many per scene
 

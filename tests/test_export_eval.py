@@ -14,11 +14,11 @@ from test_train import config, synthetic_pairs
 
 from tilesegd.errors import ConfigError, DeviceError
 from tilesegd.evaluate import evaluate
+from tilesegd.metrics import confusion_matrix, scores
 from tilesegd.model_file import load_model
 from tilesegd.train.checkpoint import load_checkpoint
 from tilesegd.train.export import export_model
 from tilesegd.train.loop import network_from_state, train
-from tilesegd.train.metrics import confusion_matrix, scores
 
 
 def test_confusion_matrix_counts_and_ignore() -> None:

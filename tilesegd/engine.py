@@ -28,7 +28,6 @@ import torch
 from tilesegd.accel import (
     GraphRunner,
     check_cuda_oom_message,
-    compile_tensorrt,
     oom_error,
     resolve_runtime,
 )
@@ -245,6 +244,8 @@ class Engine:
             )
         if self.runtime == "tensorrt" and self._net is self.module:
             try:
+                from tilesegd.tensorrt import compile_tensorrt
+
                 self._net = compile_tensorrt(
                     self.module,
                     self.spec.in_channels,

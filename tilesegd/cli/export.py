@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from tilesegd.cli.options import verbosity_options
+
 
 @click.command(context_settings={"max_content_width": 100})
 @click.argument("ckpt", type=click.Path())
@@ -25,6 +27,7 @@ import click
 )
 @click.option("--tile-size", type=int, help="Suggested (TensorRT: fixed) tile side, pixels.")
 @click.option("--batch-size", type=int, help="TensorRT's fixed batch size (default 8).")
+@verbosity_options
 def export(
     ckpt: str,
     output: str,

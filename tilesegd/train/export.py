@@ -134,7 +134,7 @@ def _export_tensorrt(
     batch: int,
     precision: str,
 ) -> dict[str, float]:
-    from tilesegd.tensorrt import compile_torchscript
+    from tilesegd.tensorrt import compile_tensorrt
 
     c = int(meta["in_channels"])
     net = net.cuda()
@@ -142,7 +142,8 @@ def _export_tensorrt(
     warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=FutureWarning)
     with torch.no_grad():
         traced = torch.jit.trace(net, x[:1], check_trace=False)
-    trt_mod = compile_torchscript(traced, c, tile, batch, precision)
+    dtype = torch.float32 if precision == "fp32" else torch.float16
+    trt_mod = compile_tensorrt(traced, c, (tile, tile), batch, dtype, "cuda", min_batch=batch)
     check = parity(net, trt_mod, x)
     meta = {
         **meta,

@@ -18,10 +18,9 @@ from typing import Any
 import numpy as np
 
 from tilesegd.gdalenv import gdal_env
-from tilesegd.model_file import ClassInfo
+from tilesegd.spec import NODATA, ClassInfo
 from tilesegd.tiling import Block
 
-NODATA = 255
 # Fastest DEFLATE / ZSTD levels: class-id masks compress well at any level, and on a 8192^2
 # 23-class mask DEFLATE level 1 took 0.66 s against 2.9 s at GDAL's default 6, for a file 16 %
 # larger (2 threads; benchmarks/RESULTS.md). The compression is lossless either way.

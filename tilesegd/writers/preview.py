@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from tilesegd.model_file import ClassInfo
+from tilesegd.spec import NODATA, ClassInfo
 
 _preloading: threading.Thread | None = None
 
@@ -151,7 +151,7 @@ def write_preview(
     else:
         with rasterio.open(scene_path, num_threads="ALL_CPUS") as s:
             img = s.read(show, out_shape=(len(show), *shape), resampling=Resampling.average)
-    valid = mask != 255
+    valid = mask != NODATA
     rgb = _display(img, valid)
     lut = np.zeros((256, 3), np.float32)
     for c in classes:

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from tilesegd.spec import NODATA
 from tilesegd.tiling import Block, Tile
 
 DONE_LOG = "blocks.done"
@@ -75,7 +76,7 @@ class ZarrMaskStore:
                 shape=shape,
                 chunks=chunks,
                 dtype="uint8",
-                fill_value=255,
+                fill_value=NODATA,
                 dimension_names=("y", "x"),
             )
             if probs_chunks is not None:
@@ -124,7 +125,7 @@ class ZarrMaskStore:
         """Write one block's (h, w) uint8 ids, then record it as done with its count of
         class-id (non-255) pixels (thread-safe)."""
         self.mask[block.window.slices] = ids
-        n = ids.size - int(np.count_nonzero(ids == 255))
+        n = ids.size - int(np.count_nonzero(ids == NODATA))
         with self._lock, open(self.log_path, "a") as f:
             f.write(f"{block.id} {n}\n")
             f.flush()
