@@ -193,6 +193,8 @@ def write_georeferencing(
         The attributes for the data variables: ``{"grid_mapping": "spatial_ref",
         "coordinates": "spatial_ref"}`` when ``spatial_ref`` was written, else ``{}``.
     """
+    import warnings
+
     import numpy as np
 
     height, width = shape
@@ -204,13 +206,16 @@ def write_georeferencing(
 
         crs = CRS.from_wkt(crs_wkt)
         axes.update({ax["axis"]: ax for ax in crs.cs_to_cf() if ax.get("axis") in axes})
+        with warnings.catch_warnings():  # e.g. "angle ... lost in conversion to CF" (oblique
+            warnings.simplefilter("ignore", UserWarning)  # Mercator): crs_wkt keeps it all
+            cf = crs.to_cf()
         gt = " ".join(map(repr, transform))
         group.create_array(
             "spatial_ref",
             shape=(),
             dtype="int64",
             fill_value=0,
-            attributes={**crs.to_cf(), "spatial_ref": crs_wkt, "GeoTransform": gt},
+            attributes={**cf, "spatial_ref": crs_wkt, "GeoTransform": gt},
         )
     if b == 0 and d == 0:
         for name, n, origin, step, axis in (("x", width, c, a, "X"), ("y", height, f, e, "Y")):
