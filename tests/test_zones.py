@@ -345,3 +345,36 @@ def test_class_columns_are_field_safe_and_unique() -> None:
         ClassInfo(2, "  ", (0, 0, 0)),
     ]
     assert class_columns(classes) == ["low_vegetation", "Low_Vegetation_1", "class2"]
+
+
+def test_zones_with_many_vertices_are_clipped_per_block_without_changing_counts(
+    tmp_path: Path,
+) -> None:
+    """Zones over CLIP_VERTICES vertices are clipped to each block before rasterising; the
+    counts still equal the whole-scene reference."""
+    from tilesegd.pixelgrid import CLIP_VERTICES
+
+    h, w = 50, 47
+    ids = np.random.default_rng(11).integers(0, K, (h, w)).astype(np.uint8)
+    ring = shapely.Point(20.3137, 24.7071).buffer(17.123, quad_segs=400)
+    zones = [ring, shapely.box(30.21, 3.37, 46.02, 40.91)]
+    assert shapely.get_num_coordinates(ring) > CLIP_VERTICES
+    layer = load_polygons(write_polygons(tmp_path / "z.gpkg", [to_map(z) for z in zones]))
+    counter = count(ZoneCounter(layer, UTM, T, h, w, K), ids, 12)
+    np.testing.assert_array_equal(counter.pixels, reference(zones, ids))
+
+
+def test_benchmark_smoke(tmp_path: Path) -> None:
+    """benchmarks/bench_zones.py runs on a tiny scene and counts every valid pixel once."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_zones", Path(__file__).resolve().parents[1] / "benchmarks" / "bench_zones.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    res = bench.main(["--size", "700", "--zones", "30", "--out", str(tmp_path)])
+    z, a = res["zones"], res["aoi"]
+    assert z["valid_pixels_counted"] == z["valid_pixels_expected"] and z["zones_in_scene"] == 30
+    assert 0.05 < a["aoi_pixel_fraction"] < 0.15 and a["tiles_hit"] <= a["tiles_total"]
+    assert (tmp_path / "bench_zones.json").is_file()
