@@ -177,6 +177,17 @@ def test_aoi_on_a_geographic_scene(tmp_path: Path) -> None:
     np.testing.assert_array_equal(aoi.mask(Win(0, 0, 16, 20)), want)
 
 
+def test_aoi_pickles_for_workers(tmp_path: Path) -> None:
+    import pickle
+
+    path = write_polygons(tmp_path / "aoi.gpkg", [to_map(shapely.box(3, 4, 17, 9))])
+    aoi = SceneAOI(load_polygons(path, option="--aoi"), UTM, T, 20, 20)
+    back = pickle.loads(pickle.dumps(aoi))
+    assert shapely.is_prepared(back.geom)
+    np.testing.assert_array_equal(back.mask(Win(0, 0, 20, 20)), aoi.mask(Win(0, 0, 20, 20)))
+    assert back.intersects(Win(4, 3, 1, 1)) and not back.intersects(Win(10, 0, 10, 20))
+
+
 def test_aoi_far_away_covers_nothing_with_a_warning(tmp_path: Path, caplog) -> None:
     far = write_polygons(tmp_path / "far.gpkg", [shapely.box(600000, 4000000, 600100, 4000100)])
     with caplog.at_level(logging.WARNING):

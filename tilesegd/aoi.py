@@ -21,7 +21,7 @@ import numpy as np
 
 from tilesegd.pixelgrid import place, rasterize_window
 from tilesegd.tiling import Win
-from tilesegd.vectors import PolygonLayer
+from tilesegd.vectors import PolygonLayer, polygonal
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,8 @@ class SceneAOI:
     Raises:
         InputError: the scene is not georeferenced (plain JPEG frame).
 
-    A scene the AOI does not reach (:attr:`empty`) is logged as a warning.
+    A scene the AOI does not reach (:attr:`empty`) is logged as a warning. Instances pickle
+    (for Dask workers); memory is the AOI's geometry clipped to the scene.
     """
 
     def __init__(
@@ -60,10 +61,10 @@ class SceneAOI:
 
         self.height, self.width, self.scene = height, width, scene
         _, px = place(layer, crs, transform, height, width, scene=scene)
-        geom = shapely.union_all(px) if len(px) else shapely.Polygon()
-        self.geom = shapely.clip_by_rect(geom, 0, 0, width, height) if not geom.is_empty else geom
+        geom = shapely.clip_by_rect(shapely.union_all(px), 0, 0, width, height)
+        # only polygons: a stray line would be burnt along every pixel it crosses
+        self.geom = polygonal(np.array([geom], dtype=object))[0] or shapely.Polygon()
         shapely.prepare(self.geom)
-        self._n_vertices = int(shapely.get_num_coordinates(self.geom))
         self.empty = not self.intersects(Win(0, 0, height, width))
         if self.empty:
             log.warning(
@@ -72,6 +73,13 @@ class SceneAOI:
                 scene,
                 layer.path,
             )
+
+    def __setstate__(self, state: dict) -> None:
+        """Unpickled (e.g. on a Dask worker): prepare the geometry again."""
+        import shapely
+
+        self.__dict__.update(state)
+        shapely.prepare(self.geom)
 
     @property
     def covers_nothing(self) -> bool:

@@ -19,7 +19,7 @@ import numpy as np
 
 from tilesegd.errors import InputError
 from tilesegd.tiling import Win
-from tilesegd.vectors import PolygonLayer, repair
+from tilesegd.vectors import PolygonLayer, polygonal, repair
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,8 @@ def rasterize_window(geoms: list[Any], win: Win, dtype: Any, values: Any = None)
     for g, v in zip(geoms, values, strict=True):
         if shapely.get_num_coordinates(g) > CLIP_VERTICES:
             g = shapely.clip_by_rect(g, c0 - 1, r0 - 1, c0 + w + 1, r0 + h + 1)
-        if not g.is_empty:
+            g = polygonal(np.array([g], dtype=object))[0]  # never burn a stray line
+        if g is not None and not g.is_empty:
             shapes.append((g, int(v)))
     if not shapes:
         return np.zeros((h, w), dtype)
