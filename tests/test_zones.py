@@ -378,3 +378,16 @@ def test_benchmark_smoke(tmp_path: Path) -> None:
     assert z["valid_pixels_counted"] == z["valid_pixels_expected"] and z["zones_in_scene"] == 30
     assert 0.05 < a["aoi_pixel_fraction"] < 0.15 and a["tiles_hit"] <= a["tiles_total"]
     assert (tmp_path / "bench_zones.json").is_file()
+
+
+def test_a_huge_reprojected_zone_is_clipped_to_the_scene_first(tmp_path: Path) -> None:
+    """A 2 x 2 degree zone (EPSG:4326) around a 2 m UTM scene: only the part near the scene is
+    densified and reprojected (else ~200 km edges at 128 m steps); it holds every pixel."""
+    h, w = 30, 40
+    ids = np.random.default_rng(13).integers(0, K, (h, w)).astype(np.uint8)
+    path = write_polygons(
+        tmp_path / "big.geojson", [shapely.box(14.0, 41.0, 16.0, 43.0)], crs="EPSG:4326"
+    )
+    counter = count(ZoneCounter(load_polygons(path), UTM, T, h, w, K), ids)
+    assert counter.pixels.sum() == h * w
+    assert shapely.get_num_coordinates(counter.geoms[0]) < 100

@@ -126,9 +126,11 @@ def place(
 
     require_georeferenced(crs, transform, scene, layer.option)
     scene_crs = to_pyproj(crs)
-    cand = _candidates(layer, scene_crs, transform, height, width)
+    cand, frame = _candidates(layer, scene_crs, transform, height, width)
     geoms = layer.geoms[cand]
     if not scene_crs.equals(layer.crs):
+        if frame is not None:  # densify only what reaches the scene (huge zones stay cheap)
+            geoms = shapely.clip_by_rect(geoms, *frame)
         geoms = _reproject(geoms, layer.crs, scene_crs, transform, height, width)
     inv = ~transform
     coef = np.array([[inv.a, inv.b], [inv.d, inv.e]])
@@ -154,8 +156,9 @@ def place(
 
 def _candidates(
     layer: PolygonLayer, scene_crs: Any, transform: Any, height: int, width: int
-) -> np.ndarray:
-    """Positions of the features whose bounds meet the scene's footprint (file CRS)."""
+) -> tuple[np.ndarray, tuple[float, float, float, float] | None]:
+    """Positions of the features whose bounds meet the scene's footprint, and that footprint's
+    bounds in the file's CRS grown by 1 % (``None`` when they cannot be computed: all features)."""
     from pyproj import Transformer
 
     corners = np.array(
@@ -168,14 +171,15 @@ def _candidates(
             t = Transformer.from_crs(scene_crs, layer.crs, always_xy=True)
             x0, y0, x1, y1 = t.transform_bounds(x0, y0, x1, y1, densify_pts=21)
         except Exception:  # noqa: BLE001 - pyproj raises several types; fall back to all
-            return np.arange(len(layer))
+            return np.arange(len(layer)), None
         if not all(np.isfinite((x0, y0, x1, y1))) or x1 < x0:
-            return np.arange(len(layer))  # antimeridian or out of the area of use
+            return np.arange(len(layer)), None  # antimeridian or out of the area of use
         mx, my = 0.01 * (x1 - x0), 0.01 * (y1 - y0)
         x0, y0, x1, y1 = x0 - mx, y0 - my, x1 + mx, y1 + my
     import shapely
 
-    return np.sort(layer.tree.query(shapely.box(x0, y0, x1, y1))).astype(np.int64)
+    frame = (x0, y0, x1, y1)
+    return np.sort(layer.tree.query(shapely.box(*frame))).astype(np.int64), frame
 
 
 def _reproject(
