@@ -144,35 +144,10 @@ def load_polygons(
         ConfigError: unreadable file, no polygons, no CRS (and no ``crs``), a bad ``crs``, a
             ``field`` the file does not have.
     """
-    import pyogrio
     import shapely
 
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"{option} {path}: no such file; check the path")
-    try:
-        info = pyogrio.read_info(path, layer=layer)
-        fields = [str(f) for f in info["fields"]]
-        if field is not None and field not in fields:
-            raise ConfigError(
-                f"{option} {path}: no field {field!r}; the file has "
-                f"{', '.join(fields) or 'no fields'}; pass one of them to --zone-field, or "
-                "leave it out to use the feature id"
-            )
-        meta, fids, wkb, values = pyogrio.raw.read(
-            path,
-            layer=layer,
-            columns=[field] if field else [],
-            force_2d=True,
-            return_fids=True,
-        )
-    except ConfigError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - pyogrio / GDAL raise many types
-        raise ConfigError(
-            f"{option} {path}: cannot read it as a vector file ({str(exc)[:200]}); give a "
-            "GeoPackage, GeoJSON, Shapefile or other OGR-readable file with polygons"
-        ) from None
+    meta, fids, wkb, values = _read(path, option, field, layer)
     file_crs = _layer_crs(path, option, meta.get("crs"), crs)
     geoms, repaired = repair(shapely.from_wkb(wkb) if wkb is not None else np.empty(0, object))
     keys = np.asarray(values[0]) if field else np.asarray(fids, dtype=np.int64)
@@ -186,7 +161,8 @@ def load_polygons(
     if not keep.any():
         raise ConfigError(
             f"{option} {path}: no polygons found ({len(geoms)} feature(s), none a usable "
-            "polygon or multipolygon); give a file of polygons"
+            f"polygon or multipolygon{f' with a {field!r} value' if field else ''}); give a "
+            "file of polygons"
         )
     _warn_dropped(path, option, no_poly, null_key, field, repaired)
     geoms, keys = geoms[keep], keys[keep]
@@ -202,6 +178,32 @@ def load_polygons(
         repaired=repaired,
         dropped=no_poly + null_key,
     )
+
+
+def _read(path: Path, option: str, field: str | None, layer: str | int | None) -> tuple:
+    """``pyogrio.raw.read`` of the geometry, the FIDs and ``field``, errors as ConfigError."""
+    import pyogrio
+
+    if not path.exists():
+        raise ConfigError(f"{option} {path}: no such file; check the path")
+    try:
+        fields = [str(f) for f in pyogrio.read_info(path, layer=layer)["fields"]]
+        if field is not None and field not in fields:
+            raise ConfigError(
+                f"{option} {path}: no field {field!r}; the file has "
+                f"{', '.join(fields) or 'no fields'}; pass one of them to --zone-field, or "
+                "leave it out to use the feature id"
+            )
+        return pyogrio.raw.read(
+            path, layer=layer, columns=[field] if field else [], force_2d=True, return_fids=True
+        )
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - pyogrio / GDAL raise many types
+        raise ConfigError(
+            f"{option} {path}: cannot read it as a vector file ({str(exc)[:200]}); give a "
+            "GeoPackage, GeoJSON, Shapefile or other OGR-readable file with polygons"
+        ) from None
 
 
 def _layer_crs(path: Path, option: str, found: str | None, override: str | None) -> Any:
