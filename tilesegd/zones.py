@@ -40,7 +40,7 @@ import numpy as np
 
 from tilesegd.areas import AREA_COLUMNS, row_pixel_areas
 from tilesegd.errors import OutputError
-from tilesegd.model_file import ClassInfo
+from tilesegd.spec import ClassInfo
 from tilesegd.pixelgrid import place, rasterize_window
 from tilesegd.tiling import Win
 from tilesegd.vectors import PolygonLayer

@@ -25,7 +25,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 
-from tilesegd.model_file import ClassInfo
+from tilesegd.spec import ClassInfo
 
 # matplotlib's "magma" sampled at 0, 0.1, ..., 1 (RGB 0-255): dark = unsure, light = sure.
 MAGMA = (
