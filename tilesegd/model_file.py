@@ -34,7 +34,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tilesegd.errors import ModelFileError
 from tilesegd.spec import DEFAULT_PALETTE, META_NAME, REQUIRED_FIELDS, ClassInfo, ModelSpec
@@ -56,18 +56,32 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 
+class Runtime(Protocol):
+    """What the engine calls: a network on one device.
+
+    ``runtime(x)`` maps float32 ``x`` (B, C, H, W) (a torch tensor on the runtime's device, any
+    memory format) to logits (B, K, H, W) on the same device. A ``torch.nn.Module``
+    (TorchScript, ``torch.export``, eager) satisfies it, and so does
+    :class:`tilesegd.onnx_model.OnnxModel` (onnxruntime). The engine converts, compiles,
+    autocasts and graph-captures only ``torch.nn.Module`` runtimes; any other runtime is called
+    as is on NCHW float32 input and picks its own accelerations.
+    """
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
 @dataclass
 class LoadedModel:
     """A loaded network and its spec.
 
     Attributes:
-        module: callable mapping float32 (B, C, H, W) to logits (B, K, H, W).
-        spec: the parsed ``tilesegd.json``.
+        module: the network, a :class:`Runtime`: float32 (B, C, H, W) -> logits (B, K, H, W).
+        spec: the parsed ``tilesegd.json`` (or an ONNX model's metadata).
         path: the file it came from.
-        kind: ``"torchscript"`` or ``"export"``.
+        kind: ``"torchscript"``, ``"export"`` or ``"onnx"``.
     """
 
-    module: Any
+    module: Runtime
     spec: ModelSpec
     path: Path
     kind: str
@@ -95,14 +109,24 @@ def _is_export_archive(path: Path) -> bool:
         return False
 
 
+def is_onnx(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` names an ONNX model file (by its ``.onnx`` suffix)."""
+    return Path(path).suffix.lower() == ".onnx"
+
+
 def read_spec(path: str | os.PathLike[str]) -> ModelSpec:
-    """Read only the ``tilesegd.json`` of a model file (no network is loaded).
+    """Read only the ``tilesegd.json`` of a model file (no network is loaded; for ``.onnx``
+    files the metadata of :func:`tilesegd.onnx_model.read_onnx_spec`, no session built).
 
     Raises:
         ModelFileError: the file is missing, not a zip archive, or has no valid metadata.
     """
     path = Path(path)
-    _check_exists(path)
+    check_file(path)
+    if is_onnx(path):
+        from tilesegd.onnx_model import read_onnx_spec
+
+        return read_onnx_spec(path)
     try:
         with zipfile.ZipFile(path) as zf:
             names = [n for n in zf.namelist() if n.split("/")[-1] == META_NAME]
@@ -122,7 +146,7 @@ def read_spec(path: str | os.PathLike[str]) -> ModelSpec:
             ) from None
         raise ModelFileError(
             f"{path}: not a TorchScript or torch.export archive (truncated or corrupt?); "
-            "re-export or re-copy the model file"
+            "re-export or re-copy the model file (an ONNX model needs the .onnx suffix)"
         ) from None
     except json.JSONDecodeError as exc:
         raise ModelFileError(f"{path}: {META_NAME} is not valid JSON ({exc})") from None
@@ -169,7 +193,8 @@ def _weights_only_loads() -> Iterator[None]:
             os.environ[key] = old
 
 
-def _check_exists(path: Path) -> None:
+def check_file(path: Path) -> None:
+    """Raise :class:`ModelFileError` unless ``path`` is an existing, non-empty file."""
     if not path.is_file():
         raise ModelFileError(f"{path}: model file not found; pass an existing --model FILE")
     if path.stat().st_size == 0:
@@ -179,7 +204,9 @@ def _check_exists(path: Path) -> None:
 def load_model(
     path: str | os.PathLike[str], device: str | torch.device = "cpu", sha256: str | None = None
 ) -> LoadedModel:
-    """Load a model file (TorchScript or torch.export) and its ``tilesegd.json``.
+    """Load a model file (TorchScript, torch.export or ONNX) and its ``tilesegd.json``.
+
+    ``.onnx`` files go to :func:`tilesegd.onnx_model.load_onnx` (onnxruntime).
 
     TorchScript archives are loaded with ``torch.jit.load``, whose unpickler only knows
     TorchScript types (a pickled Python callable is refused, never run). ``.pt2`` archives are
@@ -199,7 +226,7 @@ def load_model(
     import torch
 
     path = Path(path)
-    _check_exists(path)
+    check_file(path)
     if sha256 is not None:
         actual = file_sha256(path)
         if actual.lower() != sha256.lower():
@@ -207,6 +234,10 @@ def load_model(
                 f"{path}: SHA-256 is {actual}, but --model-sha256 pins {sha256}; "
                 "check that this is the model you meant"
             )
+    if is_onnx(path):
+        from tilesegd.onnx_model import load_onnx
+
+        return load_onnx(path, device)
     spec = read_spec(path)
     try:
         warnings.filterwarnings(
