@@ -32,12 +32,20 @@ import tempfile
 import warnings
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING
 
 from tilesegd.errors import ModelFileError
-from tilesegd.spec import DEFAULT_PALETTE, META_NAME, REQUIRED_FIELDS, ClassInfo, ModelSpec
+from tilesegd.spec import (
+    DEFAULT_PALETTE,
+    META_NAME,
+    REQUIRED_FIELDS,
+    ClassInfo,
+    LoadedModel,
+    ModelSpec,
+    Runtime,
+    check_file,
+)
 
 __all__ = [
     "DEFAULT_PALETTE",
@@ -46,6 +54,8 @@ __all__ = [
     "ClassInfo",
     "LoadedModel",
     "ModelSpec",
+    "Runtime",
+    "check_file",
     "file_sha256",
     "load_model",
     "read_spec",
@@ -54,37 +64,6 @@ __all__ = [
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
-
-
-class Runtime(Protocol):
-    """What the engine calls: a network on one device.
-
-    ``runtime(x)`` maps float32 ``x`` (B, C, H, W) (a torch tensor on the runtime's device, any
-    memory format) to logits (B, K, H, W) on the same device. A ``torch.nn.Module``
-    (TorchScript, ``torch.export``, eager) satisfies it, and so does
-    :class:`tilesegd.onnx_model.OnnxModel` (onnxruntime). The engine converts, compiles,
-    autocasts and graph-captures only ``torch.nn.Module`` runtimes; any other runtime is called
-    as is on NCHW float32 input and picks its own accelerations.
-    """
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
-
-
-@dataclass
-class LoadedModel:
-    """A loaded network and its spec.
-
-    Attributes:
-        module: the network, a :class:`Runtime`: float32 (B, C, H, W) -> logits (B, K, H, W).
-        spec: the parsed ``tilesegd.json`` (or an ONNX model's metadata).
-        path: the file it came from.
-        kind: ``"torchscript"``, ``"export"`` or ``"onnx"``.
-    """
-
-    module: Runtime
-    spec: ModelSpec
-    path: Path
-    kind: str
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
@@ -191,14 +170,6 @@ def _weights_only_loads() -> Iterator[None]:
             os.environ.pop(key, None)
         else:
             os.environ[key] = old
-
-
-def check_file(path: Path) -> None:
-    """Raise :class:`ModelFileError` unless ``path`` is an existing, non-empty file."""
-    if not path.is_file():
-        raise ModelFileError(f"{path}: model file not found; pass an existing --model FILE")
-    if path.stat().st_size == 0:
-        raise ModelFileError(f"{path}: model file is empty (0 bytes); re-export or re-copy it")
 
 
 def load_model(

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tilesegd.errors import ModelFileError
-from tilesegd.model_file import META_NAME, ModelSpec
+from tilesegd.spec import META_NAME, ModelSpec
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tilesegd.errors import ModelFileError
-from tilesegd.model_file import LoadedModel, ModelSpec, check_file
 from tilesegd.onnx_meta import GraphIO, spec_from_metadata, to_logits
+from tilesegd.spec import LoadedModel, ModelSpec, check_file
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx

@@ -8,9 +8,13 @@ networks that carry this metadata). See the README, "The model file", for every 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tilesegd.errors import ModelFileError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 NODATA = 255
 """The class id of nodata in every mask tilesegd writes (uint8 masks: class ids 0..254)."""
@@ -169,3 +173,42 @@ class ModelSpec:
         }
         extra = {k: v for k, v in meta.items() if k not in known}
         return cls(tuple(classes), in_ch, bands, scale, mean, std, multiple, tile_size, extra)
+
+
+class Runtime(Protocol):
+    """What the engine calls: a network on one device.
+
+    ``runtime(x)`` maps float32 ``x`` (B, C, H, W) (a torch tensor on the runtime's device, any
+    memory format) to logits (B, K, H, W) on the same device. A ``torch.nn.Module``
+    (TorchScript, ``torch.export``, eager) satisfies it, and so does
+    :class:`tilesegd.onnx_model.OnnxModel` (onnxruntime). The engine converts, compiles,
+    autocasts and graph-captures only ``torch.nn.Module`` runtimes; any other runtime is called
+    as is on NCHW float32 input and picks its own accelerations.
+    """
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass
+class LoadedModel:
+    """A loaded network and its spec.
+
+    Attributes:
+        module: the network, a :class:`Runtime`: float32 (B, C, H, W) -> logits (B, K, H, W).
+        spec: the parsed ``tilesegd.json`` (or an ONNX model's metadata).
+        path: the file it came from.
+        kind: ``"torchscript"``, ``"export"`` or ``"onnx"``.
+    """
+
+    module: Runtime
+    spec: ModelSpec
+    path: Path
+    kind: str
+
+
+def check_file(path: Path) -> None:
+    """Raise :class:`ModelFileError` unless ``path`` is an existing, non-empty file."""
+    if not path.is_file():
+        raise ModelFileError(f"{path}: model file not found; pass an existing --model FILE")
+    if path.stat().st_size == 0:
+        raise ModelFileError(f"{path}: model file is empty (0 bytes); re-export or re-copy it")

@@ -40,8 +40,8 @@ import numpy as np
 
 from tilesegd.areas import AREA_COLUMNS, row_pixel_areas
 from tilesegd.errors import OutputError
-from tilesegd.spec import ClassInfo
 from tilesegd.pixelgrid import place, rasterize_window
+from tilesegd.spec import ClassInfo
 from tilesegd.tiling import Win
 from tilesegd.vectors import PolygonLayer
 

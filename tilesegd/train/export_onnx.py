@@ -23,7 +23,7 @@ import torch
 
 from tilesegd.errors import ModelFileError
 from tilesegd.model_file import ModelSpec, load_model
-from tilesegd.train.export import compare_scores
+from tilesegd.train.parity import compare_scores
 
 log = logging.getLogger(__name__)
 
