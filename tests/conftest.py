@@ -125,3 +125,13 @@ def tiny_model(tmp_path: Path) -> Callable[..., Path]:
         return save_model(net, path, spec_for(num_classes, in_channels, **extra))
 
     return make
+
+
+def read_png(path: Path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB pixels of a PNG (alpha dropped), read with matplotlib."""
+    import matplotlib.image
+
+    rgba = matplotlib.image.imread(str(path))
+    if rgba.dtype != np.uint8:
+        rgba = np.round(rgba * 255).astype(np.uint8)
+    return rgba[..., :3]
