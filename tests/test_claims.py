@@ -1,5 +1,5 @@
 """README claims of `tilesegd run` that had no test (issue 13): JPEG frames, a local VRT mosaic,
-GDAL internal-mask nodata, click's exit code 2, ``--precision`` and ``--compile`` on the CPU,
+GDAL internal-mask nodata, click's exit code 2 (exit 3 is in test_cli_run), ``--precision`` and ``--compile`` on the CPU,
 the colour table and ``preview.png``.
 
 Everything goes through the CLI (click's CliRunner on ``tilesegd.cli.main.cli``) on tiny
@@ -24,7 +24,7 @@ from conftest import IdentityNet, make_raster, read_png, smooth_image
 from rasterio.transform import from_origin
 
 from tilesegd.cli.main import cli
-from tilesegd.errors import EXIT_MODEL, EXIT_USAGE
+from tilesegd.errors import EXIT_USAGE
 from tilesegd.model_file import DEFAULT_PALETTE, ModelSpec, save_model
 
 SCALE = 64.0  # IdentityNet input_scale: classes 0..3 cover pixel values 0..255
@@ -188,16 +188,6 @@ def test_click_usage_errors_exit_2(tmp_path: Path, identity_model: Path) -> None
     assert r.exit_code == 2 and "No such option" in r.output and "--no-such-option" in r.output
     r = CliRunner().invoke(cli, ["run", "-i", str(tmp_path), "--tile-size", "big"])
     assert r.exit_code == 2 and "--tile-size" in r.output and "Traceback" not in r.output
-
-
-def test_missing_model_file_exits_3_naming_it(tmp_path: Path) -> None:
-    scene = make_raster(tmp_path / "s.tif", smooth_image(20, 30))
-    missing = tmp_path / "nope.ts"
-    r = CliRunner().invoke(cli, ["-q", "run", "-i", str(scene), "-m", str(missing), "-o",
-                                 str(tmp_path / "o")])  # fmt: skip
-    assert r.exit_code == EXIT_MODEL
-    lines = r.output.strip().splitlines()
-    assert len(lines) == 1 and str(missing) in lines[0] and "not found" in lines[0]
 
 
 # --- precision and compile on the CPU ---------------------------------------------------------
