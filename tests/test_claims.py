@@ -21,6 +21,8 @@ import pytest
 import rasterio
 from click.testing import CliRunner
 from conftest import IdentityNet, make_raster, read_png, smooth_image
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from rasterio.transform import from_origin
 
 from tilesegd.cli.main import cli
@@ -388,3 +390,31 @@ def test_preview_panel_longest_side_is_preview_size(tmp_path: Path, tiny_model) 
         image, mask, _ = panel_boxes(tmp_path / f"p{size}" / "q" / "preview.png")
         for r0, r1, c0, c1 in (image, mask):
             assert max(r1 - r0, c1 - c0) == pytest.approx(size, abs=2)
+
+
+# --- --shard I/N --------------------------------------------------------------------------------
+
+
+@given(
+    files=st.lists(
+        st.tuples(st.sampled_from(["/d", "/e", "/d/x"]), st.text("abx", min_size=1, max_size=4)),
+        max_size=12,
+        unique=True,
+    ),
+    n=st.integers(1, 5),
+)
+@settings(max_examples=60, deadline=None)
+def test_shards_are_every_nth_scene_of_the_sorted_list(files: list[tuple], n: int) -> None:
+    """README: ``--shard I/N`` keeps scenes I, I+N, I+2N... of the list sorted by path, so the
+    N shards of a job array partition the scenes, whatever order they were given in."""
+    from tilesegd.distributed import select_shard
+
+    paths = [Path(d) / f"{stem}.tif" for d, stem in files]
+    names = [f"scene{k}" for k in range(len(paths))]
+    reference = sorted(zip(paths, names, strict=True), key=lambda pn: str(pn[0]))
+    seen: list[Path] = []
+    for i in range(n):
+        kept, kept_names = select_shard(paths[::-1], names[::-1], f"{i}/{n}")
+        assert list(zip(kept, kept_names, strict=True)) == reference[i::n]
+        seen += kept
+    assert sorted(seen) == sorted(paths)  # each scene in exactly one shard
