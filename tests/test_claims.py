@@ -1,12 +1,13 @@
 """README claims of `tilesegd run` that had no test (issue 13): JPEG frames, a local VRT mosaic,
-GDAL internal-mask nodata, click's exit code 2 (exit 3 is in test_cli_run), ``--precision`` and ``--compile`` on the CPU,
-the colour table and ``preview.png``.
+GDAL internal-mask nodata, click's exit code 2 (exit 3 is in test_cli_run), ``--precision``
+and ``--compile`` on the CPU, the colour table, ``preview.png`` and ``--shard``. Claims found
+false are strict xfails whose reason says what is wrong.
 
-Everything goes through the CLI (click's CliRunner on ``tilesegd.cli.main.cli``) on tiny
-generated rasters. Where a mask can be predicted exactly, the model is ``IdentityNet`` with
-``input_scale`` 64: the class of a pixel is the class ``k`` nearest to ``band1 / 64``
-(``identity_classes``), so the expected mask is computed here from the pixels, independently of
-the tiling, batching and stitching under test.
+Everything but the shard rule goes through the CLI (click's CliRunner on
+``tilesegd.cli.main.cli``) on tiny generated rasters. Where a mask can be predicted exactly, the
+model is ``IdentityNet`` with ``input_scale`` 64: the class of a pixel is the class ``k`` nearest
+to ``band1 / 64`` (``identity_classes``), so the expected mask is computed here from the pixels,
+independently of the tiling, batching and stitching under test.
 """
 
 from __future__ import annotations
