@@ -191,3 +191,13 @@ def to_lonlat(g, src: str = "EPSG:32633"):
     t = Transformer.from_crs(src, "EPSG:4326", always_xy=True)
     g = shapely.segmentize(g, 1.0)
     return shapely.transform(g, lambda xy: np.column_stack(t.transform(xy[:, 0], xy[:, 1])))
+
+
+def read_png(path: Path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB pixels of a PNG (alpha dropped), read with matplotlib."""
+    import matplotlib.image
+
+    rgba = matplotlib.image.imread(str(path))
+    if rgba.dtype != np.uint8:
+        rgba = np.round(rgba * 255).astype(np.uint8)
+    return rgba[..., :3]

@@ -8,7 +8,7 @@ from pathlib import Path
 from unittest import mock
 
 import numpy as np
-from conftest import make_raster, smooth_image
+from conftest import make_raster, read_png, smooth_image
 
 from tilesegd.config import RunConfig
 from tilesegd.engine import Engine
@@ -42,6 +42,15 @@ def test_sampler_is_incomplete_when_a_block_was_not_decoded() -> None:
     sampler = PreviewSampler(64, 64, 1, np.uint16, max_size=64)
     sampler.add(0, 0, np.ones((1, 64, 40), np.uint16))
     assert sampler.step == 1 and not sampler.complete
+
+
+def assert_preview_shows_classes(png_path: Path, spec) -> None:
+    """A two-panel preview that is not blank and whose legend shows the class colours."""
+    png = read_png(png_path)
+    assert png.shape[0] >= 300 and png.shape[1] > png.shape[0]
+    assert len(np.unique(png.reshape(-1, 3), axis=0)) >= 16
+    for c in spec.classes[1:]:  # class 0 is black, like the text
+        assert (np.abs(png.astype(int) - c.color).max(-1) <= 1).sum() >= 30, c
 
 
 def _plan(tmp_path: Path, tiny_model, scene: Path, preview_size: int = 128):
@@ -84,8 +93,7 @@ def test_run_uses_the_sampled_image_and_never_rereads_the_scene(tmp_path: Path, 
     with mock.patch.object(rasterio, "open", spy):
         finish_scene(plan, run)
     assert "s.tif" not in opened  # the preview took the sampled image
-    png = tmp_path / "out" / "s" / "preview.png"
-    assert png.stat().st_size > 1000
+    assert_preview_shows_classes(tmp_path / "out" / "s" / "preview.png", engine.spec)
 
 
 def test_resumed_scene_falls_back_to_reading_the_scene(tmp_path: Path, tiny_model) -> None:
@@ -97,7 +105,7 @@ def test_resumed_scene_falls_back_to_reading_the_scene(tmp_path: Path, tiny_mode
     compute_blocks(plan, engine, run, progress=False)
     assert plan.preview is not None and not plan.preview.complete
     finish_scene(plan, run)
-    assert (tmp_path / "out" / "s" / "preview.png").stat().st_size > 1000
+    assert_preview_shows_classes(tmp_path / "out" / "s" / "preview.png", engine.spec)
 
 
 def test_gdal_block_cache_is_bounded_while_segmenting_and_writing(
