@@ -47,7 +47,7 @@ def test_sampler_is_incomplete_when_a_block_was_not_decoded() -> None:
 def assert_preview_shows_classes(png_path: Path, spec) -> None:
     """A two-panel preview that is not blank and whose legend shows the class colours."""
     png = read_png(png_path)
-    assert png.shape[0] >= 300 and png.shape[1] > png.shape[0]
+    assert png.shape[0] >= 100 and png.shape[1] > png.shape[0]  # two panels side by side
     assert len(np.unique(png.reshape(-1, 3), axis=0)) >= 16
     for c in spec.classes[1:]:  # class 0 is black, like the text
         assert (np.abs(png.astype(int) - c.color).max(-1) <= 1).sum() >= 30, c

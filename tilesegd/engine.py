@@ -182,6 +182,13 @@ class Engine:
                     self._channels_last = True
                 except Exception:
                     pass
+        if self.runtime == "compile" and isinstance(module, torch.jit.ScriptModule):
+            log.warning(
+                "%s: torch.compile cannot compile a TorchScript model; running it eagerly "
+                "(save the network as torch.export .pt2 to compile it)",
+                source,
+            )
+            self.runtime = "eager"
         if self.runtime == "compile":
             module = torch.compile(module)
         self.module = module

@@ -213,6 +213,7 @@ def _decorate(
         all_tags[k] = v if isinstance(v, str) else json.dumps(v)
     with rasterio.open(tmp, "r+") as dst:
         if spec.classes:
+            # a TIFF palette stores RGB only: GDAL reads every entry opaque but nodata's (255)
             cmap = {i: (0, 0, 0, 0) for i in range(256)}
             cmap.update({c.id: (*c.color, 255) for c in classes})
             dst.write_colormap(1, cmap)
