@@ -33,6 +33,7 @@ test-all: venv
 lint: venv
 	$(VENV)/bin/ruff check tilesegd tests benchmarks
 	$(VENV)/bin/ruff format --check tilesegd tests benchmarks
+	$(VENV)/bin/lint-imports
 
 bench: venv
 	$(PY) -m pip install --quiet -e '.[bench]' $(TORCH_PINS)

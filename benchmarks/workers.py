@@ -43,7 +43,7 @@ def run_tilesegd(
     afterwards (the mask is first copied to ``keep_mask`` when given)."""
     from tilesegd.config import RunConfig
     from tilesegd.engine import Engine
-    from tilesegd.runner import compute_blocks, finish_scene, plan_scene
+    from tilesegd.runner import RunSetup, compute_blocks, finish_scene, plan_scene
 
     out_dir = Path(out)
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -70,11 +70,12 @@ def run_tilesegd(
     t_load = time.perf_counter() - t0
     with GpuSampler() as gpu:
         t0 = time.perf_counter()
-        plan = plan_scene(Path(scene), "scene", engine, cfg, out_dir, "bench")
+        run = RunSetup.resolve(cfg, engine.spec, out_dir, "", str(engine.device), "bench")
+        plan = plan_scene(Path(scene), "scene", run)
         t1 = time.perf_counter()
-        stats = compute_blocks(plan, engine, cfg, progress=False)
+        stats = compute_blocks(plan, engine, run, progress=False)
         t2 = time.perf_counter()
-        entry = finish_scene(plan, engine.spec, cfg, out_dir, model)
+        entry = finish_scene(plan, run)
         t3 = time.perf_counter()
     mp = plan.scene.megapixels
     if keep_mask:

@@ -125,3 +125,79 @@ def tiny_model(tmp_path: Path) -> Callable[..., Path]:
         return save_model(net, path, spec_for(num_classes, in_channels, **extra))
 
     return make
+
+
+def write_polygons(
+    path: Path,
+    geoms,
+    *,
+    crs: str | None = "EPSG:32633",
+    fields: dict[str, list] | None = None,
+    driver: str | None = None,
+) -> Path:
+    """Write shapely ``geoms`` (map coordinates of ``crs``; ``None`` = null geometry) and
+    attribute ``fields`` to a vector file with pyogrio (driver from the suffix)."""
+    import warnings
+
+    import pyogrio.raw
+    import shapely
+
+    geoms = np.asarray(geoms, dtype=object)
+    types = {g.geom_type for g in geoms if g is not None}
+    multi = types <= {"Polygon", "MultiPolygon"} and len(types) == 2
+    gtype = "MultiPolygon" if multi else types.pop() if len(types) == 1 else "Unknown"
+    names = list(fields or {})
+    data = []
+    for n in names:
+        vals = fields[n]
+        obj = any(v is None or isinstance(v, str) for v in vals)
+        data.append(np.asarray(vals, dtype=object if obj else None))
+    with warnings.catch_warnings():  # "'crs' was not provided" when a test wants none
+        warnings.simplefilter("ignore", UserWarning)
+        pyogrio.raw.write(
+            path,
+            shapely.to_wkb(geoms),
+            data,
+            names,
+            driver=driver,
+            geometry_type=gtype,
+            promote_to_multi=multi or None,
+            crs=crs,
+        )
+    return path
+
+
+def to_map(g, transform=None):
+    """Pixel coordinates (x = column, y = row) of shapely ``g`` -> map coordinates of
+    ``transform`` (default: :func:`make_raster`'s)."""
+    import shapely
+    from rasterio.transform import from_origin
+
+    transform = transform or from_origin(500000.0, 4650000.0, 2.0, 2.0)  # as make_raster
+    a, b, c, d, e, f = transform[:6]
+    return shapely.transform(
+        g,
+        lambda xy: np.column_stack(
+            [a * xy[:, 0] + b * xy[:, 1] + c, d * xy[:, 0] + e * xy[:, 1] + f]
+        ),
+    )
+
+
+def to_lonlat(g, src: str = "EPSG:32633"):
+    """Densified map geometry -> EPSG:4326 (a straight UTM edge stays within mm)."""
+    import shapely
+    from pyproj import Transformer
+
+    t = Transformer.from_crs(src, "EPSG:4326", always_xy=True)
+    g = shapely.segmentize(g, 1.0)
+    return shapely.transform(g, lambda xy: np.column_stack(t.transform(xy[:, 0], xy[:, 1])))
+
+
+def read_png(path: Path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB pixels of a PNG (alpha dropped), read with matplotlib."""
+    import matplotlib.image
+
+    rgba = matplotlib.image.imread(str(path))
+    if rgba.dtype != np.uint8:
+        rgba = np.round(rgba * 255).astype(np.uint8)
+    return rgba[..., :3]

@@ -13,10 +13,12 @@ import pytest
 import rasterio
 import zarr
 from click.testing import CliRunner
-from conftest import make_raster, shared_data, smooth_image
+from conftest import make_raster, read_png, shared_data, smooth_image
 from rasterio.transform import from_origin
 
 from tilesegd.cli.main import cli
+from tilesegd.errors import EXIT_MODEL
+from tilesegd.model_file import DEFAULT_PALETTE
 
 
 def invoke(*args: str):
@@ -79,7 +81,10 @@ def test_run_writes_every_output(tmp_path: Path, scenes: Path, tiny_model) -> No
         assert m.crs == crs and m.transform.almost_equals(transform)
         assert m.nodata == 255
         mask = m.read(1)
-        assert m.colormap(1)[0][:3] == (0, 0, 0) or len(m.colormap(1)) >= 4
+        cmap = m.colormap(1)
+        # the model's class colours (spec_for gives none: the default palette), nodata clear
+        assert [cmap[i] for i in range(4)] == [(*DEFAULT_PALETTE[i], 255) for i in range(4)]
+        assert cmap[255][3] == 0
         assert json.loads(m.tags()["CLASS_NAMES"]) == [f"class{i}" for i in range(4)]
         assert m.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
         assert "TILESEGD_CONFIG" in m.tags()
@@ -99,7 +104,11 @@ def test_run_writes_every_output(tmp_path: Path, scenes: Path, tiny_model) -> No
     assert list(rows[0]) == ["class_id", "class_name", "pixels", "area_m2", "area_ha", "percent"]
     assert sum(int(r["pixels"]) for r in rows) == valid.sum()
     assert sum(float(r["area_m2"]) for r in rows) == pytest.approx(valid.sum() * 0.25)
-    assert (d / "preview.png").stat().st_size > 1000
+    png = read_png(d / "preview.png")
+    assert png.shape[0] >= 300 and png.shape[1] > png.shape[0]  # two panels side by side
+    assert len(np.unique(png.reshape(-1, 3), axis=0)) >= 16  # not blank
+    for colour in DEFAULT_PALETTE[1:4]:  # the legend's class colours
+        assert (np.abs(png.astype(int) - colour).max(-1) <= 1).sum() >= 30, colour
     # the 1x1 scene
     with rasterio.open(out / "one" / "mask.tif") as m:
         assert (m.height, m.width) == (1, 1)
@@ -223,10 +232,12 @@ def test_usage_errors_are_messages(tmp_path, tiny_model) -> None:
         "run", "-i", str(tmp_path / "missing"), "-m", str(tiny_model()), "-o", str(tmp_path / "o")
     )
     assert r.exit_code == 1 and "no such file" in r.output.lower()
-    r = invoke(
-        "run", "-i", str(tmp_path), "-m", str(tmp_path / "nope.ts"), "-o", str(tmp_path / "o")
-    )
-    assert r.exit_code != 0 and "Traceback" not in r.output
+    scene = make_raster(tmp_path / "s.tif", smooth_image(20, 30))
+    missing = tmp_path / "nope.ts"
+    r = invoke("run", "-i", str(scene), "-m", str(missing), "-o", str(tmp_path / "o"))
+    assert r.exit_code == EXIT_MODEL, r.output
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and str(missing) in lines[0] and "not found" in lines[0]
 
 
 def test_help_is_instant_and_imports_no_torch() -> None:

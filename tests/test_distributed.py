@@ -7,9 +7,12 @@ import csv
 import json
 import os
 import signal
+import sys
 import threading
 import time
+import types
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -22,9 +25,9 @@ from rasterio.transform import from_origin
 from tilesegd.api import run
 from tilesegd.cli.main import cli
 from tilesegd.config import RunConfig
-from tilesegd.distributed import select_shard
 from tilesegd.errors import EXIT_SCENES_FAILED, ConfigError
 from tilesegd.model_file import save_model
+from tilesegd.scene import select_shard
 
 GEOMETRY = {"tile_size": 64, "overlap": 16, "block_size": 48}  # 48-px blocks: many per scene
 
@@ -166,13 +169,20 @@ def test_shard_splits_scenes_deterministically(tmp_path: Path, tiny_model) -> No
     paths = [Path(f"/d/{c}.tif") for c in "edcba"] + [Path("/e/a.tif")]
     names = ["e", "d", "c", "b", "a", "a__2"]
     shards = [select_shard(paths, names, f"{i}/3") for i in range(3)]
-    assert [p for s in shards for p in s[0]] != []
-    assert sorted(p for s in shards for p in s[0]) == sorted(paths)  # a partition
+    by_path = sorted(zip(paths, names, strict=True), key=lambda pn: str(pn[0]))
+    for i, (kept, kept_names) in enumerate(shards):  # sorted by path, scene k -> shard k % 3
+        assert kept == [p for p, _ in by_path[i::3]]
+        assert kept_names == [n for _, n in by_path[i::3]]
+    every = [p for s in shards for p in s[0]]
+    assert len(every) == len(set(every)) == len(paths) and set(every) == set(paths)
     assert shards[0] == ([Path("/d/a.tif"), Path("/d/d.tif")], ["a", "d"])
     assert shards[2][1] == ["c", "a__2"]  # names from the full list, never renamed
     assert select_shard(paths[::-1], names[::-1], "1/3") == shards[1]  # input order irrelevant
-    for bad in ("3/3", "1", "a/2", "-1/2", "1/0"):
-        with pytest.raises(ConfigError, match="shard"):
+    for bad in ("1", "a/2", "-1/2"):
+        with pytest.raises(ConfigError, match=rf"shard must be I/N .*got '{bad}'"):
+            RunConfig(shard=bad).validate()
+    for bad in ("3/3", "1/0"):
+        with pytest.raises(ConfigError, match=rf"shard '{bad}': need 0 <= I < N"):
             RunConfig(shard=bad).validate()
 
     src = tmp_path / "scenes"
@@ -202,12 +212,20 @@ def test_cluster_errors_say_what_to_do(tmp_path: Path, scenes: Path, tiny_model,
                "--scheduler", "tcp://127.0.0.1:9")  # fmt: skip
     assert r.exit_code == 1 and "cannot reach a Dask scheduler" in r.output
     assert "Traceback" not in r.output
-    try:
-        import dask_cuda  # noqa: F401
-    except ImportError:
-        r = invoke("run", "-i", str(scenes), "-m", model, "-o", str(tmp_path / "o"),
-                   "--cluster", "local-cuda")  # fmt: skip
-        assert r.exit_code == 1 and "pip install 'tilesegd[distributed-cuda]'" in r.output
+    cuda_args = ("run", "-i", str(scenes), "-m", model, "-o", str(tmp_path / "o"),
+                 "--cluster", "local-cuda", "--device", "cpu")  # fmt: skip
+    # dask-cuda absent (hidden if installed): the error names the extra to install
+    monkeypatch.setitem(sys.modules, "dask_cuda", None)
+    r = invoke(*cuda_args)
+    assert r.exit_code == 1 and "pip install 'tilesegd[distributed-cuda]'" in r.output
+    # dask-cuda present (a stand-in if it is not installed): --device cpu is refused before
+    # any cluster starts
+    fake = types.ModuleType("dask_cuda")
+    fake.LocalCUDACluster = mock.Mock(side_effect=AssertionError("no cluster may start"))
+    monkeypatch.setitem(sys.modules, "dask_cuda", fake)
+    r = invoke(*cuda_args)
+    assert r.exit_code == 1 and "use --device auto or cuda, not 'cpu'" in r.output
+    assert not fake.LocalCUDACluster.called and "Traceback" not in r.output
 
 
 def test_slurm_examples_book_one_gpu_per_single_task_worker(tmp_path: Path) -> None:

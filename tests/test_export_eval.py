@@ -14,11 +14,11 @@ from test_train import config, synthetic_pairs
 
 from tilesegd.errors import ConfigError, DeviceError
 from tilesegd.evaluate import evaluate
+from tilesegd.metrics import confusion_matrix, scores
 from tilesegd.model_file import load_model
 from tilesegd.train.checkpoint import load_checkpoint
 from tilesegd.train.export import export_model
 from tilesegd.train.loop import network_from_state, train
-from tilesegd.train.metrics import confusion_matrix, scores
 
 
 def test_confusion_matrix_counts_and_ignore() -> None:
@@ -91,7 +91,15 @@ def test_eval_own_predictions_give_miou_1(trained: tuple[Path, Path], tmp_path: 
         save_predictions=True,
         device="cpu",
     )
-    assert 0.0 <= first["miou"] <= 1.0
+    # every labelled pixel (2 pairs of 96 x 96 less 4 nodata rows) scored once; the scores are
+    # those of the confusion matrix (IoU = TP / (TP + FP + FN), classes never seen left out)
+    cm = np.asarray(first["confusion_matrix"])
+    assert cm.shape == (3, 3) and cm.sum() == first["pixels"] == 2 * 92 * 96
+    tp = np.diag(cm)
+    union = cm.sum(0) + cm.sum(1) - tp
+    assert first["miou"] == pytest.approx((tp[union > 0] / union[union > 0]).mean())
+    assert first["pixel_accuracy"] == pytest.approx(tp.sum() / cm.sum())
+    assert json.loads((tmp_path / "e1" / "metrics.json").read_text())["miou"] == first["miou"]
     for name in ("metrics.json", "metrics.csv", "confusion.png"):
         assert (tmp_path / "e1" / name).is_file()
     again = evaluate(

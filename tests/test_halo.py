@@ -9,8 +9,8 @@ import pytest
 import torch
 from conftest import smooth_image, spec_for
 
-from tilesegd.config import RunConfig, _warn_capped
 from tilesegd.engine import Engine
+from tilesegd.geometry import default_batch, resolve_geometry, warn_capped
 from tilesegd.halo import measure_halo, seamless_geometry
 from tilesegd.pipeline import predict_array
 
@@ -69,14 +69,20 @@ def test_seamless_geometry() -> None:
     assert seamless_geometry(100, 64, 32) == (416, 200)
 
 
+def geometry(model_overlap: int | None, **options) -> tuple[int, int]:
+    spec = spec_for(3, multiple=32, tile_size=512, overlap=model_overlap)
+    g = resolve_geometry(spec, **options)
+    return g.tile_size, g.overlap
+
+
 def test_run_geometry_uses_the_model_overlap(caplog) -> None:
-    assert RunConfig().geometry(512, 32, 192) == (512, 192)
-    assert RunConfig().geometry(512, 32, None) == (512, 64)
-    assert RunConfig(overlap=32).geometry(512, 32, 192) == (512, 32)  # the flag wins
-    _warn_capped.cache_clear()
+    assert geometry(192) == (512, 192)
+    assert geometry(None) == (512, 64)
+    assert geometry(192, overlap=32) == (512, 32)  # the flag wins
+    warn_capped.cache_clear()
     with caplog.at_level(logging.WARNING):
-        assert RunConfig(tile_size=128).geometry(512, 32, 192) == (128, 96)
-        RunConfig(tile_size=128).geometry(512, 32, 192)  # per scene: warned once only
+        assert geometry(192, tile_size=128) == (128, 96)
+        geometry(192, tile_size=128)  # per scene: warned once only
     assert caplog.text.count("less than the 192 px the model needs") == 1
 
 
@@ -103,5 +109,7 @@ def test_measured_halo_makes_tiles_agree_with_whole_image_inference() -> None:
 
 
 def test_default_batch_keeps_pixels_per_call_bounded() -> None:
-    assert [RunConfig().batch_for(t) for t in (256, 512, 896, 2048)] == [8, 8, 2, 1]
-    assert RunConfig(batch_size=5).batch_for(2048) == 5
+    assert [default_batch(t) for t in (256, 512, 896, 2048)] == [8, 8, 2, 1]
+    spec = spec_for(3, multiple=32, tile_size=2048)
+    assert resolve_geometry(spec).batch_size == 1
+    assert resolve_geometry(spec, batch_size=5).batch_size == 5

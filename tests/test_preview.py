@@ -8,11 +8,11 @@ from pathlib import Path
 from unittest import mock
 
 import numpy as np
-from conftest import make_raster, smooth_image
+from conftest import make_raster, read_png, smooth_image
 
 from tilesegd.config import RunConfig
 from tilesegd.engine import Engine
-from tilesegd.runner import compute_blocks, finish_scene, plan_scene
+from tilesegd.runner import RunSetup, compute_blocks, finish_scene, plan_scene
 from tilesegd.tiling import TileGrid
 from tilesegd.writers.preview import PreviewSampler
 
@@ -44,6 +44,15 @@ def test_sampler_is_incomplete_when_a_block_was_not_decoded() -> None:
     assert sampler.step == 1 and not sampler.complete
 
 
+def assert_preview_shows_classes(png_path: Path, spec) -> None:
+    """A two-panel preview that is not blank and whose legend shows the class colours."""
+    png = read_png(png_path)
+    assert png.shape[0] >= 100 and png.shape[1] > png.shape[0]  # two panels side by side
+    assert len(np.unique(png.reshape(-1, 3), axis=0)) >= 16
+    for c in spec.classes[1:]:  # class 0 is black, like the text
+        assert (np.abs(png.astype(int) - c.color).max(-1) <= 1).sum() >= 30, c
+
+
 def _plan(tmp_path: Path, tiny_model, scene: Path, preview_size: int = 128):
     model = tiny_model(num_classes=3, tile_size=64)
     cfg = RunConfig(
@@ -57,15 +66,16 @@ def _plan(tmp_path: Path, tiny_model, scene: Path, preview_size: int = 128):
         preview_size=preview_size,
     ).validate()
     engine = Engine.from_file(model, device="cpu", batch_size=4)
-    return cfg, engine, plan_scene(scene, "s", engine, cfg, tmp_path / "out", "fp")
+    run = RunSetup.resolve(cfg, engine.spec, tmp_path / "out", "", "cpu", "torch.float32")
+    return run, engine, plan_scene(scene, "s", run)
 
 
 def test_run_uses_the_sampled_image_and_never_rereads_the_scene(tmp_path: Path, tiny_model):
     data = smooth_image(203, 311, 3, seed=2)
     data[:, :20, :30] = 0
     scene = make_raster(tmp_path / "s.tif", data, nodata=0)
-    cfg, engine, plan = _plan(tmp_path, tiny_model, scene)
-    compute_blocks(plan, engine, cfg, progress=False)
+    run, engine, plan = _plan(tmp_path, tiny_model, scene)
+    compute_blocks(plan, engine, run, progress=False)
     assert plan.preview is not None and plan.preview.complete
     np.testing.assert_array_equal(
         plan.preview.image, data[:, :: plan.preview.step, :: plan.preview.step]
@@ -81,22 +91,21 @@ def test_run_uses_the_sampled_image_and_never_rereads_the_scene(tmp_path: Path, 
         return real_open(path, *a, **k)
 
     with mock.patch.object(rasterio, "open", spy):
-        finish_scene(plan, engine.spec, cfg, tmp_path / "out")
+        finish_scene(plan, run)
     assert "s.tif" not in opened  # the preview took the sampled image
-    png = tmp_path / "out" / "s" / "preview.png"
-    assert png.stat().st_size > 1000
+    assert_preview_shows_classes(tmp_path / "out" / "s" / "preview.png", engine.spec)
 
 
 def test_resumed_scene_falls_back_to_reading_the_scene(tmp_path: Path, tiny_model) -> None:
     scene = make_raster(tmp_path / "s.tif", smooth_image(150, 170, 3, seed=5))
-    cfg, engine, plan = _plan(tmp_path, tiny_model, scene)
-    compute_blocks(plan, engine, cfg, plan.todo[:2], progress=False)  # "killed" after 2 blocks
-    cfg, engine, plan = _plan(tmp_path, tiny_model, scene)  # the rerun: resumes the rest
+    run, engine, plan = _plan(tmp_path, tiny_model, scene)
+    compute_blocks(plan, engine, run, plan.todo[:2], progress=False)  # "killed" after 2 blocks
+    run, engine, plan = _plan(tmp_path, tiny_model, scene)  # the rerun: resumes the rest
     assert len(plan.todo) == plan.grid.n_blocks - 2
-    compute_blocks(plan, engine, cfg, progress=False)
+    compute_blocks(plan, engine, run, progress=False)
     assert plan.preview is not None and not plan.preview.complete
-    finish_scene(plan, engine.spec, cfg, tmp_path / "out")
-    assert (tmp_path / "out" / "s" / "preview.png").stat().st_size > 1000
+    finish_scene(plan, run)
+    assert_preview_shows_classes(tmp_path / "out" / "s" / "preview.png", engine.spec)
 
 
 def test_gdal_block_cache_is_bounded_while_segmenting_and_writing(
@@ -126,13 +135,13 @@ def test_gdal_block_cache_is_bounded_while_segmenting_and_writing(
     monkeypatch.setattr(runner, "segment", spy_segment)
     monkeypatch.setattr(rasterio.shutil, "copy", spy_copy)
     scene = make_raster(tmp_path / "s.tif", smooth_image(90, 110, 3, seed=6))
-    cfg, engine, plan = _plan(tmp_path, tiny_model, scene)
-    compute_blocks(plan, engine, cfg, progress=False)
-    finish_scene(plan, engine.spec, cfg, tmp_path / "out")
+    run, engine, plan = _plan(tmp_path, tiny_model, scene)
+    compute_blocks(plan, engine, run, progress=False)
+    finish_scene(plan, run)
     assert seen == {"segment": GDAL_CACHE_MB, "cog": GDAL_CACHE_MB}
 
     monkeypatch.setenv("GDAL_CACHEMAX", "1024")  # the user's own setting is left alone
     seen.clear()
-    cfg, engine, plan = _plan(tmp_path / "again", tiny_model, scene)
-    compute_blocks(plan, engine, cfg, progress=False)
+    run, engine, plan = _plan(tmp_path / "again", tiny_model, scene)
+    compute_blocks(plan, engine, run, progress=False)
     assert seen["segment"] is None

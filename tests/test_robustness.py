@@ -489,12 +489,12 @@ def test_disk_full_in_gdal_removes_temporary_files(model, scenes, tmp_path, monk
 
 
 def test_run_json_write_failure_is_an_output_error(model, scenes, tmp_path, monkeypatch) -> None:
-    import tilesegd.api as api
+    import tilesegd.ledger as ledger
 
     def full(path, data):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(api, "write_json_atomic", full)
+    monkeypatch.setattr(ledger, "write_json_atomic", full)
     r = run_cli(scenes / "good.tif", model, tmp_path / "o")
     assert r.exit_code == 6 and "disk is full" in r.output and "Traceback" not in r.output
 

@@ -169,7 +169,7 @@ def test_a_broken_stitcher_fails_the_scene_and_publishes_nothing(
 
 def test_finish_refuses_a_store_with_a_missing_block(tmp_path: Path, tiny_model) -> None:
     from tilesegd.config import RunConfig
-    from tilesegd.runner import check_blocks_done, finish_scene, plan_scene
+    from tilesegd.runner import RunSetup, check_blocks_done, finish_scene, plan_scene
 
     inp = tmp_path / "in"
     inp.mkdir()
@@ -178,7 +178,8 @@ def test_finish_refuses_a_store_with_a_missing_block(tmp_path: Path, tiny_model)
     cfg = RunConfig(input=[str(inp)], model=str(model), output=str(tmp_path / "o"))
     cfg.tile_size, cfg.overlap, cfg.block_size = 32, 8, 48
     eng = Engine.from_file(model, device="cpu")
-    plan = plan_scene(inp / "s.tif", "s", eng, cfg, tmp_path / "o", "fp")
+    run = RunSetup.resolve(cfg, eng.spec, tmp_path / "o", "", "cpu", "torch.float32")
+    plan = plan_scene(inp / "s.tif", "s", run)
     plan.store.write_block(plan.grid.blocks()[0], np.zeros((48, 48), np.uint8))
     with pytest.raises(
         BlockCheckError, match=r"3 block\(s\) were never written \(ids \[1, 2, 3\]\)"
@@ -189,5 +190,5 @@ def test_finish_refuses_a_store_with_a_missing_block(tmp_path: Path, tiny_model)
     assert check_blocks_done(plan) == 70 * 90
     plan.store.mask[0:5, 0:5] = 255  # a chunk changed after it was logged: 25 pixels lost
     with pytest.raises(BlockCheckError, match="records 6300 class-id pixels written, but 6275"):
-        finish_scene(plan, eng.spec, cfg, tmp_path / "o")
+        finish_scene(plan, run)
     assert not (tmp_path / "o" / "s").exists()

@@ -73,8 +73,14 @@ def test_tile_offsets_are_multiples_of_the_model_multiple() -> None:
 
 @pytest.mark.parametrize(("tile", "overlap"), [(500, 64), (512, 63), (512, 500), (512, -2)])
 def test_bad_geometry_is_a_clear_error(tile, overlap) -> None:
-    with pytest.raises(ConfigError, match="--(tile-size|overlap)"):
+    from conftest import spec_for
+
+    from tilesegd.geometry import resolve_geometry
+
+    with pytest.raises(ValueError, match="--(tile-size|overlap)"):  # pure geometry: ValueError
         TileGrid(1000, 1000, tile, overlap, 32)
+    with pytest.raises(ConfigError, match="--(tile-size|overlap)"):  # a user's settings
+        resolve_geometry(spec_for(3, multiple=32), tile_size=tile, overlap=overlap)
 
 
 def test_clip_window() -> None:

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from conftest import make_raster
 
 from tilesegd.config import resolve
-from tilesegd.errors import ConfigError
+from tilesegd.errors import ConfigError, ModelFileError
 from tilesegd.model_file import load_model
 from tilesegd.train import loop
 from tilesegd.train.checkpoint import load_checkpoint, save_checkpoint
@@ -86,7 +86,7 @@ def run(data: Path, tmp_path_factory) -> Path:
     return train(config(data, tmp_path_factory.mktemp("train") / "run"), progress=False)
 
 
-def test_train_writes_run_directory(run: Path) -> None:
+def test_train_writes_run_directory(run: Path, data: Path, tmp_path: Path) -> None:
     out = run
     for name in (
         "config.yaml",
@@ -111,7 +111,6 @@ def test_train_writes_run_directory(run: Path) -> None:
         "seconds",
     ]
     assert [int(r["epoch"]) for r in rows] == [1, 2]
-    assert all(0.0 <= float(r["val_miou"]) <= 1.0 for r in rows)
     loaded = load_model(out / "model.ts")
     spec = loaded.spec
     assert [c.name for c in spec.classes] == ["soil", "grass", "water"]  # nodata is no output
@@ -126,6 +125,28 @@ def test_train_writes_run_directory(run: Path) -> None:
     state, st = load_checkpoint(out / "best.ckpt")
     assert st["config"]["encoder"] == "mobilenet_v2" and "optimizer" in st
     assert st["best_miou"] == pytest.approx(max(float(r["val_miou"]) for r in rows), abs=1e-6)
+    # the best epoch's val_miou is the mIoU of its validation confusion matrix...
+    best = max(rows, key=lambda r: float(r["val_miou"]))
+    assert st["epoch"] == int(best["epoch"])
+    cm = np.asarray(st["scores"]["confusion_matrix"])
+    tp = np.diag(cm)
+    union = cm.sum(0) + cm.sum(1) - tp
+    assert cm.sum() == 92 * 96  # one held-out 96 x 96 pair less its 4 nodata rows
+    assert float(best["val_miou"]) == pytest.approx((tp / union)[union > 0].mean(), abs=1e-6)
+    # ...and what `tilesegd eval` gives model.ts on the held-out pair (the deployed path)
+    from tilesegd.evaluate import evaluate
+    from tilesegd.train.split import make_split
+
+    images = sorted((data / "images").glob("*.tif"))
+    (val,) = make_split(images, "images", 0.2, 0)[1]
+    for kind in ("images", "masks"):
+        (tmp_path / kind).mkdir()
+        (tmp_path / kind / images[val.index].name).symlink_to(data / kind / images[val.index].name)
+    doc = evaluate(out / "model.ts", tmp_path / "images", tmp_path / "masks", tmp_path / "ev",
+                   data / "classes.csv", device="cpu")  # fmt: skip
+    # (TorchScript vs eager, other batch sizes: allow a few near-tie pixels to flip)
+    assert np.abs(np.asarray(doc["confusion_matrix"]) - cm).sum() <= 4
+    assert doc["miou"] == pytest.approx(float(best["val_miou"]), abs=1e-3)
 
 
 def test_resume_matches_uninterrupted_run(
@@ -228,6 +249,8 @@ def test_encoder_weights_local_file_only(tmp_path: Path) -> None:
 
 
 def test_checkpoint_round_trip_without_pickle(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
     state = {
         "a": torch.arange(3),
         "opt": {0: {"m": torch.ones(2)}},
@@ -243,8 +266,11 @@ def test_checkpoint_round_trip_without_pickle(tmp_path: Path) -> None:
     header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])
     assert header["__metadata__"]["format"] == "tilesegd-ckpt/1"  # a plain safetensors file
     (tmp_path / "bad.ckpt").write_bytes(raw[:100])
-    with pytest.raises(Exception, match="truncated|not a tilesegd"):
+    with pytest.raises(ModelFileError, match="bad.ckpt: unreadable checkpoint.*truncated"):
         load_checkpoint(tmp_path / "bad.ckpt")
+    save_file({"w": torch.zeros(1)}, tmp_path / "foreign.ckpt")  # safetensors, not ours
+    with pytest.raises(ModelFileError, match="foreign.ckpt: not a tilesegd checkpoint"):
+        load_checkpoint(tmp_path / "foreign.ckpt")
 
 
 def test_cli_train_and_errors(data: Path, tmp_path: Path) -> None:

@@ -9,14 +9,8 @@ import pytest
 from conftest import make_raster, shared_data
 
 from tilesegd.errors import ConfigError, DatasetError
-from tilesegd.train.data import (
-    IGNORE_INDEX,
-    PairStore,
-    find_pairs,
-    read_classes,
-    read_raster,
-    scan,
-)
+from tilesegd.labels import IGNORE_INDEX, find_pairs, read_classes, read_raster
+from tilesegd.train.data import PairStore, scan
 from tilesegd.train.tiles import TileSampler
 
 # The Semantic Drone Dataset's class_dict.csv (TU Graz): name,r,g,b; id = row order.

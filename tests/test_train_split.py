@@ -11,9 +11,10 @@ from conftest import make_raster
 from test_train import TINY
 
 from tilesegd.errors import ConfigError
+from tilesegd.labels import find_pairs, read_classes
 from tilesegd.train.checkpoint import load_checkpoint
 from tilesegd.train.config import TrainConfig
-from tilesegd.train.data import PairStore, find_pairs, read_classes, scan
+from tilesegd.train.data import PairStore, scan
 from tilesegd.train.loop import train
 from tilesegd.train.split import Region, make_split, split, split_regions
 from tilesegd.train.tiles import TileSampler

@@ -18,14 +18,13 @@ from __future__ import annotations
 import importlib.util
 import logging
 from collections.abc import Callable
-from typing import Any
 
 import torch
 
+from tilesegd.config import RUNTIMES
 from tilesegd.errors import ConfigError, DeviceError
 
 log = logging.getLogger(__name__)
-RUNTIMES = ("auto", "eager", "compile", "cudagraph", "tensorrt")
 MAX_GRAPHS = 4  # captured shapes kept (full batch, a few tail batches)
 
 
@@ -51,38 +50,6 @@ def resolve_runtime(runtime: str, device: torch.device) -> str:
             "(matching your torch), or use runtime cudagraph"
         )
     return runtime
-
-
-def compile_tensorrt(
-    module: Any,
-    in_channels: int,
-    tile_shape: tuple[int, int],
-    batch_size: int,
-    dtype: torch.dtype,
-    device: torch.device,
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Build a TensorRT engine for float32 ``(1..batch_size, in_channels, *tile_shape)`` input.
-
-    Raises:
-        Exception: whatever torch-tensorrt raises (the caller falls back to eager).
-    """
-    import torch_tensorrt
-
-    h, w = tile_shape
-    inputs = [
-        torch_tensorrt.Input(
-            min_shape=(1, in_channels, h, w),
-            opt_shape=(batch_size, in_channels, h, w),
-            max_shape=(batch_size, in_channels, h, w),
-            dtype=torch.float32,
-        )
-    ]
-    precisions = {torch.float32, dtype}
-    ir = "ts" if isinstance(module, torch.jit.ScriptModule) else "dynamo"
-    log.info("building a TensorRT engine (%s, batch 1..%d, %dx%d)", ir, batch_size, h, w)
-    return torch_tensorrt.compile(
-        module, ir=ir, inputs=inputs, enabled_precisions=precisions, device=device
-    )
 
 
 class GraphRunner:

@@ -18,9 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from tilesegd.model_file import ClassInfo
+from tilesegd.spec import NODATA, ClassInfo
 
-NODATA = 255
 AREA_COLUMNS = ("class_id", "class_name", "pixels", "area_m2", "area_ha", "percent")
 
 
@@ -110,6 +109,11 @@ class AreaCounter:
                 }
             )
         return out
+
+    @property
+    def valid_pixels(self) -> int:
+        """Pixels with a class id (everything but nodata)."""
+        return int(self.pixels[: self.num_classes].sum())
 
     @property
     def nodata_pixels(self) -> int:

@@ -7,33 +7,25 @@ The resolved :class:`RunConfig` is validated once and written into every output'
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tilesegd.errors import ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tilesegd.geometry import Geometry
+    from tilesegd.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 CLUSTERS = ("local", "local-cuda")
-
-
-@functools.cache
-def _warn_capped(tile: int, overlap: int, needed: int, model_tile: int) -> None:
-    """Warn once per geometry (``geometry`` runs per scene) that seams may show."""
-    log.warning(
-        "tile %d px leaves room for a %d-px overlap, less than the %d px the model needs to be "
-        "seamless; use --tile-size %d or more",
-        tile,
-        overlap,
-        needed,
-        model_tile,
-    )
+RUNTIMES = ("auto", "eager", "compile", "cudagraph", "tensorrt")
+COMPRESSIONS = ("deflate", "zstd", "lzw", "none")
 
 
 def default_workers() -> int:
@@ -71,7 +63,7 @@ class RunConfig:
             ``None`` = the model file's measured ``overlap``, else 64, or a quarter of tiles
             smaller than 256 px.
         batch_size: tiles per network call (halved automatically on CUDA out-of-memory);
-            ``None`` = :meth:`batch_for` the tile size.
+            ``None`` = :func:`~tilesegd.geometry.default_batch` of the tile size.
         device: ``auto`` (CUDA if present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
         precision: ``auto`` (fp16 on CUDA, fp32 on CPU), ``fp32``, ``fp16``, ``bf16``.
         workers: reader / writer threads; with ``cluster: local``, the number of Dask worker
@@ -86,7 +78,11 @@ class RunConfig:
         model_sha256: refuse the model file unless its SHA-256 matches.
         compress: GeoTIFF compression (``deflate``, ``zstd``, ``lzw``).
         preview_size: longest side of ``preview.png`` in pixels (0 disables the preview).
-        compile: ``torch.compile`` the network (CUDA; no effect on TorchScript without it).
+        compile: shorthand for ``runtime: compile``.
+        runtime: how the network runs: ``auto`` (CUDA: TensorRT when torch-tensorrt is
+            installed, else a captured CUDA graph; CPU: eager), ``eager``, ``compile``
+            (``torch.compile``, CPU or CUDA), ``cudagraph`` (CUDA) or ``tensorrt`` (CUDA,
+            needs ``tilesegd[tensorrt]``).
         scheduler: an existing Dask scheduler (``tcp://HOST:PORT``, or its scheduler file):
             blocks are computed by its workers (needs ``tilesegd[distributed]``; shared
             filesystem).
@@ -116,6 +112,7 @@ class RunConfig:
     compress: str = "deflate"
     preview_size: int = 1024
     compile: bool = False
+    runtime: str = "auto"
     scheduler: str | None = None
     cluster: str | None = None
     shard: str | None = None
@@ -143,8 +140,12 @@ class RunConfig:
             raise ConfigError(
                 f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
             )
-        if self.compress.lower() not in ("deflate", "zstd", "lzw", "none"):
-            raise ConfigError(f"compress must be deflate, zstd, lzw or none, got {self.compress!r}")
+        if self.compress.lower() not in COMPRESSIONS:
+            raise ConfigError(
+                f"compress must be one of {', '.join(COMPRESSIONS)}, got {self.compress!r}"
+            )
+        if self.runtime not in RUNTIMES:
+            raise ConfigError(f"runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
         if self.bands is not None and (not self.bands or min(self.bands) < 1):
             raise ConfigError(f"bands must list 1-based band numbers, got {self.bands}")
         if self.max_megapixels <= 0:
@@ -159,38 +160,37 @@ class RunConfig:
             parse_shard(self.shard)
         return self
 
-    def geometry(
-        self, model_tile_size: int, multiple: int, model_overlap: int | None = None
-    ) -> tuple[int, int]:
-        """Resolve ``(tile_size, overlap)`` in pixels against the model's suggestions.
-
-        ``overlap`` defaults to the model file's measured ``overlap`` (capped to leave a core of
-        ``multiple`` pixels when ``--tile-size`` is smaller than the model's tile), else 64, or a
-        quarter of tiles smaller than 256 px.
+    def geometry(self, spec: ModelSpec) -> Geometry:
+        """This run's tile geometry for a model (see :func:`~tilesegd.geometry.resolve_geometry`).
 
         Raises:
-            ConfigError: the pair cannot make a tile grid (see :class:`~tilesegd.tiling.TileGrid`).
+            ConfigError: the tile size / overlap / block size cannot make a tile grid.
         """
-        from tilesegd.tiling import TileGrid
+        from tilesegd.geometry import resolve_geometry
 
-        tile = self.tile_size or model_tile_size
-        overlap = self.overlap
-        if overlap is None and model_overlap is not None:
-            overlap = max(0, min(int(model_overlap), tile - multiple)) // 2 * 2
-            if overlap < model_overlap:
-                _warn_capped(tile, overlap, int(model_overlap), model_tile_size)
-        if overlap is None:
-            overlap = min(64, tile // 4) // 2 * 2
-        TileGrid(10**5, 10**5, tile, overlap, multiple)  # validates, raises ConfigError
-        return tile, overlap
+        return resolve_geometry(
+            spec,
+            tile_size=self.tile_size,
+            overlap=self.overlap,
+            block_size=self.block_size,
+            batch_size=self.batch_size,
+        )
 
-    def batch_for(self, tile: int) -> int:
-        """Tiles per network call: ``batch_size`` if given, else 8 tiles of up to 512^2 pixels
-        and proportionally fewer of larger tiles (~2.1 megapixels per call, at least 1), so
-        memory does not grow with a model's larger seamless tile."""
-        if self.batch_size is not None:
-            return self.batch_size
-        return max(1, min(8, (8 * 512 * 512) // (tile * tile)))
+    def bands_for(self, spec: ModelSpec) -> tuple[int, ...]:
+        """The 1-based raster bands fed to the model: ``bands`` if given, else the model's.
+
+        Raises:
+            ConfigError: ``bands`` does not list one band per model input channel.
+        """
+        if not self.bands:
+            return spec.bands
+        if len(self.bands) != spec.in_channels:
+            raise ConfigError(
+                f"--bands lists {len(self.bands)} band(s) ({','.join(map(str, self.bands))}) but "
+                f"the model takes {spec.in_channels} input channel(s); list {spec.in_channels}, "
+                f"e.g. --bands {','.join(['1'] * spec.in_channels)}"
+            )
+        return tuple(self.bands)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable copy (what goes into outputs' metadata)."""

@@ -23,10 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 from tilesegd.config import RunConfig
 from tilesegd.errors import ConfigError, DeviceError, OutputError
+from tilesegd.geometry import Geometry
 
 if TYPE_CHECKING:  # pragma: no cover
     from tilesegd.engine import Engine
-    from tilesegd.runner import ScenePlan
+    from tilesegd.runner import RunSetup, ScenePlan
 
 log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 30
@@ -44,22 +45,23 @@ class SceneJob:
         plan: the client's :class:`~tilesegd.runner.ScenePlan` without its store (``store``
             is ``None``, ``todo`` empty): scene profile, bands, tile grid, work folder. Workers
             never re-plan, so every worker computes exactly the client's grid.
-        cfg: the run configuration (``workers`` = reader / writer threads per task).
+        run: the run's :class:`~tilesegd.runner.RunSetup` (its ``cfg.workers`` = reader /
+            writer threads per task).
         model_sha: SHA-256 of the model file: every worker must load these exact bytes.
         device, dtype: what the first worker resolved (``"cuda"``, ``"torch.float16"``); a
             worker that resolves otherwise refuses (its masks could differ).
         run_id: unique per run, so a long-lived worker never reuses another run's open store.
     """
 
-    plan: ScenePlan
-    cfg: RunConfig
+    plan: ScenePlan | None
+    run: RunSetup
     model_sha: str
     device: str
     dtype: str
     run_id: str
 
 
-def worker_engine(cfg: RunConfig, model_sha: str) -> Engine:
+def worker_engine(cfg: RunConfig, geometry: Geometry, model_sha: str) -> Engine:
     """This process's engine for ``cfg``'s model and settings: loaded on first use, then kept,
     so a worker loads the model once, not once per task.
 
@@ -77,6 +79,8 @@ def worker_engine(cfg: RunConfig, model_sha: str) -> Engine:
         cfg.batch_size,
         cfg.save_probs,
         cfg.compile,
+        cfg.runtime,
+        geometry,
     )
     with _LOCK:
         if key not in _ENGINES:
@@ -86,27 +90,26 @@ def worker_engine(cfg: RunConfig, model_sha: str) -> Engine:
                 device=cfg.device,
                 sha256=model_sha or None,
                 precision=cfg.precision,
-                batch_size=cfg.batch_size or 8,
+                batch_size=geometry.batch_size,
                 save_probs=cfg.save_probs,
                 compile=cfg.compile,
+                runtime=cfg.runtime,
             )
-            tile, _ = cfg.geometry(engine.spec.tile_size, engine.spec.multiple, engine.spec.overlap)
-            engine.batch_size = cfg.batch_for(tile)
             _ENGINES[key] = engine
         return _ENGINES[key]
 
 
-def prepare_worker(cfg: RunConfig, model_sha: str, tile: int) -> tuple[str, str]:
-    """Dask task: load the engine on a worker and check the network on one ``tile``-pixel
-    tile (so a bad model fails before any scene), then return the resolved
+def prepare_worker(cfg: RunConfig, geometry: Geometry, model_sha: str) -> tuple[str, str]:
+    """Dask task: load the engine on a worker and check the network on one tile of the run's
+    geometry (so a bad model fails before any scene), then return the resolved
     ``(device, dtype)`` as strings, which go into the run's fingerprint.
 
     Raises:
         ModelFileError: the file or the network disagrees with its ``tilesegd.json``.
         DeviceError: the device or precision is not available on the worker.
     """
-    engine = worker_engine(cfg, model_sha)
-    engine.check((tile, tile))
+    engine = worker_engine(cfg, geometry, model_sha)
+    engine.check((geometry.tile_size, geometry.tile_size))
     return str(engine.device), str(engine.dtype)
 
 
@@ -151,7 +154,7 @@ def compute_task(job: SceneJob, block_ids: list[int]) -> dict[str, Any]:
     from tilesegd.runner import compute_blocks
 
     t0 = time.perf_counter()
-    engine = worker_engine(job.cfg, job.model_sha)
+    engine = worker_engine(job.run.cfg, job.run.geometry, job.model_sha)
     if (str(engine.device), str(engine.dtype)) != (job.device, job.dtype):
         raise DeviceError(
             f"worker {socket.gethostname()} runs the model on {engine.device} "
@@ -166,7 +169,7 @@ def compute_task(job: SceneJob, block_ids: list[int]) -> dict[str, Any]:
     out.update(tiles_skipped=0, pixels=0, worker=f"{socket.gethostname()}:{os.getpid()}")
     if todo:
         # the preview is drawn on the client, from the scene (no sampler on workers)
-        stats = compute_blocks(plan, engine, job.cfg, todo, progress=False, sample_preview=False)
+        stats = compute_blocks(plan, engine, job.run, todo, progress=False, sample_preview=False)
         out.update(tiles_run=stats.tiles_run, tiles_skipped=stats.tiles_skipped)
         out["pixels"] = stats.pixels
     out["seconds"] = round(time.perf_counter() - t0, 3)

@@ -143,7 +143,9 @@ def main() -> int:
         return rc
     print("\nOutputs:")
     for scene in sorted(p for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        print(f"  {scene}/  mask.tif  pred.zarr  areas.csv  preview.png")
+        print(
+            f"  {scene}/  mask.tif (+ mask.qml, mask.tif.aux.xml)  pred.zarr  areas.csv  preview.png"
+        )
     print(f"  {out / 'summary.csv'}\n  {out / 'run.json'}")
     if rc == 4:
         print(

@@ -32,47 +32,20 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tilesegd.config import RunConfig, parse_shard
+from tilesegd.config import RunConfig
 from tilesegd.dask_cluster import SceneJob, compute_task, open_client, prepare_worker
-from tilesegd.errors import (
-    DeviceError,
-    Interrupted,
-    ModelFileError,
-    OutputError,
-)
+from tilesegd.errors import DeviceError, Interrupted, ModelFileError, OutputError
+from tilesegd.ledger import RunLedger
+from tilesegd.progress import progress_bar
+from tilesegd.runner import RunSetup, finish_scene, plan_scene
 
 if TYPE_CHECKING:  # pragma: no cover
-    from tilesegd.model_file import ModelSpec
     from tilesegd.runner import ScenePlan
     from tilesegd.tiling import Block
 
 log = logging.getLogger(__name__)
 RETRIES = 2  # extra tries of a task that raised (a killed worker is handled by Dask itself)
 MAX_BLOCKS_PER_TASK = 16
-
-
-def select_shard(paths: list[Path], names: list[str], shard: str) -> tuple[list[Path], list[str]]:
-    """Keep this shard's scenes: sorted by path, scene ``i`` goes to shard ``i % N``.
-
-    Deterministic and scheduler-free, for job arrays (``--shard $SLURM_ARRAY_TASK_ID/N``).
-    Output names are the ones the full list gives, so shards never rename a scene.
-
-    Raises:
-        ConfigError: ``shard`` is not ``I/N`` with ``0 <= I < N``.
-    """
-    i, n = parse_shard(shard)
-    pairs = sorted(zip(paths, names, strict=True), key=lambda pn: str(pn[0]))
-    kept = [pn for k, pn in enumerate(pairs) if k % n == i]
-    return [p for p, _ in kept], [nm for _, nm in kept]
-
-
-@dataclass(frozen=True)
-class SpecView:
-    """The part of an :class:`~tilesegd.engine.Engine` that planning reads, so the client can
-    call :func:`~tilesegd.runner.plan_scene` without loading the network (it may have no GPU).
-    """
-
-    spec: ModelSpec
 
 
 def group_blocks(blocks: list[Block], per_task: int) -> list[list[Block]]:
@@ -82,7 +55,9 @@ def group_blocks(blocks: list[Block], per_task: int) -> list[list[Block]]:
 
 
 @dataclass
-class _SceneState:
+class SceneState:
+    """A scene in flight on the cluster: its plan, run.json entry and block counters."""
+
     plan: ScenePlan
     entry: dict[str, Any]
     t0: float
@@ -109,15 +84,15 @@ def run_distributed(
     """Segment ``paths`` into ``output`` on a Dask cluster (see the module docstring).
 
     Called by :func:`tilesegd.api.run` (which holds the output lock) when ``cfg.scheduler``
-    or ``cfg.cluster`` is set; writes ``run.json`` and ``summary.csv`` as a local run does, so
-    either kind of run resumes the other's half-done scenes.
+    or ``cfg.cluster`` is set; keeps the same books as a local run (:mod:`tilesegd.ledger`),
+    so either kind of run resumes the other's half-done scenes.
 
     Args:
         cfg: the resolved configuration.
         paths, names: the scenes and their output names.
         output: the output directory.
         stop: set by SIGTERM / SIGINT: pending blocks are cancelled, finished ones kept.
-        progress: show a progress bar (megapixels).
+        progress: show progress (megapixels).
         blocks_per_task: blocks per Dask task (default: about 4 tasks per worker per scene,
             at most ``MAX_BLOCKS_PER_TASK``).
 
@@ -139,12 +114,21 @@ def run_distributed(
             f"{model}: SHA-256 is {model_sha}, but --model-sha256 pins {cfg.model_sha256}; "
             "check that this is the model you meant"
         )
-    cfg.geometry(
-        spec.tile_size, spec.multiple, spec.overlap
-    )  # bad geometry: fail before any cluster
+    geometry = cfg.geometry(spec)  # bad geometry: fail before any cluster
+    cfg.bands_for(spec)
     client, cluster = open_client(cfg)
     try:
-        return _Run(cfg, spec, model, model_sha, client, output.resolve()).run(
+        threads = cfg.workers
+        if cfg.cluster == "local":  # --workers counted processes: split the CPUs between them
+            threads = max(1, (os.cpu_count() or 1) // cfg.workers)
+        task_cfg = replace(cfg, model=str(model), output=str(output.resolve()), workers=threads)
+        log.info("Dask scheduler %s; loading the model on a worker", client.scheduler.address)
+        device, dtype = client.submit(
+            prepare_worker, task_cfg, geometry, model_sha, pure=False
+        ).result()
+        run = RunSetup.resolve(cfg, spec, output.resolve(), model_sha, device, dtype)
+        job = SceneJob(None, replace(run, cfg=task_cfg), model_sha, device, dtype, uuid.uuid4().hex)
+        return DistributedRun(run, job, client).run(
             paths, names, stop or threading.Event(), progress, blocks_per_task
         )
     finally:
@@ -153,100 +137,49 @@ def run_distributed(
             cluster.close()
 
 
-class _Run:
+class DistributedRun:
     """One distributed run: plan and submit scenes, gather blocks, finish scenes."""
 
-    def __init__(self, cfg, spec, model, model_sha, client, output) -> None:
-        self.cfg, self.spec, self.model, self.model_sha = cfg, spec, model, model_sha
-        self.client, self.output = client, output
-        threads = cfg.workers
-        if cfg.cluster == "local":  # --workers counted processes: split the CPUs between them
-            threads = max(1, (os.cpu_count() or 1) // cfg.workers)
-        self.task_cfg = replace(cfg, model=str(model), output=str(output), workers=threads)
-        self.states: dict[str, _SceneState] = {}
+    def __init__(self, run: RunSetup, job: SceneJob, client: Any) -> None:
+        self.setup, self.job, self.client = run, job, client
+        self.output = run.output
+        self.n = max(1, len(client.scheduler_info().get("workers", {})))
+        self.states: dict[str, SceneState] = {}
         self.owner: dict[Any, str] = {}  # dask future -> scene name
         self.finishing: dict[Future, str] = {}
+        self.fatal: BaseException | None = None
+
+    def header(self) -> dict[str, Any]:
+        """run.json's run-level fields, with the cluster's."""
+        from tilesegd.local import run_header
+
+        doc = run_header(self.setup, self.job.model_sha, self.job.device, self.job.dtype)
+        doc["distributed"] = {
+            "scheduler": self.client.scheduler.address,
+            "cluster": self.setup.cfg.cluster or "external",
+            "workers": self.n,
+        }
+        return doc
 
     def run(self, paths, names, stop, progress, per_task) -> dict[str, Any]:
-        import json
-
+        """Submit every scene (earlier scenes first), finish each as its blocks are done."""
         from distributed import as_completed
-        from tqdm import tqdm
 
-        from tilesegd import __version__
-        from tilesegd.api import (
-            RUN_JSON,
-            _discard_stale_work,
-            _finish,
-            _input_stat,
-            _output_error,
-            _outputs_present,
-            _stop_run,
-            fingerprint,
-        )
-
-        cfg, output = self.cfg, self.output
-        log.info("Dask scheduler %s; loading the model on a worker", self.client.scheduler.address)
-        tile, _ = cfg.geometry(self.spec.tile_size, self.spec.multiple, self.spec.overlap)
-        device, dtype = self.client.submit(
-            prepare_worker, self.task_cfg, self.model_sha, tile, pure=False
-        ).result()
-        fp = fingerprint(self.model_sha, cfg, device, dtype)
-        self.n = n_workers = max(1, len(self.client.scheduler_info().get("workers", {})))
-        previous: dict[str, Any] = {}
-        if (output / RUN_JSON).exists():
-            try:
-                previous = json.loads((output / RUN_JSON).read_text()).get("scenes", {})
-            except (json.JSONDecodeError, OSError):
-                previous = {}
-        self.doc = doc = {
-            "tilesegd_version": __version__,
-            "model": {
-                "path": str(self.model),
-                "sha256": self.model_sha,
-                "classes": [c.name for c in self.spec.classes],
-            },
-            "device": device,
-            "precision": dtype.replace("torch.", ""),
-            "config": cfg.to_dict(),
-            "distributed": {
-                "scheduler": self.client.scheduler.address,
-                "cluster": cfg.cluster or "external",
-                "workers": n_workers,
-            },
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "status": "running",
-            # carry the previous entries forward so a run killed part-way loses no record
-            "scenes": {n: previous[n] for n in names if n in previous},
-        }
-        run_id = uuid.uuid4().hex
-        self.bar = tqdm(
-            total=0, unit="MP", unit_scale=1e-6, desc="blocks", disable=not progress, leave=False
-        )
+        cfg = self.setup.cfg
+        self.ledger = RunLedger(self.output, names, self.header(), self.setup.fingerprint,
+                                cfg.overwrite)  # fmt: skip
+        self.bar = progress_bar(progress, total=0, unit="MP", desc="blocks", leave=False)
         self.finisher = ThreadPoolExecutor(2, thread_name_prefix="tilesegd-finish")
         ac = as_completed()
-        self.fatal: BaseException | None = None
         try:
             for idx, (path, name) in enumerate(zip(paths, names, strict=True)):
-                old, stat = previous.get(name, {}), _input_stat(path)
-                if (
-                    not cfg.overwrite
-                    and old.get("status") == "done"
-                    and old.get("fingerprint") == fp
-                    and old.get("input_stat", stat) == stat
-                    and _outputs_present(output / name)
-                ):
-                    log.info("%s: already done, skipping (use --overwrite to recompute)", name)
-                    doc["scenes"][name] = {**old, "skipped": True}
+                if self.ledger.skip(name, path):
                     continue
                 if stop.is_set() or self.fatal is not None:
-                    doc["scenes"][name] = {"status": "pending", "input": str(path)}
+                    self.ledger.pending(name, path)
                     continue
-                _discard_stale_work(output, name, stat, cfg.overwrite)
-                entry = {"input": str(path), "fingerprint": fp, "input_stat": stat}
-                doc["scenes"][name] = entry
-                job = SceneJob(None, self.task_cfg, self.model_sha, device, dtype, run_id)
-                self._submit_scene(Path(path).resolve(), name, entry, job, idx, ac, per_task)
+                entry = self.ledger.start(name, path)
+                self._submit_scene(Path(path).resolve(), name, entry, idx, ac, per_task)
                 self._gather(ac)
             while (not ac.is_empty() or self.finishing) and self.fatal is None:
                 if stop.wait(0.05):
@@ -259,40 +192,34 @@ class _Run:
             for fut in list(self.finishing):
                 self._finished(fut)
             self.bar.close()
-        interrupted = stop.is_set() and self.fatal is None
+        return self._close(stop.is_set() and self.fatal is None)
+
+    def _close(self, interrupted: bool) -> dict[str, Any]:
         why = str(self.fatal or "stopped by a signal; finished blocks are kept")
-        for e in doc["scenes"].values():
-            if e["status"] == "running":
+        for e in self.ledger.scenes.values():
+            if e.get("status") == "running":
                 e.update(status="interrupted" if interrupted else "failed", error=why)
         if self.fatal is not None:
-            _stop_run(output, doc, self.fatal)
-        statuses = {e["status"] for e in doc["scenes"].values()}
-        status = "interrupted" if interrupted else "failed" if "failed" in statuses else "done"
-        try:
-            _finish(output, doc, status)
-        except OSError as exc:
-            raise _output_error(output, exc) from None
+            self.ledger.stop(self.fatal)
+        self.ledger.finish(interrupted)
         if interrupted:
             raise Interrupted(
-                f"{output}: stopped by a signal; finished scenes and blocks are kept (run.json "
-                "says which); rerun the same command to resume"
+                f"{self.output}: stopped by a signal; finished scenes and blocks are kept "
+                "(run.json says which); rerun the same command to resume"
             )
-        return doc
+        return self.ledger.doc
 
-    def _submit_scene(self, path, name, entry, job, idx, ac, per_task) -> None:
+    def _submit_scene(self, path, name, entry, idx, ac, per_task) -> None:
         """Plan one scene on the client, then submit its block groups (priority: scene order)."""
-        from tilesegd.runner import plan_scene
-
-        fp = entry["fingerprint"]
         try:
-            plan = plan_scene(path, name, SpecView(self.spec), self.cfg, self.output, fp)
+            plan = plan_scene(path, name, self.setup)
         except Exception as exc:  # recorded in run.json; the others go on
             self._failed(name, path, entry, exc)
             return
         entry["status"] = "running"
-        st = self.states[name] = _SceneState(plan, entry, time.perf_counter())
+        st = self.states[name] = SceneState(plan, entry, time.perf_counter())
         entry["blocks_resumed"] = plan.grid.n_blocks - len(plan.todo)
-        job = replace(job, plan=replace(plan, store=None, todo=[]))
+        job = replace(self.job, plan=replace(plan, store=None, todo=[]))
         per_task = per_task or min(MAX_BLOCKS_PER_TASK, math.ceil(len(plan.todo) / 4 / self.n))
         self.bar.total += sum(b.window.height * b.window.width for b in plan.todo)
         self.bar.refresh()
@@ -339,17 +266,9 @@ class _Run:
         for fut in [f for f in self.finishing if f.done()]:
             self._finished(fut)
 
-    def _start_finish(self, st: _SceneState) -> None:
-        from tilesegd.runner import finish_scene
-
-        missing = {b.id for b in st.plan.todo} - st.done_ids
-        if missing:  # cannot happen unless a task lied; never publish a partial mask
-            st.failed = True
-            error = f"blocks {sorted(missing)} were not computed; rerun to resume"
-            self._failed(st.plan.name, st.entry["input"], st.entry, OutputError(error))
-            return
-        args = (st.plan, self.spec, self.cfg, self.output, str(self.model))
-        self.finishing[self.finisher.submit(finish_scene, *args)] = st.plan.name
+    def _start_finish(self, st: SceneState) -> None:
+        # finish_scene checks that every block is in the store's log before it publishes
+        self.finishing[self.finisher.submit(finish_scene, st.plan, self.setup)] = st.plan.name
 
     def _finished(self, fut: Future) -> None:
         name = self.finishing.pop(fut)
@@ -376,11 +295,9 @@ class _Run:
     def _failed(self, name: str, path: Any, entry: dict[str, Any], exc: BaseException) -> None:
         """Record a scene's failure as a local run does; a model that cannot run, an output
         that cannot be written or a full disk end the whole run (``self.fatal``)."""
-        from tilesegd.api import _scene_failed
-
         if not isinstance(exc, Exception):  # e.g. a worker's KeyboardInterrupt
             exc = RuntimeError(str(exc))
-        fatal = _scene_failed(entry, Path(path), name, self.output, exc)
+        fatal = self.ledger.fail(entry, Path(path), exc)
         if isinstance(exc, DeviceError):
             fatal = exc
         if fatal is not None and self.fatal is None:
@@ -388,10 +305,8 @@ class _Run:
         self._write()
 
     def _write(self) -> None:
-        from tilesegd.api import RUN_JSON, _output_error, write_json_atomic
-
         try:
-            write_json_atomic(self.output / RUN_JSON, self.doc)
-        except OSError as exc:
+            self.ledger.write()
+        except OutputError as exc:
             if self.fatal is None:
-                self.fatal = _output_error(self.output, exc)
+                self.fatal = exc

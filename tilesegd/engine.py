@@ -28,12 +28,11 @@ import torch
 from tilesegd.accel import (
     GraphRunner,
     check_cuda_oom_message,
-    compile_tensorrt,
     oom_error,
     resolve_runtime,
 )
 from tilesegd.errors import ConfigError, DeviceError, ModelFileError
-from tilesegd.model_file import ModelSpec, load_model
+from tilesegd.model_file import ModelSpec, Runtime, load_model
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +123,9 @@ class Engine:
     """Run a segmentation network on batches of raw tiles.
 
     Args:
-        module: callable mapping float32 (B, C, H, W) to logits (B, K, H, W) (an ``nn.Module``,
-            TorchScript module or ``torch.export`` module).
+        module: a :class:`~tilesegd.model_file.Runtime` mapping float32 (B, C, H, W) to logits
+            (B, K, H, W): an ``nn.Module``, TorchScript or ``torch.export`` module, or an ONNX
+            model (:class:`tilesegd.onnx_model.OnnxModel`, always run eagerly on NCHW input).
         spec: the model's :class:`~tilesegd.model_file.ModelSpec` (normalisation, classes).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         precision: ``auto``, ``fp32``, ``fp16`` or ``bf16`` (autocast on the device).
@@ -141,7 +141,7 @@ class Engine:
 
     def __init__(
         self,
-        module: Callable[[torch.Tensor], torch.Tensor],
+        module: Runtime,
         spec: ModelSpec,
         device: str = "auto",
         precision: str = "auto",
@@ -154,6 +154,12 @@ class Engine:
         self.device = resolve_device(device)
         self.dtype = resolve_precision(precision, self.device)
         self.runtime = resolve_runtime("compile" if compile else runtime, self.device)
+        # a runtime that is not a torch module (onnxruntime: tilesegd.onnx_model.OnnxModel) is
+        # called as is: eager, NCHW float32, no autocast; it picks its own accelerations
+        self._torch_net = isinstance(module, torch.nn.Module)
+        if not self._torch_net and self.runtime != "eager":
+            log.debug("%s: not a torch module; runtime %s -> eager", source, self.runtime)
+            self.runtime = "eager"
         self.spec = spec
         self.batch_size = max(1, int(batch_size))
         self.save_probs = save_probs
@@ -163,7 +169,7 @@ class Engine:
         # (smp Unet-mobilenet_v2 and a 1x1 conv, 2 threads; benchmarks/RESULTS.md); on CUDA
         # the module's weights are converted too (below). A fixed rule, never autotuned, so a
         # rerun or resumed run always takes the same kernels (byte-identical masks).
-        self._channels_last = not self._cuda
+        self._channels_last = not self._cuda and self._torch_net
         if isinstance(module, torch.nn.Module):
             try:
                 module = module.eval()
@@ -176,11 +182,18 @@ class Engine:
                     self._channels_last = True
                 except Exception:
                     pass
+        if self.runtime == "compile" and isinstance(module, torch.jit.ScriptModule):
+            log.warning(
+                "%s: torch.compile cannot compile a TorchScript model; running it eagerly "
+                "(save the network as torch.export .pt2 to compile it)",
+                source,
+            )
+            self.runtime = "eager"
         if self.runtime == "compile":
             module = torch.compile(module)
         self.module = module
         self._net = module  # what the step calls: the module, or its TensorRT engine
-        self._autocast_on = self.dtype != torch.float32
+        self._autocast_on = self.dtype != torch.float32 and self._torch_net
         scale = np.asarray(spec.std, np.float32) * np.float32(spec.input_scale)
         self._a = torch.from_numpy(1.0 / scale).view(1, -1, 1, 1).to(self.device)
         mean = np.asarray(spec.mean, np.float32) / np.asarray(spec.std, np.float32)
@@ -224,6 +237,8 @@ class Engine:
                         log.debug("%s: NHWC input failed, feeding NCHW", self.source)
                         self._channels_last = False
                 out = self.module(x)
+        except ModelFileError:  # a runtime's own diagnosis (e.g. a fixed ONNX input size)
+            raise
         except Exception as exc:
             raise ModelFileError(
                 f"{self.source}: the network fails on a (1, {self.spec.in_channels}, "
@@ -245,6 +260,8 @@ class Engine:
             )
         if self.runtime == "tensorrt" and self._net is self.module:
             try:
+                from tilesegd.tensorrt import compile_tensorrt
+
                 self._net = compile_tensorrt(
                     self.module,
                     self.spec.in_channels,

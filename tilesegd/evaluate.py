@@ -3,7 +3,8 @@
 Each image goes through the deployed path (:class:`tilesegd.engine.Engine` and the tiled,
 stitched :func:`tilesegd.pipeline.predict_array`); the confusion matrix summed over all images
 gives per-class IoU, Dice, precision and recall, mIoU and pixel accuracy
-(:mod:`tilesegd.train.metrics`). Outputs: ``metrics.json``, ``metrics.csv``, ``confusion.png``
+(:mod:`tilesegd.metrics`, through :class:`tilesegd.scoring.Scorer`, the scoring path that
+training's validation uses too). Outputs: ``metrics.json``, ``metrics.csv``, ``confusion.png``
 and, with ``save_predictions``, ``pred/<stem>.png`` (masks in the same coding as the inputs).
 """
 
@@ -21,9 +22,9 @@ from typing import Any
 import numpy as np
 
 from tilesegd.errors import ConfigError, DatasetError, IncompatibleInputError
-from tilesegd.model_file import ModelSpec
-from tilesegd.train.data import IGNORE_INDEX, ClassMap, find_pairs, read_classes, read_raster
-from tilesegd.train.metrics import confusion_matrix, plot_confusion, scores
+from tilesegd.labels import IGNORE_INDEX, ClassMap, find_pairs, read_classes, read_raster
+from tilesegd.metrics import plot_confusion, scores
+from tilesegd.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,8 @@ def model_classmap(
 
     Without ``classes`` masks hold model class ids (255 = ignore) or model colours. With a
     classes CSV its non-ignored classes are matched to the model's by name
-    (case-insensitive).
+    (case-insensitive); the classes the model was trained to ignore (its file's
+    ``ignored_classes``, e.g. ``unlabeled``) are ignored too, besides ``ignore``.
 
     Raises:
         ConfigError: a CSV class the model does not know (ignore it with ``--ignore``).
@@ -46,7 +48,9 @@ def model_classmap(
         )
         lut = np.arange(256, dtype=np.uint8)
         return cmap, lut
-    cmap = read_classes(classes, ignore)
+    in_csv = {e.name.lower() for e in read_classes(classes).entries}
+    trained_ignored = [n for n in spec.extra.get("ignored_classes", []) if n.lower() in in_csv]
+    cmap = read_classes(classes, [*ignore, *trained_ignored])
     model_ids = {c.name.lower(): c.id for c in spec.classes}
     unknown = [n for n in cmap.names if n.lower() not in model_ids]
     if unknown:
@@ -87,7 +91,7 @@ def evaluate(
     ignore: Sequence[str] = (),
     device: str = "auto",
     precision: str = "auto",
-    batch_size: int = 8,
+    batch_size: int | None = None,
     tile_size: int | None = None,
     overlap: int | None = None,
     save_predictions: bool = False,
@@ -101,7 +105,8 @@ def evaluate(
         classes: classes CSV of the masks (see :func:`model_classmap`).
         ignore: class names to leave out of the scores.
         device, precision, batch_size: as for ``tilesegd run``.
-        tile_size, overlap: tiling in pixels (default: the model's tile size, 64 px overlap).
+        tile_size, overlap: tiling in pixels (default: as ``tilesegd run``, the model file's
+            tile size and measured overlap).
         save_predictions: also write ``pred/<stem>.png``.
 
     Returns:
@@ -115,20 +120,21 @@ def evaluate(
             bands or dtype do not fit the model.
     """
     from tilesegd.engine import Engine
-    from tilesegd.pipeline import predict_array
+    from tilesegd.geometry import resolve_geometry
+    from tilesegd.scoring import Scorer
 
-    engine = Engine.from_file(model, device=device, precision=precision, batch_size=batch_size)
+    engine = Engine.from_file(model, device=device, precision=precision)
     spec = engine.spec
+    geometry = resolve_geometry(spec, tile_size=tile_size, overlap=overlap, batch_size=batch_size)
+    scorer = Scorer(engine, geometry)
     cmap, lut = model_classmap(spec, classes, ignore)
     pairs = find_pairs(images, masks)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     if save_predictions:
         (out / "pred").mkdir(exist_ok=True)
-    k = spec.num_classes
     names = [c.name for c in spec.classes]
     dtypes = spec.extra.get("dtypes")
-    total = np.zeros((k, k), np.int64)
     per_image: dict[str, Any] = {}
     for pair in pairs:
         image, valid = read_raster(pair.image, spec.bands)
@@ -145,14 +151,12 @@ def evaluate(
             )
         target = lut[cmap.encode(raw, pair.mask)]
         target[~valid] = IGNORE_INDEX
-        pred = predict_array(engine, image, valid, tile_size=tile_size, overlap=overlap)
-        cm = confusion_matrix(target, pred, k)
-        total += cm
+        cm, pred = scorer.add(image, target, valid)
         per_image[pair.name] = {"miou": scores(cm, names)["miou"], "pixels": int(cm.sum())}
         if save_predictions:
             _write_prediction(out / "pred" / f"{pair.name}.png", pred, cmap, lut)
         log.info("%s: mIoU %s", pair.name, per_image[pair.name]["miou"])
-    doc = scores(total, names)
+    doc = scorer.scores()
     doc.update(
         model=str(Path(model).resolve()), images=str(images), masks=str(masks), per_image=per_image
     )
@@ -166,5 +170,5 @@ def evaluate(
             )
         w.writerow(["", "mean", doc["miou"], doc["mean_dice"], "", "", doc["pixels"]])
         w.writerow(["", "pixel_accuracy", doc["pixel_accuracy"], "", "", "", doc["pixels"]])
-    plot_confusion(total, names, out / "confusion.png")
+    plot_confusion(scorer.confusion, names, out / "confusion.png")
     return doc

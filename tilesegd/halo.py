@@ -6,7 +6,8 @@ inference would see the scene, and a trained U-Net reaches far: its deepest conv
 inference with a halo (Ronneberger et al., "U-Net", MICCAI 2015, Fig. 2): keep only each tile's
 core. How wide the halo must be depends on the trained weights, not only the architecture: a
 random-weight Unet-mobilenet_v2 agrees with whole-image inference at a 32-px halo, while the same
-network trained on 256-px LoveDA tiles needed ~192 px (measured, ``benchmarks/RESULTS.md``).
+network trained on 256-px LoveDA tiles needed 192-224 px, depending on the training run
+(measured, ``benchmarks/RESULTS.md``).
 
 :func:`measure_halo` measures it: on a fixed synthetic scene (smooth Gaussian noise, seeded, so
 the answer depends only on the network), it runs a reference window with ample context, then

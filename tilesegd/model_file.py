@@ -32,187 +32,38 @@ import tempfile
 import warnings
 import zipfile
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tilesegd.errors import ModelFileError
+from tilesegd.spec import (
+    DEFAULT_PALETTE,
+    META_NAME,
+    REQUIRED_FIELDS,
+    ClassInfo,
+    LoadedModel,
+    ModelSpec,
+    Runtime,
+    check_file,
+)
+
+__all__ = [
+    "DEFAULT_PALETTE",
+    "META_NAME",
+    "REQUIRED_FIELDS",
+    "ClassInfo",
+    "LoadedModel",
+    "ModelSpec",
+    "Runtime",
+    "check_file",
+    "file_sha256",
+    "load_model",
+    "read_spec",
+    "save_model",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
-
-META_NAME = "tilesegd.json"
-REQUIRED_FIELDS = ("classes", "in_channels")
-DEFAULT_PALETTE = [
-    (0, 0, 0),
-    (230, 25, 75),
-    (60, 180, 75),
-    (255, 225, 25),
-    (0, 130, 200),
-    (245, 130, 48),
-    (145, 30, 180),
-    (70, 240, 240),
-    (240, 50, 230),
-    (210, 245, 60),
-    (250, 190, 212),
-    (0, 128, 128),
-    (220, 190, 255),
-    (170, 110, 40),
-    (255, 250, 200),
-    (128, 0, 0),
-    (170, 255, 195),
-    (128, 128, 0),
-    (255, 215, 180),
-    (0, 0, 128),
-    (128, 128, 128),
-    (255, 255, 255),
-    (100, 100, 255),
-    (255, 100, 100),
-]
-
-
-@dataclass(frozen=True)
-class ClassInfo:
-    """One output class: ``id`` (0..K-1, the logit channel), ``name``, ``color`` (r, g, b 0-255)."""
-
-    id: int
-    name: str
-    color: tuple[int, int, int]
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """The parsed ``tilesegd.json`` of a model file (see the module docstring for each field).
-
-    Attributes:
-        classes: K classes, ids 0..K-1 in order.
-        in_channels: number of input channels the network takes.
-        bands: 1-based raster band numbers fed to the network, ``len == in_channels``.
-        input_scale: raw raster values are divided by this (255 for uint8 imagery).
-        mean, std: per-channel normalisation applied after scaling, ``len == in_channels``.
-        multiple: model height and width must be multiples of this (pixels).
-        tile_size: suggested tile size in pixels (a multiple of ``multiple``).
-        extra: every other key of ``tilesegd.json`` (e.g. ``overlap``, ``arch``).
-    """
-
-    classes: tuple[ClassInfo, ...]
-    in_channels: int
-    bands: tuple[int, ...]
-    input_scale: float = 255.0
-    mean: tuple[float, ...] = ()
-    std: tuple[float, ...] = ()
-    multiple: int = 32
-    tile_size: int = 512
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
-
-    @property
-    def overlap(self) -> int | None:
-        """Suggested tile overlap in pixels (``2 * halo``), or ``None`` if the file has none."""
-        v = self.extra.get("overlap")
-        return None if v is None else int(v)
-
-    @property
-    def num_classes(self) -> int:
-        """K, the number of output channels."""
-        return len(self.classes)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON-serialisable form written as ``tilesegd.json``."""
-        d = asdict(self)
-        d["classes"] = [{"id": c.id, "name": c.name, "color": list(c.color)} for c in self.classes]
-        for key in ("bands", "mean", "std"):
-            d[key] = list(d[key])
-        extra = d.pop("extra")
-        d.update(extra)
-        return d
-
-    @classmethod
-    def from_dict(cls, meta: dict[str, Any], source: str = "<model>") -> ModelSpec:
-        """Validate and parse a ``tilesegd.json`` mapping.
-
-        Raises:
-            ModelFileError: a required field is missing or a field has a bad value; the message
-                names every missing field and the file.
-        """
-        if not isinstance(meta, dict):
-            raise ModelFileError(f"{source}: {META_NAME} must hold a JSON object")
-        missing = [k for k in REQUIRED_FIELDS if k not in meta]
-        if missing:
-            raise ModelFileError(
-                f"{source}: {META_NAME} lacks required field(s) {', '.join(missing)}; "
-                "re-export the model with `tilesegd export` or add them (see README, model file)"
-            )
-
-        def bad(msg: str) -> ModelFileError:
-            return ModelFileError(f"{source}: {META_NAME}: {msg}")
-
-        try:
-            in_ch = int(meta["in_channels"])
-            raw_classes = meta["classes"]
-            classes = []
-            for i, c in enumerate(raw_classes):
-                if isinstance(c, str):
-                    c = {"id": i, "name": c}
-                color = c.get("color") or DEFAULT_PALETTE[i % len(DEFAULT_PALETTE)]
-                classes.append(
-                    ClassInfo(int(c["id"]), str(c["name"]), tuple(int(v) for v in color[:3]))
-                )
-            bands = tuple(int(b) for b in meta.get("bands") or range(1, in_ch + 1))
-            scale = float(meta.get("input_scale", 255.0))
-            mean = tuple(float(v) for v in meta.get("mean") or [0.0] * in_ch)
-            std = tuple(float(v) for v in meta.get("std") or [1.0] * in_ch)
-            multiple = int(meta.get("multiple", 32))
-            tile_size = int(meta.get("tile_size", 512))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise bad(f"malformed field ({exc!r}); see README, model file") from None
-        if in_ch < 1:
-            raise bad(f"in_channels must be >= 1, got {in_ch}")
-        if not classes:
-            raise bad("classes is empty; list one entry per output channel")
-        if len(classes) > 255:
-            raise bad(
-                f"{len(classes)} classes, but masks are uint8 with 255 as nodata: at most 255 "
-                "classes (ids 0..254); merge classes or split the model"
-            )
-        if [c.id for c in classes] != list(range(len(classes))):
-            raise bad("class ids must be 0..K-1 in order, got " + str([c.id for c in classes]))
-        if len(bands) != in_ch or min(bands) < 1:
-            raise bad(f"bands {list(bands)} must list {in_ch} 1-based band numbers")
-        if len(mean) != in_ch or len(std) != in_ch:
-            raise bad(f"mean and std must have {in_ch} values (one per input channel)")
-        if any(s <= 0 for s in std) or scale <= 0:
-            raise bad("std values and input_scale must be > 0")
-        if multiple < 1 or tile_size < multiple:
-            raise bad(f"multiple ({multiple}) must be >= 1 and tile_size ({tile_size}) >= it")
-        known = {
-            "classes",
-            "in_channels",
-            "bands",
-            "input_scale",
-            "mean",
-            "std",
-            "multiple",
-            "tile_size",
-        }
-        extra = {k: v for k, v in meta.items() if k not in known}
-        return cls(tuple(classes), in_ch, bands, scale, mean, std, multiple, tile_size, extra)
-
-
-@dataclass
-class LoadedModel:
-    """A loaded network and its spec.
-
-    Attributes:
-        module: callable mapping float32 (B, C, H, W) to logits (B, K, H, W).
-        spec: the parsed ``tilesegd.json``.
-        path: the file it came from.
-        kind: ``"torchscript"`` or ``"export"``.
-    """
-
-    module: Any
-    spec: ModelSpec
-    path: Path
-    kind: str
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
@@ -237,14 +88,24 @@ def _is_export_archive(path: Path) -> bool:
         return False
 
 
+def is_onnx(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` names an ONNX model file (by its ``.onnx`` suffix)."""
+    return Path(path).suffix.lower() == ".onnx"
+
+
 def read_spec(path: str | os.PathLike[str]) -> ModelSpec:
-    """Read only the ``tilesegd.json`` of a model file (no network is loaded).
+    """Read only the ``tilesegd.json`` of a model file (no network is loaded; for ``.onnx``
+    files the metadata of :func:`tilesegd.onnx_model.read_onnx_spec`, no session built).
 
     Raises:
         ModelFileError: the file is missing, not a zip archive, or has no valid metadata.
     """
     path = Path(path)
-    _check_exists(path)
+    check_file(path)
+    if is_onnx(path):
+        from tilesegd.onnx_model import read_onnx_spec
+
+        return read_onnx_spec(path)
     try:
         with zipfile.ZipFile(path) as zf:
             names = [n for n in zf.namelist() if n.split("/")[-1] == META_NAME]
@@ -264,7 +125,7 @@ def read_spec(path: str | os.PathLike[str]) -> ModelSpec:
             ) from None
         raise ModelFileError(
             f"{path}: not a TorchScript or torch.export archive (truncated or corrupt?); "
-            "re-export or re-copy the model file"
+            "re-export or re-copy the model file (an ONNX model needs the .onnx suffix)"
         ) from None
     except json.JSONDecodeError as exc:
         raise ModelFileError(f"{path}: {META_NAME} is not valid JSON ({exc})") from None
@@ -311,17 +172,12 @@ def _weights_only_loads() -> Iterator[None]:
             os.environ[key] = old
 
 
-def _check_exists(path: Path) -> None:
-    if not path.is_file():
-        raise ModelFileError(f"{path}: model file not found; pass an existing --model FILE")
-    if path.stat().st_size == 0:
-        raise ModelFileError(f"{path}: model file is empty (0 bytes); re-export or re-copy it")
-
-
 def load_model(
     path: str | os.PathLike[str], device: str | torch.device = "cpu", sha256: str | None = None
 ) -> LoadedModel:
-    """Load a model file (TorchScript or torch.export) and its ``tilesegd.json``.
+    """Load a model file (TorchScript, torch.export or ONNX) and its ``tilesegd.json``.
+
+    ``.onnx`` files go to :func:`tilesegd.onnx_model.load_onnx` (onnxruntime).
 
     TorchScript archives are loaded with ``torch.jit.load``, whose unpickler only knows
     TorchScript types (a pickled Python callable is refused, never run). ``.pt2`` archives are
@@ -341,7 +197,7 @@ def load_model(
     import torch
 
     path = Path(path)
-    _check_exists(path)
+    check_file(path)
     if sha256 is not None:
         actual = file_sha256(path)
         if actual.lower() != sha256.lower():
@@ -349,6 +205,10 @@ def load_model(
                 f"{path}: SHA-256 is {actual}, but --model-sha256 pins {sha256}; "
                 "check that this is the model you meant"
             )
+    if is_onnx(path):
+        from tilesegd.onnx_model import load_onnx
+
+        return load_onnx(path, device)
     spec = read_spec(path)
     try:
         warnings.filterwarnings(

@@ -25,6 +25,7 @@ import numpy as np
 from tilesegd.engine import Engine, Pending
 from tilesegd.errors import Interrupted
 from tilesegd.reader import ArraySource, Source
+from tilesegd.spec import NODATA
 from tilesegd.stitch import Stitcher, TileJob, split_block
 from tilesegd.tiling import Block, Tile, TileGrid, Win
 
@@ -304,29 +305,30 @@ def predict_array(
     """Tiled, stitched inference on an in-memory image (the same path as ``tilesegd run``).
 
     Args:
-        engine: the network and its normalisation.
+        engine: the network and its normalisation (its ``batch_size`` is used as is).
         image: (C, H, W) raw values, any numeric dtype, bands already in model order.
         valid: (H, W) bool, False for nodata; ``None`` = all valid (NaN/Inf always invalid).
-        tile_size: network input side in pixels (default: the model's ``tile_size``).
-        overlap: pixels shared by neighbouring tiles (default: as ``tilesegd run``, the model
-            file's measured ``overlap``, else 64, or a quarter of tiles smaller than 256 px).
+        tile_size, overlap: pixels; default as ``tilesegd run``
+            (:func:`~tilesegd.geometry.resolve_geometry`: the model file's tile size and
+            measured overlap).
         block_size: approximate block side in pixels.
 
     Returns:
         (H, W) uint8 class ids, 255 where invalid.
+
+    Raises:
+        ConfigError: the tile size / overlap cannot make a tile grid.
     """
-    from tilesegd.config import RunConfig
+    from tilesegd.geometry import resolve_geometry
 
     src = ArraySource(image, valid)
-    spec = engine.spec
-    tile, overlap = RunConfig(tile_size=tile_size, overlap=overlap).geometry(
-        spec.tile_size, spec.multiple, spec.overlap
+    geometry = resolve_geometry(
+        engine.spec, tile_size=tile_size, overlap=overlap, block_size=block_size
     )
-    grid = TileGrid(src.height, src.width, tile, overlap, engine.spec.multiple, block_size)
-    out = np.full((src.height, src.width), 255, np.uint8)
+    out = np.full((src.height, src.width), NODATA, np.uint8)
 
     def put(block: Block, ids: np.ndarray) -> None:
         out[block.window.slices] = ids
 
-    segment(src, grid, engine, put, workers=1)
+    segment(src, geometry.grid(src.height, src.width), engine, put, workers=1)
     return out

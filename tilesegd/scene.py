@@ -216,37 +216,7 @@ def open_scene(
                 f"{path}: pixel type {dtype} is not supported; convert to one of "
                 f"{', '.join(SUPPORTED_DTYPES)} (e.g. with gdal_translate -ot)"
             )
-        crs = ds.crs
-        transform = ds.transform
-        plain = path.suffix.lower() in PLAIN_IMAGE_SUFFIXES
-        bad_transform = (
-            transform.is_identity
-            or not all(math.isfinite(v) for v in transform[:6])
-            or transform.determinant == 0
-        )
-        if crs is None and (not_georef or transform.is_identity):
-            if not plain and not allow_no_georef:
-                raise InputError(
-                    f"{path}: the GeoTIFF has no georeferencing (no CRS, identity transform); "
-                    "masks and areas would not be placed on the map. Pass --allow-no-georef to "
-                    "process it as a plain image"
-                )
-            crs, transform = None, None
-        elif bad_transform:
-            if not allow_no_georef:
-                raise InputError(
-                    f"{path}: corrupt georeferencing (CRS {crs.to_string() if crs else None} with "
-                    f"transform {tuple(transform)[:6]}); fix it (gdal_edit.py -a_ullr / -a_srs) "
-                    "or pass --allow-no-georef to process it as a plain image"
-                )
-            crs, transform = None, None
-        elif crs is None:
-            if not allow_no_georef:
-                raise InputError(
-                    f"{path}: the raster has a transform but no CRS, so areas cannot be "
-                    "computed; set one (gdal_edit.py -a_srs EPSG:...) or pass --allow-no-georef"
-                )
-            crs, transform = None, None
+        crs, transform = scene_georeferencing(path, ds, not_georef, allow_no_georef)
         flags = ds.mask_flag_enums
         has_mask = any(f != [MaskFlags.all_valid] for f in flags) or dtype.startswith("float")
         return Scene(
@@ -263,6 +233,53 @@ def open_scene(
             driver=ds.driver,
             colorinterp=[c.name for c in ds.colorinterp],
         )
+
+
+def scene_georeferencing(
+    path: Path, ds: Any, not_georef: bool, allow_no_georef: bool
+) -> tuple[Any, Any]:
+    """``(crs, transform)`` of an open dataset, or ``(None, None)`` for a plain image.
+
+    Args:
+        not_georef: rasterio warned that the dataset is not georeferenced.
+        allow_no_georef: process a GeoTIFF without (valid) georeferencing as a plain image.
+
+    Raises:
+        InputError: a GeoTIFF without georeferencing, with a corrupt transform, or with a
+            transform but no CRS (unless ``allow_no_georef``); JPEG / PNG frames are plain.
+    """
+    crs = ds.crs
+    transform = ds.transform
+    plain = path.suffix.lower() in PLAIN_IMAGE_SUFFIXES
+    bad_transform = (
+        transform.is_identity
+        or not all(math.isfinite(v) for v in transform[:6])
+        or transform.determinant == 0
+    )
+    if crs is None and (not_georef or transform.is_identity):
+        if not plain and not allow_no_georef:
+            raise InputError(
+                f"{path}: the GeoTIFF has no georeferencing (no CRS, identity transform); "
+                "masks and areas would not be placed on the map. Pass --allow-no-georef to "
+                "process it as a plain image"
+            )
+        return None, None
+    if bad_transform:
+        if not allow_no_georef:
+            raise InputError(
+                f"{path}: corrupt georeferencing (CRS {crs.to_string() if crs else None} with "
+                f"transform {tuple(transform)[:6]}); fix it (gdal_edit.py -a_ullr / -a_srs) "
+                "or pass --allow-no-georef to process it as a plain image"
+            )
+        return None, None
+    if crs is None:
+        if not allow_no_georef:
+            raise InputError(
+                f"{path}: the raster has a transform but no CRS, so areas cannot be "
+                "computed; set one (gdal_edit.py -a_srs EPSG:...) or pass --allow-no-georef"
+            )
+        return None, None
+    return crs, transform
 
 
 def check_compatible(scene: Scene, bands: tuple[int, ...], dtypes: list[str] | None) -> None:
@@ -286,3 +303,20 @@ def check_compatible(scene: Scene, bands: tuple[int, ...], dtypes: list[str] | N
             f"{'/'.join(dtypes)} imagery; convert the scene (gdal_translate -ot {dtypes[0]} "
             "-scale) or use a model trained on this type"
         )
+
+
+def select_shard(paths: list[Path], names: list[str], shard: str) -> tuple[list[Path], list[str]]:
+    """Keep this shard's scenes: sorted by path, scene ``i`` goes to shard ``i % N``.
+
+    Deterministic and scheduler-free, for job arrays (``--shard $SLURM_ARRAY_TASK_ID/N``).
+    Output names are the ones the full list gives, so shards never rename a scene.
+
+    Raises:
+        ConfigError: ``shard`` is not ``I/N`` with ``0 <= I < N``.
+    """
+    from tilesegd.config import parse_shard
+
+    i, n = parse_shard(shard)
+    pairs = sorted(zip(paths, names, strict=True), key=lambda pn: str(pn[0]))
+    kept = [pn for k, pn in enumerate(pairs) if k % n == i]
+    return [p for p, _ in kept], [nm for _, nm in kept]

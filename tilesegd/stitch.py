@@ -24,10 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from tilesegd.errors import TilesegdError
+from tilesegd.spec import NODATA
 from tilesegd.tiling import Block, Tile, TileGrid, Win
-
-NODATA = 255
-"""The class id of nodata pixels in every mask tilesegd writes (uint8 masks: ids 0..254)."""
 
 
 class BlockCheckError(TilesegdError, RuntimeError):

@@ -34,8 +34,6 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from tilesegd.errors import ConfigError
-
 
 @dataclass(frozen=True)
 class Win:
@@ -108,7 +106,9 @@ class TileGrid:
         block_size: approximate block side in pixels (rounded to a whole number of cores).
 
     Raises:
-        ConfigError: sizes out of range (tile not a multiple of ``multiple``, overlap too big).
+        ValueError: sizes out of range (tile not a multiple of ``multiple``, overlap too big);
+            :func:`tilesegd.geometry.resolve_geometry` turns user settings into a ConfigError
+            first (this module imports nothing else of tilesegd: pure geometry).
     """
 
     height: int
@@ -120,14 +120,14 @@ class TileGrid:
 
     def __post_init__(self) -> None:
         if self.height < 1 or self.width < 1:
-            raise ConfigError(f"scene size must be >= 1x1 pixels, got {self.height}x{self.width}")
+            raise ValueError(f"scene size must be >= 1x1 pixels, got {self.height}x{self.width}")
         if self.tile_size < self.multiple or self.tile_size % self.multiple:
-            raise ConfigError(
+            raise ValueError(
                 f"--tile-size {self.tile_size} must be a positive multiple of the model's "
                 f"multiple ({self.multiple}); try {max(1, round(self.tile_size / self.multiple)) * self.multiple}"
             )
         if self.overlap < 0 or self.overlap % 2 or self.tile_size - self.overlap < self.multiple:
-            raise ConfigError(
+            raise ValueError(
                 f"--overlap {self.overlap} must be even, >= 0 and leave a core of at least "
                 f"{self.multiple} px inside a {self.tile_size}-px tile"
             )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from tilesegd.cli.options import verbosity_options
+
 
 @click.command("eval", context_settings={"max_content_width": 100})
 @click.option("--model", "-m", required=True, type=click.Path(), help="Model file (.ts / .pt2).")
@@ -14,14 +16,31 @@ import click
     type=click.Path(),
     help="Classes CSV of the masks (default: masks hold the model's class ids or colours).",
 )
-@click.option("--ignore", multiple=True, help="Class name to leave out of the scores.")
+@click.option(
+    "--ignore",
+    multiple=True,
+    help="Class name to leave out of the scores (repeatable); the classes the model was "
+    "trained to ignore (its ignored_classes, e.g. unlabeled) are always left out.",
+)
 @click.option("--output", "-o", required=True, type=click.Path(), help="Report directory.")
-@click.option("--tile-size", type=int, help="Tile side in pixels (default: the model's).")
-@click.option("--overlap", type=int, help="Pixels shared by neighbouring tiles.")
-@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option(
+    "--tile-size", type=int, help="Tile side in pixels [default: as tilesegd run, the model's]."
+)
+@click.option(
+    "--overlap",
+    type=int,
+    help="Pixels shared by neighbouring tiles [default: as tilesegd run, the model file's "
+    "measured overlap].",
+)
+@click.option(
+    "--batch-size",
+    type=int,
+    help="Tiles per network call [default: as tilesegd run, ~2 megapixels per call].",
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
 @click.option("--precision", default="auto", show_default=True, help="auto, fp32, fp16, bf16.")
 @click.option("--save-predictions", is_flag=True, help="Also write pred/<stem>.png masks.")
+@verbosity_options
 def eval_cmd(ignore: tuple[str, ...], **opts: object) -> None:
     """Evaluate a model: writes metrics.json, metrics.csv and confusion.png into --output.
 

@@ -1,8 +1,10 @@
-"""``tilesegd export``: a training checkpoint -> TorchScript or TensorRT model file."""
+"""``tilesegd export``: a training checkpoint -> TorchScript, TensorRT or ONNX model file."""
 
 from __future__ import annotations
 
 import click
+
+from tilesegd.cli.options import verbosity_options
 
 
 @click.command(context_settings={"max_content_width": 100})
@@ -11,10 +13,11 @@ import click
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["torchscript", "tensorrt"]),
+    type=click.Choice(["torchscript", "tensorrt", "onnx"]),
     default="torchscript",
     show_default=True,
-    help="TorchScript (any device) or TensorRT (CUDA, needs tilesegd[tensorrt]).",
+    help="TorchScript (any device), TensorRT (CUDA, needs tilesegd[tensorrt]) or ONNX "
+    "(onnxruntime, QGIS Deepness, GeoDeep; needs tilesegd[onnx]).",
 )
 @click.option(
     "--precision",
@@ -25,6 +28,13 @@ import click
 )
 @click.option("--tile-size", type=int, help="Suggested (TensorRT: fixed) tile side, pixels.")
 @click.option("--batch-size", type=int, help="TensorRT's fixed batch size (default 8).")
+@click.option(
+    "--dynamic-size",
+    is_flag=True,
+    help="ONNX: dynamic input height/width (tilesegd only; Deepness and GeoDeep need the fixed "
+    "tile size).",
+)
+@verbosity_options
 def export(
     ckpt: str,
     output: str,
@@ -32,18 +42,29 @@ def export(
     precision: str,
     tile_size: int | None,
     batch_size: int | None,
+    dynamic_size: bool,
 ) -> None:
     """Export CKPT (RUNDIR/best.ckpt, last.ckpt or RUNDIR) to a model file with tilesegd.json.
 
     \b
     tilesegd export runs/a/best.ckpt --output model.ts
     tilesegd export runs/a/best.ckpt --output model_trt.ts --format tensorrt --precision fp16
+    tilesegd export runs/a/best.ckpt --output model.onnx --format onnx
     """
     from tilesegd.train.export import export_model
 
     report: dict = {}
-    path = export_model(ckpt, output, fmt, precision, tile_size, batch_size, report=report)
+    path = export_model(
+        ckpt,
+        output,
+        fmt,
+        precision,
+        tile_size,
+        batch_size,
+        report=report,
+        dynamic_size=dynamic_size,
+    )
     click.echo(
-        f"{path}: {fmt}; parity vs eager: max abs logit diff {report['max_abs_diff']:.3g}, "
-        f"argmax agreement {report['argmax_agreement'] * 100:.3f}%"
+        f"{path}: {fmt}; parity vs eager: max abs {report['diff_units']} diff "
+        f"{report['max_abs_diff']:.3g}, argmax agreement {report['argmax_agreement'] * 100:.3f}%"
     )

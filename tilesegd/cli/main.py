@@ -14,6 +14,7 @@ import traceback
 import click
 
 from tilesegd import __version__
+from tilesegd.cli.options import configure_logging, verbosity_options
 from tilesegd.errors import EXIT_INTERRUPTED, EXIT_USAGE, TilesegdError
 
 COMMANDS = {
@@ -60,8 +61,8 @@ class LazyGroup(click.Group):
             if logging.getLogger().isEnabledFor(logging.DEBUG):
                 traceback.print_exc()
             click.echo(
-                f"Error: internal error {type(exc).__name__}: {exc} (rerun with -v for details "
-                "and report it)",
+                f"Error: internal error {type(exc).__name__}: {exc} (rerun with -vv for the "
+                "traceback, and report it)",
                 err=True,
             )
             ctx.exit(EXIT_USAGE)
@@ -73,10 +74,9 @@ class LazyGroup(click.Group):
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 @click.version_option(__version__, prog_name="tilesegd")
-@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
-@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors; no progress bars.")
+@verbosity_options
 @click.pass_context
-def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
+def cli(ctx: click.Context) -> None:
     """Seamless, bounded-memory semantic segmentation of very large aerial and drone imagery.
 
     \b
@@ -85,15 +85,8 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
     tilesegd export runs/a/best.ckpt --output model.ts
     tilesegd eval   --model model.ts --images imgs/ --masks masks/ --output eval/
     """
-    level = logging.WARNING if quiet else logging.DEBUG if verbose >= 2 else logging.INFO
-    if verbose == 1:
-        level = logging.INFO
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
-    for noisy in ("rasterio", "matplotlib", "PIL", "numcodecs", "zarr", "asyncio"):
-        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
-    ctx.ensure_object(dict)
-    ctx.obj["quiet"] = quiet
-    ctx.obj["verbose"] = verbose
+    obj = ctx.ensure_object(dict)
+    configure_logging(int(obj.get("verbose", 0)), bool(obj.get("quiet", False)))
 
 
 def main() -> None:

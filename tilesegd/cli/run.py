@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from tilesegd.cli.options import is_quiet, verbosity_options
+from tilesegd.config import COMPRESSIONS, RUNTIMES
 from tilesegd.errors import EXIT_SCENES_FAILED
 
 
@@ -121,7 +123,7 @@ def _bands(ctx: click.Context, param: click.Parameter, value: str | None) -> lis
 @click.option("--model-sha256", help="Refuse the model file unless its SHA-256 matches.")
 @click.option(
     "--compress",
-    type=click.Choice(["deflate", "zstd", "lzw", "none"]),
+    type=click.Choice(COMPRESSIONS),
     help="mask.tif compression [default: deflate].",
 )
 @click.option(
@@ -130,11 +132,20 @@ def _bands(ctx: click.Context, param: click.Parameter, value: str | None) -> lis
     help="Longest side of preview.png panels in pixels; 0 = no preview [default: 1024].",
 )
 @click.option(
+    "--runtime",
+    type=click.Choice(RUNTIMES),
+    help="How the network runs. auto: on CUDA, TensorRT when torch-tensorrt is installed, "
+    "else a captured CUDA graph; on the CPU, eager. eager: plain PyTorch. compile: "
+    "torch.compile (CPU or CUDA; slow first batch). cudagraph: CUDA graphs (CUDA). tensorrt: "
+    "torch-tensorrt engine (CUDA, tilesegd[tensorrt]). Every accelerated runtime falls back to "
+    "eager with a warning if it cannot be built [default: auto].",
+)
+@click.option(
     "--compile",
     "compile_",
     is_flag=True,
     default=None,
-    help="torch.compile the network (CUDA, when TensorRT is not used).",
+    help="Shorthand for --runtime compile (torch.compile, on the CPU or CUDA).",
 )
 @click.option(
     "--scheduler",
@@ -155,6 +166,7 @@ def _bands(ctx: click.Context, param: click.Parameter, value: str | None) -> lis
     help="Process only scenes I, I+N, I+2N... of the sorted scene list (0-based), e.g. "
     "--shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT in a job array.",
 )
+@verbosity_options
 @click.pass_context
 def run(
     ctx: click.Context,
@@ -179,7 +191,7 @@ def run(
 
     overrides = dict(opts, input=list(inputs) or None, compile=compile_)
     cfg = resolve(RunConfig, config_file, overrides, section="run")
-    quiet = (ctx.obj or {}).get("quiet", False)
+    quiet = is_quiet(ctx)
     doc = api_run(cfg, progress=not quiet)
     scenes = doc["scenes"]
     failed = {n: e for n, e in scenes.items() if e["status"] == "failed"}

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from tilesegd.cli.options import is_quiet, verbosity_options
+
 
 @click.command(context_settings={"max_content_width": 100})
 @click.option("--images", type=click.Path(), help="Folder of images (GeoTIFF, PNG, JPEG).")
@@ -55,6 +57,7 @@ import click
     type=click.Path(),
     help="Continue the run in RUNDIR from its last.ckpt (uses RUNDIR/config.yaml).",
 )
+@verbosity_options
 @click.pass_context
 def train(ctx: click.Context, config_file: str | None, **flags: object) -> None:
     """Train a segmentation model; writes config.yaml, metrics.csv, curves.png, confusion.png,
@@ -73,6 +76,6 @@ def train(ctx: click.Context, config_file: str | None, **flags: object) -> None:
     if flags.get("resume") and not config_file:
         config_file = str(Path(str(flags["resume"])) / "config.yaml")
     cfg = resolve(TrainConfig, config_file, flags, section="train")
-    quiet = bool((ctx.obj or {}).get("quiet"))
+    quiet = is_quiet(ctx)
     out = run_training(cfg, progress=not quiet)
     click.echo(f"model: {out / 'model.ts'}\nrun:   {out}")

@@ -6,6 +6,13 @@
 * ``tensorrt``: traced on CUDA and compiled by :mod:`tilesegd.tensorrt` for a static
   ``(batch_size, C, tile_size, tile_size)`` input, saved as TorchScript with the same
   ``tilesegd.json`` (plus ``runtime: tensorrt``, ``static_input`` and ``precision``).
+* ``onnx``: see :mod:`tilesegd.train.export_onnx`. ``torch.onnx.export`` (opset 17) of the net:
+  input ``raw / 255`` (what the QGIS Deepness plugin and GeoDeep feed), the trained
+  normalisation inside the graph, softmax probabilities out; a dynamic batch axis, and a fixed
+  ``tile_size`` input side unless ``dynamic_size`` (both tools take their tile size from the
+  graph's input shape, so they cannot open a dynamic one). Its ``metadata_props`` carry
+  ``tilesegd.json`` and the Deepness / GeoDeep keys (:func:`tilesegd.onnx_meta.interop_metadata`).
+  Parity: softmax probabilities of the reloaded file (onnxruntime) against the eager network.
 """
 
 from __future__ import annotations
@@ -23,25 +30,11 @@ import torch
 from tilesegd.errors import ConfigError, ModelFileError
 from tilesegd.model_file import META_NAME, ModelSpec, load_model, save_model
 from tilesegd.train.checkpoint import load_checkpoint
+from tilesegd.train.parity import parity
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("torchscript", "tensorrt")
-
-
-def parity(eager: torch.nn.Module, other: Any, x: torch.Tensor) -> dict[str, float]:
-    """Compare two networks on ``x`` (B, C, H, W) float32.
-
-    Returns:
-        ``{"max_abs_diff": float (logit units), "argmax_agreement": float in [0, 1]}``.
-    """
-    with torch.no_grad():
-        a = eager(x).float()
-        b = other(x).float()
-    return {
-        "max_abs_diff": float((a - b).abs().max()),
-        "argmax_agreement": float((a.argmax(1) == b.argmax(1)).float().mean()),
-    }
+FORMATS = ("torchscript", "tensorrt", "onnx")
 
 
 def export_model(
@@ -52,20 +45,24 @@ def export_model(
     tile_size: int | None = None,
     batch_size: int | None = None,
     report: dict[str, Any] | None = None,
+    dynamic_size: bool = False,
 ) -> Path:
     """Export a checkpoint (or a run directory: its ``best.ckpt``) to a model file.
 
     Args:
         ckpt: ``RUNDIR/best.ckpt``, ``last.ckpt`` or RUNDIR.
         output: the model file to write.
-        fmt: ``torchscript`` or ``tensorrt``.
-        precision: ``fp32``; ``fp16`` only for ``tensorrt`` (TorchScript stays fp32 and is run
-            in fp16 by ``tilesegd run --precision fp16``).
-        tile_size: the model's suggested (TensorRT: fixed) tile side in pixels; default the
-            checkpoint's.
+        fmt: ``torchscript``, ``tensorrt`` or ``onnx``.
+        precision: ``fp32``; ``fp16`` only for ``tensorrt`` (TorchScript and ONNX stay fp32;
+            TorchScript is run in fp16 by ``tilesegd run --precision fp16``).
+        tile_size: the model's suggested (TensorRT, and ONNX without ``dynamic_size``: fixed)
+            tile side in pixels; default the checkpoint's.
         batch_size: TensorRT's fixed batch size (default 8); unused for TorchScript.
-        report: if given, filled with the parity check (``max_abs_diff``,
-            ``argmax_agreement``), ``format`` and ``output``.
+        report: if given, filled with the parity check (``max_abs_diff``, in logit units, or
+            probability units for ONNX: ``diff_units``; ``argmax_agreement``), ``format`` and
+            ``output``.
+        dynamic_size: ONNX only: dynamic input height / width where the network allows (for
+            tilesegd; Deepness and GeoDeep need the fixed size).
 
     Returns:
         The written path.
@@ -73,7 +70,7 @@ def export_model(
     Raises:
         ConfigError: unknown format / precision, or a tile size that is not a multiple of the
             model's ``multiple``.
-        ModelFileError: unreadable checkpoint.
+        ModelFileError: unreadable checkpoint; ``onnx`` without onnx / onnxruntime installed.
         DeviceError: ``tensorrt`` without CUDA or torch-tensorrt.
     """
     from tilesegd.train.loop import network_from_state
@@ -82,15 +79,21 @@ def export_model(
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if precision not in ("fp32", "fp16"):
         raise ConfigError(f"--precision must be fp32 or fp16, got {precision!r}")
-    if fmt == "torchscript" and precision != "fp32":
+    if fmt != "tensorrt" and precision != "fp32":
         raise ConfigError(
             "--precision fp16 applies to --format tensorrt; a TorchScript model stays fp32 and "
             "runs in fp16 with `tilesegd run --precision fp16`"
         )
+    if dynamic_size and fmt != "onnx":
+        raise ConfigError("--dynamic-size applies to --format onnx")
     if fmt == "tensorrt":
         from tilesegd.tensorrt import require_tensorrt
 
         require_tensorrt()  # fail before any work
+    if fmt == "onnx":
+        from tilesegd.onnx_model import require_onnx
+
+        require_onnx()
     model_state, st = load_checkpoint(ckpt)
     meta = dict(st["spec"])
     meta["trained"] = {"epoch": st.get("epoch"), "val_miou": st.get("best_miou")}
@@ -112,12 +115,18 @@ def export_model(
         gen = torch.Generator().manual_seed(0)
         x = torch.randn(2, spec.in_channels, side, side, generator=gen)
         check = parity(net, loaded.module, x)
+    elif fmt == "onnx":
+        from tilesegd.train.export_onnx import export_onnx
+
+        check = export_onnx(net, meta, output, dynamic_size)
     else:
         check = _export_tensorrt(net, meta, output, tile, batch_size or 8, precision)
+    check.setdefault("diff_units", "logit")
     log.info(
-        "exported %s (%s): max abs logit diff vs eager %.3g, argmax agreement %.5f",
+        "exported %s (%s): max abs %s diff vs eager %.3g, argmax agreement %.5f",
         output,
         fmt,
+        check["diff_units"],
         check["max_abs_diff"],
         check["argmax_agreement"],
     )
@@ -134,7 +143,7 @@ def _export_tensorrt(
     batch: int,
     precision: str,
 ) -> dict[str, float]:
-    from tilesegd.tensorrt import compile_torchscript
+    from tilesegd.tensorrt import compile_tensorrt
 
     c = int(meta["in_channels"])
     net = net.cuda()
@@ -142,7 +151,8 @@ def _export_tensorrt(
     warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=FutureWarning)
     with torch.no_grad():
         traced = torch.jit.trace(net, x[:1], check_trace=False)
-    trt_mod = compile_torchscript(traced, c, tile, batch, precision)
+    dtype = torch.float32 if precision == "fp32" else torch.float16
+    trt_mod = compile_tensorrt(traced, c, (tile, tile), batch, dtype, "cuda", min_batch=batch)
     check = parity(net, trt_mod, x)
     meta = {
         **meta,

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from tilesegd.errors import ConfigError
-from tilesegd.train.data import IGNORE_INDEX
+from tilesegd.labels import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 

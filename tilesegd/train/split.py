@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from tilesegd.errors import ConfigError, DatasetError
+from tilesegd.labels import raster_height
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +129,6 @@ def make_split(
         )
         mode = "regions"
     if mode == "regions":
-        from tilesegd.train.data import raster_height  # data imports this module
-
         return split_regions([raster_height(p) for p in images], val_fraction, seed)
     train, val = split(len(images), val_fraction, seed)
     return [Region(i) for i in train], [Region(i) for i in val]

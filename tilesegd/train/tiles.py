@@ -15,7 +15,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tilesegd.train.data import IGNORE_INDEX, PairStore
+from tilesegd.labels import IGNORE_INDEX
+from tilesegd.train.data import PairStore
 from tilesegd.train.split import Region, as_region
 
 

@@ -5,12 +5,10 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-import numpy as np
 import torch
 
-from tilesegd.model_file import ModelSpec
+from tilesegd.spec import ModelSpec
 from tilesegd.train.data import PairStore
-from tilesegd.train.metrics import confusion_matrix, scores
 from tilesegd.train.model import TwoClassLogits
 from tilesegd.train.split import Region, as_region
 
@@ -30,17 +28,16 @@ def validate_epoch(
     The loss is computed on fixed validation tiles ``val_tiles`` (x (n, C, T, T) float32
     normalised, y (n, T, T) int64); the metrics come from whole validation images run through
     the deployed path: a copy of the network in :class:`tilesegd.engine.Engine` (precision
-    ``auto``: fp32 on the CPU, fp16 on CUDA) and the tiled, stitched
-    :func:`tilesegd.pipeline.predict_array`. ``val_idx`` holds pair indices or
+    ``auto``: fp32 on the CPU, fp16 on CUDA) scored by :class:`tilesegd.scoring.Scorer` (the
+    tiled, stitched inference of ``tilesegd run``, with its default geometry). ``val_idx`` holds pair indices or
     :class:`~tilesegd.train.split.Region` s: each image is predicted whole, once, and only the
     rows of its validation regions are scored.
 
     Returns:
-        ``(val_loss or None, scores)`` with ``scores`` from :func:`tilesegd.train.metrics.scores`.
+        ``(val_loss or None, scores)`` with ``scores`` from :func:`tilesegd.metrics.scores`.
     """
-    from tilesegd.config import RunConfig
     from tilesegd.engine import Engine
-    from tilesegd.pipeline import predict_array
+    from tilesegd.scoring import Scorer
 
     model.eval()
     val_loss = None
@@ -54,16 +51,11 @@ def validate_epoch(
         spec,
         device=str(device),
         precision="auto",
-        batch_size=RunConfig().batch_for(spec.tile_size),  # as tilesegd run's default
         runtime="eager",
     )
-    k = spec.num_classes
-    cm = np.zeros((k, k), np.int64)
+    scorer = Scorer(engine)  # tilesegd run's default geometry and batch for this spec
     regions = [as_region(r) for r in val_idx]
     for i in dict.fromkeys(r.index for r in regions):
         image, ids = store.get(i)
-        pred = predict_array(engine, image)  # the spec's tile_size and overlap
-        for r in regions:
-            if r.index == i:
-                cm += confusion_matrix(ids[r.rows], pred[r.rows], k)
-    return val_loss, scores(cm, [c.name for c in spec.classes])
+        scorer.add(image, ids, rows=[r.rows for r in regions if r.index == i])
+    return val_loss, scorer.scores()

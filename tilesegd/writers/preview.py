@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from tilesegd.model_file import ClassInfo
+from tilesegd.spec import NODATA, ClassInfo
 
 _preloading: threading.Thread | None = None
 
@@ -102,6 +102,30 @@ def _display(img: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return out
 
 
+PANEL_MARGIN = 12  # pixels around and between the panels
+TITLE_SPACE = 48  # pixels above the panels: the figure title and the panel titles
+LEGEND_WIDTH = 230  # pixels right of the panels
+LEGEND_ROW = 15  # pixels per legend entry
+DPI = 100
+
+
+def _figure(plt: Any, shape: tuple[int, ...], panel: int, n_classes: int) -> Any:
+    """A figure with two side-by-side axes whose longest side is exactly ``panel`` pixels
+    (the image's aspect ratio kept), room for the titles above and the legend on the right."""
+    h, w = shape[0], shape[1]
+    ph, pw = (
+        (panel, max(1, round(panel * w / h))) if h >= w else (max(1, round(panel * h / w)), panel)
+    )
+    fw = 3 * PANEL_MARGIN + 2 * pw + LEGEND_WIDTH
+    fh = max(TITLE_SPACE + ph + PANEL_MARGIN, TITLE_SPACE + LEGEND_ROW * n_classes)
+    fig = plt.figure(figsize=(fw / DPI, fh / DPI), dpi=DPI)
+    bottom = (fh - TITLE_SPACE - ph) / fh
+    for i in range(2):
+        left = (PANEL_MARGIN + i * (pw + PANEL_MARGIN)) / fw
+        fig.add_axes((left, bottom, pw / fw, ph / fh))
+    return fig
+
+
 def write_preview(
     path: str | os.PathLike[str],
     scene_path: str | os.PathLike[str],
@@ -124,7 +148,8 @@ def write_preview(
         mask_path: the finished ``mask.tif``.
         classes: names and colours for the legend.
         area_rows: ``areas.csv`` rows for the legend's percentages.
-        max_size: longest side of each panel in pixels.
+        max_size: longest side of each panel in pixels (the data is decimated to at most
+            this size, never enlarged; a smaller scene is drawn with nearest-neighbour pixels).
         sampled: the image collected while the scene was segmented (used when complete).
     """
     import matplotlib
@@ -151,20 +176,17 @@ def write_preview(
     else:
         with rasterio.open(scene_path, num_threads="ALL_CPUS") as s:
             img = s.read(show, out_shape=(len(show), *shape), resampling=Resampling.average)
-    valid = mask != 255
+    valid = mask != NODATA
     rgb = _display(img, valid)
     lut = np.zeros((256, 3), np.float32)
     for c in classes:
         lut[c.id] = np.asarray(c.color, np.float32) / 255.0
     overlay = rgb.copy()
     overlay[valid] = 0.35 * rgb[valid] + 0.65 * lut[mask[valid]]
-    aspect = shape[1] / shape[0]
-    fig, axes = plt.subplots(1, 2, figsize=(min(16, 2 * 5 * aspect + 3), 5.5), dpi=110)
-    axes[0].imshow(rgb, interpolation="nearest")
-    axes[0].set_title("image")
-    axes[1].imshow(overlay, interpolation="nearest")
-    axes[1].set_title("class mask")
-    for ax in axes:
+    fig = _figure(plt, shape, max_size, len(classes))
+    for ax, picture, name in zip(fig.axes, (rgb, overlay), ("image", "class mask"), strict=True):
+        ax.imshow(picture, interpolation="nearest", aspect="auto")
+        ax.set_title(name, fontsize=9)
         ax.set_axis_off()
     pct = {r["class_id"]: r["percent"] for r in (area_rows or [])}
     handles = [
@@ -177,8 +199,6 @@ def write_preview(
     ]
     fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=10)
-    # fixed margins: tight_layout costs a whole extra render (~0.35 s a scene)
-    fig.subplots_adjust(left=0.01, right=0.8, bottom=0.02, top=0.88, wspace=0.04)
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp)

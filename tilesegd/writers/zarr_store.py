@@ -6,6 +6,12 @@ the append-only ``blocks.done`` log next to the store (the chunk is written firs
 is appended and flushed), so a kill at any moment loses at most the blocks in flight. Each log
 line is ``"<block id> <class-id pixels>"``: the count of non-nodata ids written, which the
 finish step checks against the areas it counts from the store (nothing lost on the way).
+
+The store follows the CF / GeoZarr conventions that xarray, rioxarray and odc-geo read, so
+``xr.open_zarr("pred.zarr").mask.rio.bounds()`` places it on the map (see
+:func:`write_georeferencing`). Its metadata is consolidated at creation (after that only the
+group attributes may change, and consolidation does not copy those), so ``xr.open_zarr`` needs
+no ``consolidated=False`` and gives no warning.
 """
 
 from __future__ import annotations
@@ -13,11 +19,13 @@ from __future__ import annotations
 import os
 import shutil
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from tilesegd.spec import NODATA
 from tilesegd.tiling import Block, Tile
 
 DONE_LOG = "blocks.done"
@@ -70,13 +78,15 @@ class ZarrMaskStore:
             self.log_path.unlink(missing_ok=True)
             group = zarr.open_group(self.path, mode="w", zarr_format=3)
             group.attrs.update(attrs)
+            var_attrs = write_georeferencing(group, shape, attrs.get("crs"), attrs.get("transform"))
             group.create_array(
                 "mask",
                 shape=shape,
                 chunks=chunks,
                 dtype="uint8",
-                fill_value=255,
+                fill_value=NODATA,
                 dimension_names=("y", "x"),
+                attributes={**var_attrs, "long_name": "class id", "_FillValue": NODATA},
             )
             if probs_chunks is not None:
                 group.create_array(
@@ -86,7 +96,9 @@ class ZarrMaskStore:
                     dtype="float16",
                     fill_value=0.0,
                     dimension_names=("class", "y", "x"),
+                    attributes={**var_attrs, "long_name": "class probability"},
                 )
+            _consolidate(self.path)
         self._repair_log()
         self.group = group
         self.mask = group["mask"]
@@ -124,7 +136,7 @@ class ZarrMaskStore:
         """Write one block's (h, w) uint8 ids, then record it as done with its count of
         class-id (non-255) pixels (thread-safe)."""
         self.mask[block.window.slices] = ids
-        n = ids.size - int(np.count_nonzero(ids == 255))
+        n = ids.size - int(np.count_nonzero(ids == NODATA))
         with self._lock, open(self.log_path, "a") as f:
             f.write(f"{block.id} {n}\n")
             f.flush()
@@ -161,3 +173,84 @@ class ZarrMaskStore:
         self.mask = self.group["mask"]
         self.probs = self.group["probs"] if "probs" in self.group else None
         return self
+
+
+def write_georeferencing(
+    group: Any, shape: tuple[int, int], crs_wkt: str | None, transform: Sequence[float] | None
+) -> dict[str, str]:
+    """Add CF georeferencing to a Zarr group that will hold (..., y, x) rasters of ``shape``.
+
+    - ``x`` (W,) and ``y`` (H,) float64 coordinate arrays at pixel centres, in the CRS's units
+      (metres, or degrees for a geographic CRS), with CF axis attributes from pyproj
+      (``CRS.cs_to_cf``); 1-D, so cheap for any scene size;
+    - a 0-d ``spatial_ref`` variable with pyproj's CF grid-mapping attributes
+      (``CRS.to_cf``: ``crs_wkt``, ``grid_mapping_name``...), ``spatial_ref`` (WKT) and
+      ``GeoTransform`` (GDAL order, space-separated), as rioxarray writes them.
+
+    Georeferenced: both; rioxarray then gives the same ``rio.crs``, ``rio.transform()`` and
+    ``rio.bounds()`` as for ``mask.tif``. A rotated or sheared transform cannot be expressed by
+    1-D coordinates: then only ``spatial_ref`` is written (no ``x``/``y``), and rioxarray reads
+    the exact transform from its ``GeoTransform`` (its ``rio.bounds()`` then ignores the
+    rotation, as it does for a rotated GeoTIFF). Not georeferenced (``crs_wkt`` or
+    ``transform`` ``None``: plain images): pixel-index coordinates (column + 0.5, row + 0.5;
+    rioxarray's transform is then the identity, as rasterio's is) and no ``spatial_ref``.
+
+    Args:
+        group: an open, writable zarr v3 group.
+        shape: (H, W) in pixels.
+        crs_wkt: the CRS as WKT, or ``None``.
+        transform: the GDAL geotransform ``(c, a, b, f, d, e)``, or ``None``.
+
+    Returns:
+        The attributes for the data variables: ``{"grid_mapping": "spatial_ref",
+        "coordinates": "spatial_ref"}`` when ``spatial_ref`` was written, else ``{}``.
+    """
+    import warnings
+
+    import numpy as np
+
+    height, width = shape
+    georef = crs_wkt is not None and transform is not None
+    c, a, b, f, d, e = transform if georef else (0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+    axes: dict[str, dict[str, str]] = {"X": {"long_name": "column"}, "Y": {"long_name": "row"}}
+    if georef:
+        from pyproj import CRS
+
+        crs = CRS.from_wkt(crs_wkt)
+        axes.update({ax["axis"]: ax for ax in crs.cs_to_cf() if ax.get("axis") in axes})
+        with warnings.catch_warnings():  # e.g. "angle ... lost in conversion to CF" (oblique
+            warnings.simplefilter("ignore", UserWarning)  # Mercator): crs_wkt keeps it all
+            cf = crs.to_cf()
+        gt = " ".join(map(repr, transform))
+        group.create_array(
+            "spatial_ref",
+            shape=(),
+            dtype="int64",
+            fill_value=0,
+            attributes={**cf, "spatial_ref": crs_wkt, "GeoTransform": gt},
+        )
+    if b == 0 and d == 0:
+        for name, n, origin, step, axis in (("x", width, c, a, "X"), ("y", height, f, e, "Y")):
+            arr = group.create_array(
+                name,
+                shape=(n,),
+                chunks=(max(n, 1),),
+                dtype="float64",
+                fill_value=0.0,
+                dimension_names=(name,),
+                attributes=axes[axis],
+            )
+            arr[:] = origin + step * (np.arange(n, dtype=np.float64) + 0.5)
+    return {"grid_mapping": "spatial_ref", "coordinates": "spatial_ref"} if georef else {}
+
+
+def _consolidate(path: Path) -> None:
+    """Consolidate the store's metadata (zarr warns that this is not yet in the v3 spec;
+    xarray reads it, and warns on every open without it)."""
+    import warnings
+
+    import zarr
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        zarr.consolidate_metadata(path)

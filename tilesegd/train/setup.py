@@ -1,0 +1,145 @@
+"""What a training run trains on: pairs, split, dataset statistics, the model's spec, samplers.
+
+:func:`prepare` reads the classes CSV, pairs images with masks, splits them (whole images or
+row strips), scans the training part (class pixels, mean / std, dtype, bands) and returns a
+:class:`TrainData`; :func:`model_spec` turns it into the model file's metadata.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from tilesegd.errors import ConfigError
+from tilesegd.labels import ClassMap, Pair, find_pairs, read_classes
+from tilesegd.spec import ModelSpec
+from tilesegd.train.config import TrainConfig
+from tilesegd.train.data import DatasetStats, PairStore, scan
+from tilesegd.train.split import Region, make_split
+from tilesegd.train.tiles import TileSampler
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+@dataclass
+class TrainData:
+    """The labelled data of a run.
+
+    Attributes:
+        classmap: mask coding and the K output classes.
+        pairs: image/mask pairs (sorted by stem).
+        train_idx, val_idx: training and validation regions (whole images or row strips).
+        store: decoded pairs (LRU cache).
+        stats: the training part's statistics (bands, dtype, input scale, class pixels...).
+        mean, std: per-band normalisation after scaling (dataset's, or ImageNet's).
+    """
+
+    classmap: ClassMap
+    pairs: list[Pair]
+    train_idx: list[Region]
+    val_idx: list[Region]
+    store: PairStore
+    stats: DatasetStats
+    mean: list[float]
+    std: list[float]
+
+
+def prepare(cfg: TrainConfig) -> TrainData:
+    """Read, pair, split and scan the training data.
+
+    Raises:
+        ConfigError: bad classes CSV or normalisation. DatasetError: unmatched pairs, unknown
+            mask values, mixed image types.
+    """
+    classmap = read_classes(cfg.classes, cfg.ignore)
+    pairs = find_pairs(cfg.images, cfg.masks)
+    train_idx, val_idx = make_split(
+        [p.image for p in pairs], cfg.val_split, cfg.val_fraction, cfg.seed
+    )
+    store = PairStore(pairs, classmap, cfg.cache_mb)
+    stats = scan(store, train_idx, sorted({r.index for r in train_idx + val_idx}))
+    log.info(
+        "%d pairs: training on %s, validating on %s",
+        len(pairs),
+        ", ".join(r.describe(pairs[r.index].name) for r in train_idx),
+        ", ".join(r.describe(pairs[r.index].name) for r in val_idx),
+    )
+    mean, std = stats.mean, stats.std
+    if cfg.normalization == "imagenet":
+        if stats.bands != 3:
+            raise ConfigError(
+                f"normalization imagenet needs 3-band images, these have {stats.bands}"
+            )
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    return TrainData(classmap, pairs, train_idx, val_idx, store, stats, mean, std)
+
+
+def model_spec(cfg: TrainConfig, data: TrainData, binary: bool, multiple: int) -> ModelSpec:
+    """The model file's metadata (``tilesegd.json``) for a network trained on ``data``.
+
+    ``multiple`` is the network's own size multiple (its encoder's output stride).
+    """
+    stats = data.stats
+    meta: dict[str, Any] = {
+        "classes": [
+            {"id": i, "name": e.name, "color": list(e.color)}
+            for i, e in enumerate(data.classmap.classes)
+        ],
+        "in_channels": stats.bands,
+        "bands": list(range(1, stats.bands + 1)),
+        "input_scale": stats.input_scale,
+        "mean": data.mean,
+        "std": data.std,
+        "multiple": max(multiple, cfg.multiple),
+        "tile_size": cfg.val_tile_size or cfg.tile_size,
+        "dtypes": [stats.dtype],
+        "arch": cfg.arch,
+        "encoder": cfg.encoder,
+        "encoder_depth": cfg.encoder_depth,
+        "decoder_channels": cfg.decoder_channels,
+        "binary": binary,
+        "ignored_classes": data.classmap.ignored_names,
+        "normalization": cfg.normalization,
+    }
+    return ModelSpec.from_dict(meta, "<train>")
+
+
+def samplers(
+    cfg: TrainConfig, data: TrainData
+) -> tuple[TileSampler, tuple[torch.Tensor, torch.Tensor] | None]:
+    """The training tile sampler, and the fixed validation-loss tiles (``val_loss_tiles``
+    tiles drawn once with a seed of their own; ``None`` when 0)."""
+    stats = data.stats
+    sampler = TileSampler(
+        data.store,
+        data.train_idx,
+        stats.pixels,
+        cfg.tile_size,
+        cfg.scale_jitter,
+        cfg.augment,
+        stats.input_scale,
+        data.mean,
+        data.std,
+    )
+    if not cfg.val_loss_tiles:
+        return sampler, None
+    vs = TileSampler(
+        data.store,
+        data.val_idx,
+        np.ones(len(data.val_idx)),
+        cfg.tile_size,
+        0.0,
+        False,
+        stats.input_scale,
+        data.mean,
+        data.std,
+    )
+    x, y = vs.sample(np.random.default_rng([cfg.seed, 1 << 30]), cfg.val_loss_tiles)
+    return sampler, (torch.from_numpy(x), torch.from_numpy(y))
