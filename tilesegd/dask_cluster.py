@@ -80,6 +80,8 @@ def worker_engine(cfg: RunConfig, geometry: Geometry, model_sha: str) -> Engine:
         cfg.save_probs,
         cfg.compile,
         cfg.runtime,
+        cfg.save_confidence,
+        cfg.min_confidence,
         geometry,
     )
     with _LOCK:
@@ -94,6 +96,8 @@ def worker_engine(cfg: RunConfig, geometry: Geometry, model_sha: str) -> Engine:
                 save_probs=cfg.save_probs,
                 compile=cfg.compile,
                 runtime=cfg.runtime,
+                confidence=cfg.save_confidence,
+                min_confidence=cfg.min_confidence,
             )
             _ENGINES[key] = engine
         return _ENGINES[key]
@@ -171,6 +175,7 @@ def compute_task(job: SceneJob, block_ids: list[int]) -> dict[str, Any]:
         # the preview is drawn on the client, from the scene (no sampler on workers)
         stats = compute_blocks(plan, engine, job.run, todo, progress=False, sample_preview=False)
         out.update(tiles_run=stats.tiles_run, tiles_skipped=stats.tiles_skipped)
+        out["tiles_outside_aoi"] = stats.tiles_outside_aoi
         out["pixels"] = stats.pixels
     out["seconds"] = round(time.perf_counter() - t0, 3)
     return out

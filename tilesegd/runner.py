@@ -15,18 +15,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tilesegd import __version__
-from tilesegd.areas import AreaCounter, row_pixel_areas, write_areas_csv
 from tilesegd.config import RunConfig
+from tilesegd.finish import finish_scene
 from tilesegd.gdalenv import gdal_env
 from tilesegd.geometry import Geometry
-from tilesegd.ledger import fingerprint, input_stat, publish, work_dir
+from tilesegd.ledger import fingerprint, input_stat, work_dir
 from tilesegd.pipeline import SegmentStats, segment
 from tilesegd.progress import progress_bar
 from tilesegd.reader import SceneSource, Source
@@ -34,15 +34,13 @@ from tilesegd.scene import Scene, check_compatible, open_scene
 from tilesegd.spec import NODATA, ModelSpec
 from tilesegd.stitch import BlockCheckError
 from tilesegd.tiling import Block, TileGrid, Win
-from tilesegd.writers.cog import write_cog
-from tilesegd.writers.preview import PreviewSampler, preload, write_preview
+from tilesegd.writers.preview import PreviewSampler, preload
 from tilesegd.writers.zarr_store import ZarrMaskStore
 
 if TYPE_CHECKING:  # pragma: no cover
     from tilesegd.engine import Engine
 
 log = logging.getLogger(__name__)
-SCENE_OUTPUTS = ("mask.tif", "pred.zarr", "areas.csv", "preview.png")
 
 
 @dataclass(frozen=True)
@@ -57,6 +55,9 @@ class RunSetup:
         output: the run's output directory.
         fingerprint: identifies model + settings + device (what may be resumed or skipped).
         model: the model file's path (recorded in the masks' tags).
+        aoi: the area of interest's polygons, or ``None``.
+        zones: the zones' polygons, or ``None``.
+        products: the optional products asked for (:func:`tilesegd.products.requested_products`).
     """
 
     cfg: RunConfig
@@ -66,21 +67,67 @@ class RunSetup:
     output: Path
     fingerprint: str
     model: str
+    aoi: Any = None
+    zones: Any = None
+    products: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def confidence(self) -> bool:
+        """Whether the engine computes the top-class confidence (stored in pred.zarr)."""
+        return self.cfg.save_confidence or self.cfg.min_confidence is not None
 
     @classmethod
     def resolve(
         cls, cfg: RunConfig, spec: ModelSpec, output: Path, model_sha: str, device: str, dtype: str
     ) -> RunSetup:
-        """Resolve geometry and bands against the model and compute the fingerprint.
+        """Resolve geometry and bands against the model, read the AOI and zones files, check
+        the vector options, and compute the fingerprint.
 
         Raises:
-            ConfigError: the tile geometry cannot work, or ``--bands`` does not list the
-                model's number of input channels.
+            ConfigError: the tile geometry cannot work, ``--bands`` does not list the model's
+                number of input channels, an AOI / zones file is unusable, or
+                ``--vector-classes`` names a class the model does not have.
         """
+        from tilesegd.products import requested_products
+
         geometry, bands = cfg.geometry(spec), cfg.bands_for(spec)
-        settings = (*geometry.settings(), bands, cfg.save_probs)
+        aoi, zones = load_layers(cfg)
+        if cfg.vector:
+            from tilesegd.writers.polygons import resolve_keep
+
+            resolve_keep(spec.classes, cfg.vector_classes)  # unknown names: fail now
+        aoi_id = (str(Path(cfg.aoi).resolve()), input_stat(cfg.aoi), cfg.aoi_crs) if aoi else None
+        confidence = (cfg.save_confidence, cfg.min_confidence)
+        settings = (*geometry.settings(), bands, cfg.save_probs, *confidence, aoi_id)
         fp = fingerprint(model_sha, settings, device, dtype)
-        return cls(cfg, spec, geometry, bands, Path(output), fp, str(cfg.model or ""))
+        return cls(
+            cfg,
+            spec,
+            geometry,
+            bands,
+            Path(output),
+            fp,
+            str(cfg.model or ""),
+            aoi,
+            zones,
+            requested_products(cfg),
+        )
+
+
+def load_layers(cfg: RunConfig) -> tuple[Any, Any]:
+    """The AOI and zones polygon layers of a run (``None`` when not asked for), read once.
+
+    Raises:
+        ConfigError: a file cannot be read, has no polygons, no CRS (and no override), or
+            lacks the zone field.
+    """
+    from tilesegd.vectors import load_polygons
+
+    aoi = load_polygons(cfg.aoi, option="--aoi", crs=cfg.aoi_crs) if cfg.aoi else None
+    zones = None
+    if cfg.zones:
+        zones = load_polygons(cfg.zones, option="--zones", crs=cfg.zones_crs, field=cfg.zone_field)
+    return aoi, zones
 
 
 @dataclass
@@ -96,6 +143,8 @@ class ScenePlan:
         store: the (possibly half-done) ``pred.zarr``.
         todo: blocks still to compute.
         preview: the preview image sampled from the blocks decoded by :func:`compute_blocks`.
+        aoi: the area of interest on this scene (:class:`tilesegd.aoi.SceneAOI`), or ``None``.
+        blocks_outside: blocks outside the area of interest (written as nodata, never read).
     """
 
     scene: Scene
@@ -106,6 +155,8 @@ class ScenePlan:
     store: ZarrMaskStore | None
     todo: list[Block]
     preview: PreviewSampler | None = None
+    aoi: Any = None
+    blocks_outside: int = 0
 
     @property
     def done_pixels(self) -> int:
@@ -146,6 +197,17 @@ def plan_scene(path: Path, name: str, run: RunSetup) -> ScenePlan:
         allow_no_georef=cfg.allow_no_georef,
     )
     check_compatible(scene, run.bands, spec.extra.get("dtypes"))
+    if run.zones is not None:
+        from tilesegd.pixelgrid import require_georeferenced
+
+        require_georeferenced(scene.crs, scene.transform, str(scene.path), "--zones")
+    aoi = None
+    if run.aoi is not None:
+        from tilesegd.aoi import SceneAOI
+
+        aoi = SceneAOI(
+            run.aoi, scene.crs, scene.transform, scene.height, scene.width, scene=str(scene.path)
+        )
     grid = run.geometry.grid(scene.height, scene.width)
     work = work_dir(run.output, name)
     work.mkdir(parents=True, exist_ok=True)
@@ -156,12 +218,34 @@ def plan_scene(path: Path, name: str, run: RunSetup) -> ScenePlan:
         scene_attrs(scene, run),
         spec.num_classes,
         probs_chunks=grid.core_shape if cfg.save_probs else None,
+        confidence=run.confidence,
     )
     done = store.done_blocks()
     todo = [b for b in grid.blocks() if b.id not in done]
     if done:
         log.info("%s: resuming, %d of %d blocks already done", name, len(done), grid.n_blocks)
-    return ScenePlan(scene, name, run.bands, grid, work, store, todo)
+    plan = ScenePlan(scene, name, run.bands, grid, work, store, todo, aoi=aoi)
+    if aoi is not None:
+        skip_outside(plan)
+    return plan
+
+
+def skip_outside(plan: ScenePlan) -> None:
+    """Write the blocks outside the area of interest as nodata without reading them, and take
+    them off ``plan.todo``."""
+    outside = [b for b in plan.grid.blocks() if not plan.aoi.intersects(b.window)]
+    plan.blocks_outside = len(outside)
+    ids = {b.id for b in outside}
+    for b in (b for b in plan.todo if b.id in ids):
+        plan.store.write_block(b, np.full((b.window.height, b.window.width), NODATA, np.uint8))
+    plan.todo = [b for b in plan.todo if b.id not in ids]
+    log.info(
+        "%s: %d of %d blocks outside the AOI (never read); %.1f%% of the scene inside it",
+        plan.name,
+        len(outside),
+        plan.grid.n_blocks,
+        100 * plan.aoi.fraction,
+    )
 
 
 class PreviewSampling:
@@ -237,113 +321,14 @@ def compute_blocks(
                 workers=cfg.workers,
                 progress=lambda px: bar.update(px / 1e6),
                 stop=stop,
+                region=plan.aoi,
+                on_confidence=plan.store.write_confidence if run.confidence else None,
             )
     except BlockCheckError as exc:
         raise BlockCheckError(f"{scene.path}: {exc}") from None
     finally:
         bar.close()
         source.close()
-
-
-def check_blocks_done(plan: ScenePlan) -> int | None:
-    """Check that every block of the scene is in the store's ``blocks.done`` log before the
-    scene is finished (a block never written would read back as all nodata).
-
-    Returns:
-        The class-id pixels the blocks' log records (``None`` if an older log lacks counts).
-
-    Raises:
-        BlockCheckError: blocks are missing (named; the scene is not published).
-    """
-    done = plan.store.done_counts()
-    missing = [b.id for b in plan.grid.blocks() if b.id not in done]
-    if missing:
-        raise BlockCheckError(
-            f"{plan.scene.path}: {len(missing)} block(s) were never written (ids "
-            f"{missing[:10]}); nothing was published. Rerun the same command to compute them"
-        )
-    counts = list(done.values())
-    return None if any(c is None for c in counts) else int(sum(counts))
-
-
-def write_mask_and_areas(plan: ScenePlan, run: RunSetup) -> AreaCounter:
-    """Build ``mask.tif`` from the finished store, counting the areas in the same pass, and
-    write ``areas.csv``.
-
-    Raises:
-        BlockCheckError: the store holds another number of class-id pixels than its blocks'
-            log records. OSError: an output cannot be written.
-    """
-    scene, spec = plan.scene, run.spec
-    written = check_blocks_done(plan)
-    counter = AreaCounter(
-        spec.num_classes, row_pixel_areas(scene.crs, scene.transform, scene.height, scene.width)
-    )
-    tags = {
-        "TILESEGD_VERSION": __version__,
-        "TILESEGD_MODEL": run.model,
-        "TILESEGD_CONFIG": run.cfg.to_dict(),
-        "TILESEGD_SOURCE": str(scene.path),
-    }
-    write_cog(
-        plan.work / "mask.tif",
-        plan.grid.blocks(),
-        plan.store.read_block,
-        height=scene.height,
-        width=scene.width,
-        crs=scene.crs,
-        transform=scene.transform,
-        classes=spec.classes,
-        tags=tags,
-        compress=run.cfg.compress,
-        on_block=lambda b, ids: counter.add(b.window.row_off, ids),
-    )
-    counted = counter.valid_pixels
-    if written is not None and written != counted:
-        raise BlockCheckError(
-            f"{scene.path}: the blocks' log records {written} class-id pixels written, but "
-            f"{counted} were read back from pred.zarr; nothing was published. This is a "
-            "tilesegd bug (or the work store was changed by hand): please report it"
-        )
-    write_areas_csv(plan.work / "areas.csv", counter.rows(spec.classes))
-    return counter
-
-
-def finish_scene(plan: ScenePlan, run: RunSetup) -> dict[str, Any]:
-    """Build ``mask.tif``, ``areas.csv`` and ``preview.png`` from the finished store, then
-    publish everything to ``output/<name>/``.
-
-    Returns:
-        Partial ``run.json`` entry: sizes, pixel counts and output paths.
-
-    Raises:
-        BlockCheckError: blocks missing or miscounted. OSError: an output cannot be written.
-    """
-    scene = plan.scene
-    counter = write_mask_and_areas(plan, run)
-    if run.cfg.preview_size > 0:
-        write_preview(
-            plan.work / "preview.png",
-            scene.path,
-            plan.work / "mask.tif",
-            plan.bands,
-            run.spec.classes,
-            counter.rows(run.spec.classes),
-            run.cfg.preview_size,
-            title=f"{plan.name} ({scene.width} x {scene.height})",
-            sampled=plan.preview,
-        )
-    final = publish(plan.work, run.output / plan.name)
-    return {
-        "megapixels": round(scene.megapixels, 4),
-        "width": scene.width,
-        "height": scene.height,
-        "blocks": plan.grid.n_blocks,
-        # == the input's valid pixels: every block's nodata count was checked on writing
-        "valid_pixels": counter.valid_pixels,
-        "nodata_pixels": counter.nodata_pixels,
-        "outputs": {k: str(final / k) for k in SCENE_OUTPUTS if (final / k).exists()},
-    }
 
 
 def run_scene(
@@ -374,6 +359,7 @@ def run_scene(
     stats = compute_blocks(plan, engine, run, stop=stop, progress=progress)
     t_seg = time.perf_counter() - t0
     entry = finish_scene(plan, run)
+    entry.update(aoi_fields(plan, stats))
     return {
         "status": "done",
         "seconds": round(time.perf_counter() - t0, 3),
@@ -383,3 +369,46 @@ def run_scene(
         "blocks_resumed": resumed,
         **entry,
     }
+
+
+def aoi_fields(plan: ScenePlan, stats: SegmentStats | None) -> dict[str, Any]:
+    """``run.json`` fields of the area of interest (empty without one)."""
+    if plan.aoi is None:
+        return {}
+    out: dict[str, Any] = {
+        "aoi_fraction": round(plan.aoi.fraction, 6),
+        "blocks_outside_aoi": plan.blocks_outside,
+    }
+    if stats is not None:
+        out["tiles_outside_aoi"] = stats.tiles_outside_aoi
+    if plan.aoi.empty:
+        out["note"] = "the scene is outside the AOI: nothing was computed, every pixel is nodata"
+    return out
+
+
+def add_scene_products(path: Path, name: str, run: RunSetup, which: set[str]) -> dict[str, Any]:
+    """Add products ``which`` (``"vector"``, ``"zones"``) to a scene finished earlier, from
+    its published ``pred.zarr``: the network does not run.
+
+    Returns:
+        The ``run.json`` fields of the products.
+
+    Raises:
+        InputError: the scene cannot be profiled (or zones on a plain frame). OutputError:
+            a file cannot be written. FileNotFoundError: the published store is gone.
+    """
+    from tilesegd.finish import add_products
+
+    cfg = run.cfg
+    scene = open_scene(
+        path,
+        name,
+        max_megapixels=cfg.max_megapixels,
+        allow_vrt=cfg.allow_vrt,
+        allow_no_georef=cfg.allow_no_georef,
+    )
+    folder = run.output / name
+    store = ZarrMaskStore.reopen(folder / "pred.zarr")
+    plan = ScenePlan(scene, name, run.bands, run.geometry.grid(scene.height, scene.width),
+                     folder, store, [])  # fmt: skip
+    return add_products(plan, run, which)

@@ -1,0 +1,220 @@
+"""A scene's outputs from its finished store, in one pass over its blocks, then publication.
+
+The finished ``pred.zarr`` is read block by block once to build ``mask.tif`` (with its QGIS
+style and attribute table), count ``areas.csv``, and feed the optional products
+(``polygons.gpkg``, ``zones.csv`` / ``zones.gpkg``: :mod:`tilesegd.products`); a second pass
+builds ``confidence.tif`` when asked for. Then ``preview.png`` is drawn and the work folder is
+published in one rename. Before anything is written, every block must be in the store's log,
+and the class-id pixels read back must equal the pixels the log recorded as written: a lost
+block is an error, never a quiet hole.
+
+:func:`add_products` makes products for a scene finished earlier, from its published store,
+without running the network.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from tilesegd import __version__
+from tilesegd.areas import AreaCounter, row_pixel_areas, write_areas_csv
+from tilesegd.ledger import publish
+from tilesegd.products import ProductSinks
+from tilesegd.spec import NODATA
+from tilesegd.stitch import BlockCheckError
+from tilesegd.writers.cog import write_cog
+from tilesegd.writers.preview import write_preview
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tilesegd.runner import RunSetup, ScenePlan
+
+log = logging.getLogger(__name__)
+SCENE_OUTPUTS = (
+    "mask.tif",
+    "mask.qml",
+    "mask.tif.aux.xml",
+    "pred.zarr",
+    "areas.csv",
+    "confidence.tif",
+    "confidence.qml",
+    "polygons.gpkg",
+    "zones.csv",
+    "zones.gpkg",
+    "preview.png",
+)
+
+
+def check_blocks_done(plan: ScenePlan) -> int | None:
+    """Check that every block of the scene is in the store's ``blocks.done`` log before the
+    scene is finished (a block never written would read back as all nodata).
+
+    Returns:
+        The class-id pixels the blocks' log records (``None`` if an older log lacks counts).
+
+    Raises:
+        BlockCheckError: blocks are missing (named; the scene is not published).
+    """
+    done = plan.store.done_counts()
+    missing = [b.id for b in plan.grid.blocks() if b.id not in done]
+    if missing:
+        raise BlockCheckError(
+            f"{plan.scene.path}: {len(missing)} block(s) were never written (ids "
+            f"{missing[:10]}); nothing was published. Rerun the same command to compute them"
+        )
+    counts = list(done.values())
+    return None if any(c is None for c in counts) else int(sum(counts))
+
+
+def mask_tags(plan: ScenePlan, run: RunSetup) -> dict[str, Any]:
+    """GeoTIFF metadata of the masks: version, model, resolved config, source."""
+    return {
+        "TILESEGD_VERSION": __version__,
+        "TILESEGD_MODEL": run.model,
+        "TILESEGD_CONFIG": run.cfg.to_dict(),
+        "TILESEGD_SOURCE": str(plan.scene.path),
+    }
+
+
+class MaskPass:
+    """What the ``mask.tif`` pass does with each block: areas, products, low-confidence
+    pixels (valid input whose top-class probability was below ``--min-confidence``)."""
+
+    def __init__(self, plan: ScenePlan, run: RunSetup, sinks: ProductSinks) -> None:
+        scene = plan.scene
+        self.store, self.sinks = plan.store, sinks
+        self.areas = AreaCounter(
+            run.spec.num_classes,
+            row_pixel_areas(scene.crs, scene.transform, scene.height, scene.width),
+        )
+        self.low_confidence = 0 if plan.store.confidence is not None else None
+        self.entry: dict[str, Any] = {}
+
+    def __call__(self, block: Any, ids: np.ndarray) -> None:
+        self.areas.add(block.window.row_off, ids)
+        self.sinks.add(block, ids)
+        if self.low_confidence is not None:
+            conf = self.store.read_confidence(block)
+            self.low_confidence += int(np.count_nonzero((ids == NODATA) & (conf != NODATA)))
+
+
+def write_mask_and_products(plan: ScenePlan, run: RunSetup, which: set[str]) -> MaskPass:
+    """Build ``mask.tif`` from the finished store, with ``areas.csv`` and the products
+    ``which`` in the same pass.
+
+    Raises:
+        BlockCheckError: blocks missing, or the store holds another number of class-id pixels
+            than its blocks' log records. OSError / OutputError: an output cannot be written.
+    """
+    scene, spec = plan.scene, run.spec
+    written = check_blocks_done(plan)
+    sinks = ProductSinks(plan.work, scene, plan.grid, spec, run.cfg, which, run.zones)
+    with sinks:
+        done = MaskPass(plan, run, sinks)
+        write_cog(
+            plan.work / "mask.tif",
+            plan.grid.blocks(),
+            plan.store.read_block,
+            height=scene.height,
+            width=scene.width,
+            crs=scene.crs,
+            transform=scene.transform,
+            classes=spec.classes,
+            tags=mask_tags(plan, run),
+            compress=run.cfg.compress,
+            on_block=done,
+        )
+        counted = done.areas.valid_pixels
+        if written is not None and written != counted:
+            raise BlockCheckError(
+                f"{scene.path}: the blocks' log records {written} class-id pixels written, but "
+                f"{counted} were read back from pred.zarr; nothing was published. This is a "
+                "tilesegd bug (or the work store was changed by hand): please report it"
+            )
+    done.entry = sinks.entry()
+    write_areas_csv(plan.work / "areas.csv", done.areas.rows(spec.classes))
+    return done
+
+
+def finish_scene(plan: ScenePlan, run: RunSetup) -> dict[str, Any]:
+    """Build the scene's outputs from its finished store, then publish them to
+    ``output/<name>/``.
+
+    Returns:
+        Partial ``run.json`` entry: sizes, pixel counts, products and output paths.
+
+    Raises:
+        BlockCheckError: blocks missing or miscounted. OSError / OutputError: an output cannot
+            be written.
+    """
+    scene = plan.scene
+    done = write_mask_and_products(plan, run, set(run.products))
+    if run.cfg.save_confidence:
+        write_cog(
+            plan.work / "confidence.tif",
+            plan.grid.blocks(),
+            plan.store.read_confidence,
+            height=scene.height,
+            width=scene.width,
+            crs=scene.crs,
+            transform=scene.transform,
+            tags=mask_tags(plan, run),
+            compress=run.cfg.compress,
+            kind="confidence",
+        )
+    if run.cfg.preview_size > 0:
+        write_preview(
+            plan.work / "preview.png",
+            scene.path,
+            plan.work / "mask.tif",
+            plan.bands,
+            run.spec.classes,
+            done.areas.rows(run.spec.classes),
+            run.cfg.preview_size,
+            title=f"{plan.name} ({scene.width} x {scene.height})",
+            sampled=plan.preview,
+        )
+    final = publish(plan.work, run.output / plan.name)
+    entry = {
+        "megapixels": round(scene.megapixels, 4),
+        "width": scene.width,
+        "height": scene.height,
+        "blocks": plan.grid.n_blocks,
+        # == the input's valid pixels: every block's nodata count was checked on writing
+        "valid_pixels": done.areas.valid_pixels,
+        "nodata_pixels": done.areas.nodata_pixels,
+        "products": run.products,
+        **done.entry,
+        "outputs": output_paths(final),
+    }
+    if done.low_confidence is not None:
+        entry["low_confidence_pixels"] = done.low_confidence
+    return entry
+
+
+def add_products(plan: ScenePlan, run: RunSetup, which: set[str]) -> dict[str, Any]:
+    """Make products ``which`` for a scene finished earlier, from its published
+    ``pred.zarr`` (``plan.store``; ``plan.work`` is the published folder), without running the
+    network.
+
+    Returns:
+        The ``run.json`` fields of the products written.
+
+    Raises:
+        ConfigError / InputError: bad product options for this scene. OutputError: a file
+            cannot be written.
+    """
+    sinks = ProductSinks(plan.work, plan.scene, plan.grid, run.spec, run.cfg, which, run.zones)
+    with sinks:
+        for block in plan.grid.blocks():
+            sinks.add(block, plan.store.read_block(block))
+    log.info("%s: added %s from the stored mask", plan.name, ", ".join(sorted(which)))
+    return sinks.entry()
+
+
+def output_paths(folder: Path) -> dict[str, str]:
+    """``{file name: path}`` of the outputs present in a scene folder."""
+    return {k: str(folder / k) for k in SCENE_OUTPUTS if (folder / k).exists()}
