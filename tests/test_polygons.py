@@ -352,3 +352,25 @@ def test_a_full_disk_leaves_no_partial_file(tmp_path: Path, monkeypatch, fail_at
     assert sorted(p.name for p in tmp_path.iterdir()) == ["polygons.gpkg"]  # no tmp, journal
     assert final.read_bytes() == b"previous complete file"
     assert issubclass(OutputError, OSError)
+
+
+def test_benchmark_scene_and_worker(tmp_path: Path, monkeypatch) -> None:
+    """benchmarks/bench_vector.py: any window of the generated scene is the same scene (so it
+    is made block by block), and its worker writes the polygons of a small store."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_vector
+
+    whole = bench_vector.scene_window(0, 0, 300, 260)
+    np.testing.assert_array_equal(
+        bench_vector.scene_window(37, 101, 200, 150), whole[37:237, 101:251]
+    )
+    assert {1, 255} <= set(np.unique(whole).tolist()) <= {0, 1, 2, 3, 4, 255}
+    monkeypatch.setattr(bench_vector, "DATA", tmp_path)
+    store = bench_vector.make_store(512)
+    res = bench_vector._worker(
+        {"size": 512, "simplify": 1.0, "store": str(store), "out": str(tmp_path / "p.gpkg")}
+    )
+    assert res["features"] == pyogrio.read_info(tmp_path / "p.gpkg")["features"] > 100
+    assert res["peak_rss_mb"] > 0 and res["seconds"] > 0

@@ -17,20 +17,23 @@ their (h, w) uint8 class ids, and returns each finished region as one polygon in
   piece of it touches an edge whose far side is still unread (the bottom edge of the last block
   row read, or the right edge of the last block read). Only regions on that frontier are held.
 * **Simplification** (``simplify`` > 0, in pixels) runs per block, before merging, with
-  ``shapely.coverage_simplify`` (GEOS's coverage simplifier: Visvalingam-Whyatt on the shared
-  edges of a polygon coverage, topology preserving) on *every* piece of the block, the pixels
-  of classes that are not kept and nodata included as filler pieces, with
-  ``simplify_boundary=False``. Each shared edge inside a block is simplified exactly once, for
-  both of its sides; the block's own border is kept exact, so pieces still dissolve exactly
-  across block boundaries. Neighbouring polygons therefore share identical edges (no gaps, no
-  overlaps), whenever each of them closes. The price: a boundary keeps its exact pixel corner
-  where it crosses a block border (one pinned vertex per crossing).
+  ``shapely.coverage_simplify`` (GEOS's coverage simplifier: Visvalingam-Whyatt on the edges
+  shared by the polygons of a coverage, topology preserving) on *every* piece of the block,
+  with the pixels of classes not kept and nodata traced as filler pieces so the block is fully
+  covered, and ``simplify_boundary=False`` so the block's border stays exact. T-junction
+  corners are first added to the pieces (:func:`node_coverage`) so that shared edges match
+  vertex for vertex. Each edge inside a block is thus simplified once, for both its sides, and
+  the exact block borders still dissolve exactly: neighbouring polygons share identical edges
+  (no gaps, no overlaps) whenever each of them closes, at no extra memory. The price: a
+  boundary keeps its exact pixel corner where it crosses a block border (one pinned vertex per
+  crossing), so the result depends (slightly) on the block size.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -166,12 +169,16 @@ class RegionTracer:
         pixels = np.bincount(lab.ravel(), minlength=len(piece_cls))
         base = self._next_gid - 1
         self._next_gid += n_kept
-        gids = np.where((lab > 0) & (lab <= n_kept), lab.astype(np.int64) + base, 0)
+
+        def gid(line: np.ndarray) -> np.ndarray:  # labels along an edge -> piece ids (0: none)
+            return np.where((line > 0) & (line <= n_kept), line.astype(np.int64) + base, 0)
+
+        top, left, bottom, right = gid(lab[0]), gid(lab[:, 0]), gid(lab[-1]), gid(lab[:, -1])
+        below, after = i < self.n_rows - 1, j < self.n_cols - 1  # unread blocks beyond the edge
         contacts = np.zeros(n_kept + 1, np.int64)
-        if i < self.n_rows - 1:
-            contacts[np.unique(gids[-1] - base).clip(0)] += 1
-        if j < self.n_cols - 1:
-            contacts[np.unique(gids[:, -1] - base).clip(0)] += 1
+        for edge, unread in ((bottom, below), (right, after)):
+            if unread:
+                contacts[np.unique(edge[edge > 0]) - base] += 1
         touched = []
         for label in range(1, n_kept + 1):
             g = base + label
@@ -181,13 +188,13 @@ class RegionTracer:
             )
             touched.append(g)
         if i > 0:
-            touched += self._join(self._bottom[j], gids[0], cls[0])
+            touched += self._join(self._bottom[j], top, cls[0])
         if j > 0:
-            touched += self._join(self._right, gids[:, 0], cls[:, 0])
-        self._bottom[j] = (gids[-1].copy(), cls[-1].copy()) if i < self.n_rows - 1 else None
-        self._right = (gids[:, -1].copy(), cls[:, -1].copy()) if j < self.n_cols - 1 else None
-        roots = {self._find(g) for g in touched}
-        return [self._emit(r) for r in sorted(roots) if self._open[r].open == 0]
+            touched += self._join(self._right, left, cls[:, 0])
+        self._bottom[j] = (bottom, cls[-1].copy()) if below else None
+        self._right = (right, cls[:, -1].copy()) if after else None
+        roots = sorted({self._find(g) for g in touched})
+        return self._emit([r for r in roots if self._open[r].open == 0])
 
     def finish(self) -> None:
         """Check that every block was added and every region emitted.
@@ -217,35 +224,43 @@ class RegionTracer:
         kept = [int(c) for c in present if c != VOID]
         order = kept + ([VOID] if self.simplify > 0 and VOID in present else [])
         for c in order:
-            comp, n = ndimage.label(cls == c)  # default structure: the 4-connected cross
-            comp = comp.astype(np.int32, copy=False)
-            inside = comp > 0
-            lab[inside] = comp[inside] + (len(piece_cls) - 1)
+            inside = cls == c
+            comp, n = ndimage.label(inside, output=np.int32)  # default: the 4-connected cross
+            np.add(comp, len(piece_cls) - 1, out=comp, where=inside)
+            lab += comp
             piece_cls += [c] * n
         n_kept = sum(1 for c in piece_cls[1:] if c != VOID)
         return lab, piece_cls, n_kept
 
-    def _trace(self, lab: np.ndarray, block: Block, n: int, n_kept: int) -> list[Any]:
-        """Polygon of each label (index = label; index 0 unused), pixel coordinates; with
+    def _trace(self, lab: np.ndarray, block: Block, n: int, n_kept: int) -> np.ndarray:
+        """(n + 1,) polygons of the labels (index = label; 0 unused), pixel coordinates; with
         ``simplify`` the block's whole coverage is simplified, its border kept exact."""
         import shapely
         from rasterio.features import shapes
         from rasterio.transform import Affine
 
-        geoms: list[Any] = [None] * (n + 1)
+        geoms = np.full(n + 1, None, dtype=object)
         if n == 0:
             return geoms
-        offset = Affine.translation(block.window.col_off, block.window.row_off)
+        w = block.window
         mask = None if n > n_kept else lab > 0
-        for geom, value in shapes(lab, mask=mask, connectivity=4, transform=offset):
-            rings = geom["coordinates"]
-            geoms[int(value)] = shapely.Polygon(rings[0], rings[1:])
+        values, rings, owner = [], [], []
+        traced = shapes(
+            lab, mask=mask, connectivity=4, transform=Affine.translation(w.col_off, w.row_off)
+        )
+        for k, (geom, value) in enumerate(traced):
+            values.append(int(value))
+            rings += geom["coordinates"]
+            owner += [k] * len(geom["coordinates"])
+        coords = np.array(list(chain.from_iterable(rings)), np.float64)
+        ring_of = np.repeat(np.arange(len(rings)), [len(r) for r in rings])
+        geoms[values] = shapely.polygons(
+            shapely.linearrings(coords, indices=ring_of), indices=owner
+        )
         if self.simplify > 0:
-            # Coverage edges must match vertex for vertex: put a vertex on every pixel corner
-            # (exact on integer coordinates; rint guards it), so T-junctions are shared nodes.
-            dense = shapely.transform(shapely.segmentize(np.array(geoms[1:]), 1.0), np.rint)
-            out = shapely.coverage_simplify(dense, self.simplify, simplify_boundary=False)
-            geoms[1 : n_kept + 1] = list(out[:n_kept])
+            pieces = node_coverage(lab, geoms[1:], w.col_off, w.row_off)
+            out = shapely.coverage_simplify(pieces, self.simplify, simplify_boundary=False)
+            geoms[1 : n_kept + 1] = out[:n_kept]
         return geoms
 
     # -- union-find over pieces ------------------------------------------------------------
@@ -292,15 +307,60 @@ class RegionTracer:
                 touched.append(self._union(a, b))
         return touched
 
-    def _emit(self, root: int) -> Region:
-        """Dissolve a finished region's pieces into one polygon and forget the region."""
+    def _emit(self, roots: list[int]) -> list[Region]:
+        """Dissolve each finished region's pieces into one polygon and forget the region."""
         import shapely
 
-        region = self._open.pop(root)
-        for g in region.ids:
-            del self._parent[g]
-        geom = region.pieces[0] if len(region.pieces) == 1 else shapely.union_all(region.pieces)
-        # drop collinear vertices: where pieces were dissolved, and the pixel-corner vertices
-        # the coverage simplification kept along block borders (the point set is unchanged)
-        geom = shapely.simplify(geom, 0.0)
-        return Region(region.class_id, region.pixels, geom)
+        out, merged = [], []
+        for root in roots:
+            region = self._open.pop(root)
+            for g in region.ids:
+                del self._parent[g]
+            geom = region.pieces[0]
+            if len(region.pieces) > 1:
+                geom = shapely.union_all(region.pieces)
+            if len(region.pieces) > 1 or self.simplify > 0:
+                merged.append(len(out))
+            out.append(Region(region.class_id, region.pixels, geom))
+        # drop collinear vertices (same point set): those left where pieces were dissolved,
+        # and the T-junction nodes that node_coverage added
+        clean = shapely.simplify(np.array([out[k].geometry for k in merged], dtype=object), 0.0)
+        for k, g in zip(merged, clean, strict=True):
+            out[k].geometry = g
+        return out
+
+
+def node_coverage(lab: np.ndarray, pieces: np.ndarray, col_off: int, row_off: int) -> np.ndarray:
+    """Make a block's traced pieces an edge-matched coverage, as ``coverage_simplify`` needs.
+
+    GDAL puts vertices only where a piece's outline turns, so where one piece's straight edge
+    passes another's corner (a T-junction) the neighbours' shared edges have different
+    vertices. This adds, to every piece, the pixel corners inside the block where three or four
+    pieces meet (found on the labels), with ``shapely.snap`` (tolerance 1e-6 px: the corner is
+    on the edge, so only that vertex is inserted, exactly).
+
+    Args:
+        lab: (h, w) int32 labels of the block, every pixel labelled 1..N.
+        pieces: (N,) polygons of labels 1..N in scene pixel coordinates.
+        col_off, row_off: the block's offset in the scene (pixels).
+
+    Returns:
+        (N,) polygons with those vertices added.
+    """
+    import shapely
+
+    a, b, c, d = lab[:-1, :-1], lab[:-1, 1:], lab[1:, :-1], lab[1:, 1:]
+    distinct = 1 + (b != a) + ((c != a) & (c != b)) + ((d != a) & (d != b) & (d != c))
+    r, q = np.nonzero(distinct >= 3)
+    if not len(r):
+        return pieces
+    labels = np.concatenate([a[r, q], b[r, q], c[r, q], d[r, q]]).astype(np.int64)
+    xy = np.tile(np.stack([q + 1 + col_off, r + 1 + row_off], axis=1), (4, 1))
+    key = np.unique(np.column_stack([labels, xy]), axis=0)
+    owners = np.unique(key[:, 0])
+    points = shapely.multipoints(
+        key[:, 1:].astype(np.float64), indices=np.searchsorted(owners, key[:, 0])
+    )
+    out = pieces.copy()
+    out[owners - 1] = shapely.snap(pieces[owners - 1], points, 1e-6)
+    return out
