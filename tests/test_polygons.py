@@ -209,9 +209,10 @@ def test_geographic_crs_areas_are_geodesic(tmp_path: Path) -> None:
     assert f["area_m2"].min() > 100  # m2, not square degrees
 
 
-def test_no_georeferencing_gives_pixel_coordinates_and_null_metres(tmp_path: Path) -> None:
+@pytest.mark.parametrize("crs", [None, UTM])  # a CRS without a transform is no georef either
+def test_no_georeferencing_gives_pixel_coordinates_and_null_metres(tmp_path: Path, crs) -> None:
     mask = random_mask(5, 13, 17, 3, 4, 0.0)
-    write(tmp_path / "n.gpkg", mask, 8, crs=None, transform=None, min_area_m2=50.0)
+    write(tmp_path / "n.gpkg", mask, 8, crs=crs, transform=None, min_area_m2=50.0)
     meta, geoms, f = read(tmp_path / "n.gpkg")
     assert meta["crs"] is None
     assert np.isnan(f["area_m2"]).all() and np.isnan(f["perimeter_m"]).all()
@@ -374,3 +375,45 @@ def test_benchmark_scene_and_worker(tmp_path: Path, monkeypatch) -> None:
     )
     assert res["features"] == pyogrio.read_info(tmp_path / "p.gpkg")["features"] > 100
     assert res["peak_rss_mb"] > 0 and res["seconds"] > 0
+
+
+REAL_FAILURE = """
+import resource, signal, sys
+import numpy as np
+from rasterio.crs import CRS
+from rasterio.transform import from_origin
+from tilesegd.errors import OutputError
+from tilesegd.model_file import ClassInfo
+from tilesegd.tiling import TileGrid
+from tilesegd.writers.polygons import write_polygons
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+rng = np.random.default_rng(0)
+mask = rng.integers(0, 4, (120, 120)).astype(np.uint8)
+blocks = TileGrid(120, 120, 64, 0, 1, 64).blocks()
+classes = [ClassInfo(i, f"c{i}", (0, 0, 0)) for i in range(4)]
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), resource.RLIM_INFINITY))
+try:
+    write_polygons(sys.argv[1], blocks, lambda b: mask[b.window.slices], height=120,
+                   width=120, crs=CRS.from_epsg(32633), transform=from_origin(0, 0, 1, 1),
+                   classes=classes, keep={1, 2, 3})
+except OutputError as e:
+    print("OutputError", e)
+"""
+
+
+@pytest.mark.parametrize("limit", [50_000, 200_000])
+def test_a_real_write_failure_leaves_nothing(tmp_path: Path, limit: int) -> None:
+    """GDAL really failing (a file-size limit: EFBIG, as a full disk fails) while creating the
+    layer (50 kB) or in mid-append (200 kB): OutputError, no file, no SQLite journal."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "out"
+    out.mkdir()
+    cmd = [sys.executable, "-c", REAL_FAILURE, str(out / "polygons.gpkg"), str(limit)]
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("OutputError") and "polygons.gpkg" in proc.stdout
+    assert list(out.iterdir()) == []

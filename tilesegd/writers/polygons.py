@@ -202,9 +202,9 @@ class PolygonWriter:
             raise ConfigError(f"class ids {sorted(set(keep) - set(self.names))} are not classes")
         self.path = Path(path)
         self.tracer = RegionTracer(blocks, height, width, set(keep), simplify)
-        self.georef = _Georef(crs, transform)
+        self.georef = _Georef(crs if transform is not None else None, transform)
         self.min_area = float(min_area_m2)
-        if self.min_area > 0 and crs is None:
+        if self.min_area > 0 and self.georef.crs is None:
             log.warning("%s: no CRS, so the minimum area is not applied", self.path)
             self.min_area = 0.0
         self.stats = PolygonStats(pixels={k: 0 for k in sorted(keep)})
@@ -332,9 +332,9 @@ def write_polygons(
         read_block: returns a block's (h, w) uint8 class ids, 255 = nodata (e.g.
             ``ZarrMaskStore.read_block``).
         height, width: scene size in pixels.
-        crs: ``rasterio.crs.CRS`` or ``None`` (then NULL metre fields).
+        crs: ``rasterio.crs.CRS`` or ``None`` (no CRS on the layer; NULL metre fields).
         transform: ``affine.Affine`` pixel -> CRS, or ``None`` (pixel coordinates: x = column,
-            y = row).
+            y = row; no CRS either, as in ``areas.csv``).
         classes: the model's classes (names for ``class_name``).
         keep: class ids to vectorise (:func:`resolve_keep`).
         min_area_m2: leave out regions whose polygon area is under this (m2); the mask is not
