@@ -10,7 +10,9 @@ whole scene. Fields and water from two octaves of value noise (classes water, ba
 grass), buildings as rectangles on a jittered 32-px grid (about 55 % of the cells), and a
 nodata collar with a slanted edge: about 150,000 regions at 16384^2. The measured process
 opens the store and runs :class:`tilesegd.writers.polygons.PolygonWriter` over the blocks read
-with ``ZarrMaskStore.read_block``, the default classes (all but background); it reports wall
+with ``ZarrMaskStore.read_block``, the default classes (all but background), then every class
+at the largest size (the background is one region spanning the scene, with every building as a
+hole: the largest region the frontier can hold); it reports wall
 and CPU seconds, peak RSS (``ru_maxrss``), the RSS after imports, the features written and the
 most regions held open at once. Results go to ``benchmarks/results/results_vector_cpu.json``.
 """
@@ -130,7 +132,7 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
         crs=CRS.from_epsg(32633),
         transform=from_origin(500000.0, 4650000.0, 0.1, 0.1),
         classes=classes,
-        keep=resolve_keep(classes, None),
+        keep=resolve_keep(classes, spec.get("classes")),
         simplify=spec["simplify"],
     ) as w:
         for b in blocks:
@@ -140,6 +142,7 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     return {
         "size": size,
         "simplify_px": spec["simplify"],
+        "classes": spec.get("classes") or "all but background",
         "seconds": round(wall, 2),
         "cpu_seconds": round(cpu, 2),  # less sensitive than wall time to other work
         "megapixels_per_s": round(size * size / 1e6 / wall, 2),
@@ -151,11 +154,12 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run_one(size: int, simplify: float) -> dict[str, Any]:
+def run_one(size: int, simplify: float, classes: list[str] | None) -> dict[str, Any]:
     """One configuration in a fresh interpreter (so ``ru_maxrss`` is its own)."""
     store = make_store(size)
     out = DATA / f"polygons_{size}_{simplify:g}.gpkg"
     spec = {"size": size, "simplify": simplify, "store": str(store), "out": str(out)}
+    spec["classes"] = classes
     load = os.getloadavg()[0]
     proc = subprocess.run(
         [sys.executable, __file__, "--worker", json.dumps(spec)],
@@ -175,13 +179,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[8192, 16384])
     ap.add_argument("--simplify", type=float, nargs="+", default=[0.0, 1.0])
+    ap.add_argument(
+        "--classes",
+        nargs="+",
+        help="class names to vectorise (default: all but background); 'all' adds the "
+        "background, one region spanning the whole scene",
+    )
     ap.add_argument("--output", type=Path, default=RESULTS)
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         print(json.dumps(_worker(json.loads(args.worker))))
         return
-    rows = [run_one(s, t) for s in args.sizes for t in args.simplify]
+    classes = CLASSES if args.classes == ["all"] else args.classes
+    rows = [run_one(s, t, classes) for s in args.sizes for t in args.simplify]
+    if args.classes is None:  # and the worst case: one region (background) spans the scene
+        rows.append(run_one(max(args.sizes), 0.0, CLASSES))
     doc = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "block": BLOCK,
@@ -190,7 +203,7 @@ def main() -> None:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(doc, indent=2) + "\n")
     cols = ["size", "simplify_px", "features", "seconds", "cpu_seconds", "peak_rss_mb"]
-    cols += ["max_open_regions", "load_avg_1min_before"]
+    cols += ["max_open_regions", "load_avg_1min_before", "classes"]
     print(" | ".join(cols))
     for r in rows:
         print(" | ".join(str(r[c]) for c in cols))
