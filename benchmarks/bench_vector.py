@@ -12,9 +12,9 @@ nodata collar with a slanted edge: about 150,000 regions at 16384^2. The measure
 opens the store and runs :class:`tilesegd.writers.polygons.PolygonWriter` over the blocks read
 with ``ZarrMaskStore.read_block``, the default classes (all but background), then every class
 at the largest size (the background is one region spanning the scene, with every building as a
-hole: the largest region the frontier can hold); it reports wall
-and CPU seconds, peak RSS (``ru_maxrss``), the RSS after imports, the features written and the
-most regions held open at once. Results go to ``benchmarks/results/results_vector_cpu.json``.
+hole: the largest region the frontier can hold). It reports wall and CPU seconds, peak RSS
+(``ru_maxrss``), the RSS after imports, the features written and the most regions held open at
+once. Results go to ``benchmarks/results/results_vector_cpu.json``.
 """
 
 from __future__ import annotations

@@ -176,6 +176,30 @@ def test_holes_are_kept_also_when_the_ring_spans_blocks(tmp_path: Path) -> None:
         assert shapely.is_valid(geoms).all()
 
 
+def test_a_scene_wide_region_keeps_every_hole(tmp_path: Path) -> None:
+    """Background across all 20 blocks, a building (hole) in every 6x6 cell, some on block
+    edges, and a ring of trees across a block corner: one background polygon, all holes."""
+    h, w = 61, 83
+    mask = np.zeros((h, w), np.uint8)
+    for r in range(2, h - 3, 6):
+        for c in range(2, w - 3, 6):
+            mask[r : r + 2, c : c + 3] = 1
+    mask[30:40, 35:45] = 2
+    mask[33:37, 38:42] = 0  # background inside the tree ring: a second background region
+    path = tmp_path / "all.gpkg"
+    write(path, mask, 16, keep={0, 1, 2})
+    _, geoms, f = read(path)
+    got = Counter((int(c), g.normalize().wkt) for c, g in zip(f["class_id"], geoms, strict=True))
+    assert got == reference(mask, {0, 1, 2})
+    background = geoms[f["class_id"] == 0]
+    outer = max(background, key=lambda g: g.area)
+    from scipy.ndimage import label
+
+    _, islands = label(mask != 0)  # buildings, and the ring with the buildings it touches
+    assert len(background) == 2 and len(outer.interiors) == islands > 100
+    assert outer.is_valid and f["pixels"][f["class_id"] == 0].sum() == (mask == 0).sum()
+
+
 def test_projected_areas_and_perimeters_in_metres(tmp_path: Path) -> None:
     mask = np.zeros((9, 11), np.uint8)
     mask[1:4, 1:3] = 1  # 3 x 2 px = 6 m x 4 m
