@@ -12,9 +12,9 @@ their (h, w) uint8 class ids, and returns each finished region as one polygon in
   GDAL's polygonize (``rasterio.features.shapes``, 4-connectivity) traces one polygon per label.
 * **Across blocks** (union-find), pieces of one class that share a block edge belong to one
   region; they get a vertex at every corner along that edge where a piece on either side
-  starts or ends, and are dissolved with ``shapely.coverage_union_all`` (:func:`dissolve`;
-  exact: every vertex is an integer pixel corner), so a region crossing block boundaries is
-  one polygon without a seam line.
+  starts or ends, and are dissolved with ``shapely.coverage_union_all``
+  (:func:`tilesegd.writers.pieces.dissolve`; exact: every vertex is an integer pixel corner),
+  so a region crossing block boundaries is one polygon without a seam line.
 * **Bounded memory**: a region is emitted as soon as it can no longer grow, i.e. as soon as no
   piece of it touches an edge whose far side is still unread (the bottom edge of the last block
   row read, or the right edge of the last block read). Only regions on that frontier are held.
@@ -23,12 +23,12 @@ their (h, w) uint8 class ids, and returns each finished region as one polygon in
   shared by the polygons of a coverage, topology preserving) on *every* piece of the block,
   with the pixels of classes not kept and nodata traced as filler pieces so the block is fully
   covered, and ``simplify_boundary=False`` so the block's border stays exact. T-junction
-  corners are first added to the pieces (:func:`node_coverage`) so that shared edges match
-  vertex for vertex. Each edge inside a block is thus simplified once, for both its sides, and
-  the exact block borders still dissolve exactly: neighbouring polygons share identical edges
-  (no gaps, no overlaps) whenever each of them closes, at no extra memory. The price: a
-  boundary keeps its exact pixel corner where it crosses a block border (one pinned vertex per
-  crossing), so the result depends (slightly) on the block size.
+  corners are first added to the pieces (:func:`tilesegd.writers.pieces.node_coverage`) so
+  that shared edges match vertex for vertex. Each edge inside a block is thus simplified once,
+  for both its sides, and the exact block borders still dissolve exactly: neighbouring
+  polygons share identical edges (no gaps, no overlaps) whenever each of them closes, at no
+  extra memory. The price: a boundary keeps its exact pixel corner where it crosses a block
+  border (one pinned vertex per crossing), so the result depends (slightly) on the block size.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ import numpy as np
 
 from tilesegd.errors import ConfigError, InputError
 from tilesegd.tiling import Block
+from tilesegd.writers.pieces import dissolve, drop_collinear, node_coverage
 
 NODATA = 255
 VOID = 255  # class value of pixels that are not vectorised (nodata, classes not kept)
@@ -359,88 +360,3 @@ class RegionTracer:
         for k, g in zip(touched, clean, strict=True):
             out[k].geometry = g
         return out
-
-
-def dissolve(pieces: list[Any]) -> Any:
-    """One polygon from the pieces of one region, traced in different blocks.
-
-    The pieces' outer rings are merged with ``shapely.coverage_union_all`` (they match vertex
-    for vertex along the block edges they share, see ``RegionTracer._node_edge``); the pieces'
-    holes lie inside a single block and are unchanged by the merge, so they are added back as
-    they are. This keeps the cost of a region with many holes (a scene-wide background with
-    every building as a hole) linear: an overlay of all its holes took 25-40 s and 1 GB at
-    16384^2, the merge of outer rings ~4 s.
-
-    Args:
-        pieces: polygons (pixel coordinates) of one 4-connected region.
-
-    Returns:
-        The region's Polygon.
-    """
-    import shapely
-
-    arr = np.array(pieces, dtype=object)
-    merged = shapely.coverage_union_all(shapely.polygons(shapely.get_exterior_ring(arr)))
-    if merged.geom_type != "Polygon":  # pragma: no cover - pieces of one region are connected
-        raise RuntimeError(f"the pieces of one region dissolved into a {merged.geom_type}")
-    counts = shapely.get_num_interior_rings(arr) + 1
-    holes = np.delete(shapely.get_rings(arr), np.cumsum(counts) - counts)  # minus the shells
-    rings = np.concatenate([shapely.get_rings(merged), holes])  # the merged shell comes first
-    return shapely.polygons(rings, indices=np.zeros(len(rings), np.intp))[0]
-
-
-def drop_collinear(polygons: np.ndarray) -> np.ndarray:
-    """Remove the vertices that lie on a straight line between their neighbours (the point
-    set is unchanged): Douglas-Peucker with tolerance 0 on each ring, which is linear in the
-    vertices (on whole polygons GEOS's simplifiers also index or repair them: a minute on a
-    polygon with 38,000 holes).
-
-    Args:
-        polygons: (N,) shapely Polygons.
-
-    Returns:
-        (N,) Polygons.
-    """
-    import shapely
-
-    if not len(polygons):
-        return polygons
-    counts = shapely.get_num_interior_rings(polygons) + 1
-    rings = shapely.simplify(shapely.get_rings(polygons), 0.0, preserve_topology=False)
-    return shapely.polygons(rings, indices=np.repeat(np.arange(len(polygons)), counts))
-
-
-def node_coverage(lab: np.ndarray, pieces: np.ndarray, col_off: int, row_off: int) -> np.ndarray:
-    """Make a block's traced pieces an edge-matched coverage, as ``coverage_simplify`` needs.
-
-    GDAL puts vertices only where a piece's outline turns, so where one piece's straight edge
-    passes another's corner (a T-junction) the neighbours' shared edges have different
-    vertices. This adds, to every piece, the pixel corners inside the block where three or four
-    pieces meet (found on the labels), with ``shapely.snap`` (tolerance 1e-6 px: the corner is
-    on the edge, so only that vertex is inserted, exactly).
-
-    Args:
-        lab: (h, w) int32 labels of the block, every pixel labelled 1..N.
-        pieces: (N,) polygons of labels 1..N in scene pixel coordinates.
-        col_off, row_off: the block's offset in the scene (pixels).
-
-    Returns:
-        (N,) polygons with those vertices added.
-    """
-    import shapely
-
-    a, b, c, d = lab[:-1, :-1], lab[:-1, 1:], lab[1:, :-1], lab[1:, 1:]
-    distinct = 1 + (b != a) + ((c != a) & (c != b)) + ((d != a) & (d != b) & (d != c))
-    r, q = np.nonzero(distinct >= 3)
-    if not len(r):
-        return pieces
-    labels = np.concatenate([a[r, q], b[r, q], c[r, q], d[r, q]]).astype(np.int64)
-    xy = np.tile(np.stack([q + 1 + col_off, r + 1 + row_off], axis=1), (4, 1))
-    key = np.unique(np.column_stack([labels, xy]), axis=0)
-    owners = np.unique(key[:, 0])
-    points = shapely.multipoints(
-        key[:, 1:].astype(np.float64), indices=np.searchsorted(owners, key[:, 0])
-    )
-    out = pieces.copy()
-    out[owners - 1] = shapely.snap(pieces[owners - 1], points, 1e-6)
-    return out
