@@ -441,3 +441,30 @@ def test_a_real_write_failure_leaves_nothing(tmp_path: Path, limit: int) -> None
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("OutputError") and "polygons.gpkg" in proc.stdout
     assert list(out.iterdir()) == []
+
+
+def test_real_loveda_masks_blockwise_equal_whole_and_simplify_cleanly() -> None:
+    """Real annotated masks (LoveDA, 1024^2, jagged outlines): block-by-block polygons equal
+    the whole-scene ones; simplified, they still tile the scene without gaps or overlaps."""
+    import rasterio
+    from conftest import shared_data
+
+    ident = from_origin(0, 0, 1, -1)
+    for name in ("0.png", "2.png"):
+        with rasterio.open(shared_data() / "labeled" / "loveda" / "masks" / name) as ds:
+            mask = ds.read(1)
+        mask[mask == 0] = 255  # LoveDA's 0 is nodata
+        kept = set(np.unique(mask).tolist()) - {255}
+        h, w = mask.shape
+        blocks = grid(h, w, 300)
+        tracer = RegionTracer(blocks, h, w, kept)
+        regions = [r for b in blocks for r in tracer.add(b, mask[b.window.slices])]
+        got = Counter((r.class_id, r.geometry.normalize().wkt) for r in regions)
+        assert got == reference(mask, kept, ident) and len(regions) >= 10
+        simple = trace(mask, 300, kept, simplify=1.5)
+        pairs, overlap = shared_edges(simple)
+        assert overlap == 0.0 and pairs == shared_edges(trace(mask, 300, kept))[0]
+        assert shapely.is_valid(simple).all()
+        valid_px = int((mask != 255).sum())
+        if valid_px == mask.size:
+            assert shapely.union_all(simple).area == pytest.approx(mask.size)
