@@ -237,10 +237,14 @@ def test_a_stopped_run_resumes_to_the_same_outputs(tmp_path, scenes, model, opti
     assert doc["scenes"]["s"]["blocks_resumed"] >= 3
     for f in ("mask.tif", "confidence.tif"):
         if (tmp_path / "ref" / "s" / f).exists():
-            np.testing.assert_array_equal(read(tmp_path / "o" / "s" / f), read(tmp_path / "ref" / "s" / f))
+            np.testing.assert_array_equal(
+                read(tmp_path / "o" / "s" / f), read(tmp_path / "ref" / "s" / f)
+            )
     for f in ("areas.csv", "zones.csv"):
         if (tmp_path / "ref" / "s" / f).exists():
-            assert (tmp_path / "o" / "s" / f).read_text() == (tmp_path / "ref" / "s" / f).read_text()
+            assert (tmp_path / "o" / "s" / f).read_text() == (
+                tmp_path / "ref" / "s" / f
+            ).read_text()
 
 
 def test_adding_products_to_a_finished_scene_does_not_run_the_network(
@@ -289,3 +293,51 @@ def test_a_plain_frame_with_zones_fails_alone_with_a_reason(tmp_path, scenes, mo
     doc = json.loads((tmp_path / "o" / "run.json").read_text())
     assert doc["scenes"]["s"]["status"] == "done"
     assert "georeferenced" in doc["scenes"]["frame"]["error"]
+
+
+def test_polygons_add_up_to_the_areas_and_rasterise_back_to_the_mask(tmp_path, scenes, model):
+    import pyogrio
+    from rasterio.features import rasterize
+
+    doc = run(**run_opts(scenes, model, tmp_path / "o", vector=True))
+    d = tmp_path / "o" / "s"
+    meta, _, geoms, fields = pyogrio.raw.read(d / "polygons.gpkg")
+    assert meta["crs"] and "32633" in meta["crs"]
+    cols = {n: fields[i] for i, n in enumerate(meta["fields"])}
+    with open(d / "areas.csv", newline="") as fh:
+        areas = {int(r["class_id"]): int(r["pixels"]) for r in csv.DictReader(fh)}
+    for k in (1, 2, 3):  # class 0 is 'background': not vectorised by default
+        assert int(cols["pixels"][cols["class_id"] == k].sum()) == areas[k]
+    assert 0 not in set(cols["class_id"].tolist())
+    shapes = shapely.from_wkb(geoms)
+    assert shapely.is_valid(shapes).all()
+    with rasterio.open(d / "mask.tif") as ds:
+        ids, transform = ds.read(1), ds.transform
+    back = rasterize(zip(shapes, cols["class_id"].tolist(), strict=True), out_shape=ids.shape,
+                     transform=transform, fill=255, dtype="uint8")  # fmt: skip
+    np.testing.assert_array_equal(back, np.where(ids == 0, 255, ids))
+    e = doc["scenes"]["s"]
+    assert e["polygons"] == len(shapes)
+    with open(tmp_path / "o" / "summary.csv", newline="") as fh:
+        rows = {r["class_name"]: r["polygons"] for r in csv.DictReader(fh)}
+    assert rows["background"] == "" or rows["background"] == "0"
+    for k, name in ((1, "a"), (2, "b"), (3, "c")):
+        assert int(rows[name]) == int((cols["class_id"] == k).sum())
+
+
+def test_a_dask_cluster_makes_the_same_products(tmp_path, scenes, model) -> None:
+    pytest.importorskip("distributed")
+    aoi = write_polygons(tmp_path / "aoi.gpkg", [to_map(aoi_px())])
+    zones = write_polygons(tmp_path / "z.gpkg", [to_map(shapely.box(0.3, 0.3, 80.4, 70.2))])
+    extra = dict(aoi=str(aoi), zones=str(zones), vector=True, save_confidence=True)
+    run(**run_opts(scenes, model, tmp_path / "local", **extra))
+    doc = run(**run_opts(scenes, model, tmp_path / "dask", cluster="local", **extra), workers=2)
+    e = doc["scenes"]["s"]
+    assert e["status"] == "done" and e["tiles_outside_aoi"] > 0 and e["polygons"] > 0
+    for f in ("mask.tif", "confidence.tif"):
+        a, b = tmp_path / "local" / "s" / f, tmp_path / "dask" / "s" / f
+        np.testing.assert_array_equal(read(a), read(b))
+    for f in ("areas.csv", "zones.csv"):
+        assert (tmp_path / "local" / "s" / f).read_text() == (
+            tmp_path / "dask" / "s" / f
+        ).read_text()

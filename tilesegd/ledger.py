@@ -430,13 +430,17 @@ class RunLedger:
         for name, entry in self.scenes.items():
             f = self.output / name / "areas.csv"
             if entry.get("status") == "done" and f.is_file():
+                polygons = entry.get("polygons_per_class") or {}
                 with open(f, newline="") as fh:
-                    rows += [{"scene": name, **r} for r in csv.DictReader(fh)]
+                    rows += [
+                        {"scene": name, **r, "polygons": polygons.get(r["class_name"], "")}
+                        for r in csv.DictReader(fh)
+                    ]
         self._zones_summary()
         tmp = self.output / f".{SUMMARY_CSV}.tmp-{os.getpid()}"
         try:
             with open(tmp, "w", newline="") as fh:
-                w = csv.DictWriter(fh, fieldnames=("scene",) + AREA_COLUMNS)
+                w = csv.DictWriter(fh, fieldnames=("scene", *AREA_COLUMNS, "polygons"))
                 w.writeheader()
                 w.writerows(rows)
             os.replace(tmp, self.output / SUMMARY_CSV)

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from tilesegd.errors import ConfigError, OutputError
-from tilesegd.model_file import ClassInfo
+from tilesegd.spec import ClassInfo
 from tilesegd.tiling import Block
 from tilesegd.writers.regions import Region, RegionTracer
 
@@ -117,10 +117,12 @@ def resolve_keep(classes: Sequence[ClassInfo], names: Sequence[str] | str | None
 
 @dataclass
 class PolygonStats:
-    """What :func:`write_polygons` wrote: ``features``; ``pixels`` per class id (of the
-    features written); ``dropped`` regions under the minimum area; ``seconds``."""
+    """What :func:`write_polygons` wrote: ``features``; ``pixels`` and ``features_per_class``
+    per class id (of the features written); ``dropped`` regions under the minimum area;
+    ``seconds``."""
 
     features: int = 0
+    features_per_class: dict[int, int] = field(default_factory=dict)
     pixels: dict[int, int] = field(default_factory=dict)
     dropped: int = 0
     seconds: float = 0.0
@@ -207,7 +209,10 @@ class PolygonWriter:
         if self.min_area > 0 and self.georef.crs is None:
             log.warning("%s: no CRS, so the minimum area is not applied", self.path)
             self.min_area = 0.0
-        self.stats = PolygonStats(pixels={k: 0 for k in sorted(keep)})
+        keep_ids = sorted(keep)
+        self.stats = PolygonStats(
+            pixels=dict.fromkeys(keep_ids, 0), features_per_class=dict.fromkeys(keep_ids, 0)
+        )
         self._buffer: list[Region] = []
         self._tmp = self.path.with_name(
             f".{self.path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}.gpkg"
@@ -253,6 +258,7 @@ class PolygonWriter:
         pixels = np.array([r.pixels for r in regions], np.int64)
         for c, p in zip(cls.tolist(), pixels.tolist(), strict=True):
             self.stats.pixels[c] += p
+            self.stats.features_per_class[c] = self.stats.features_per_class.get(c, 0) + 1
         self.stats.features += len(regions)
         data = [
             cls,

@@ -41,11 +41,11 @@ from typing import Any
 import numpy as np
 
 from tilesegd.errors import ConfigError, InputError
+from tilesegd.spec import NODATA
 from tilesegd.tiling import Block
 from tilesegd.writers.pieces import dissolve, drop_collinear, node_coverage
 
-NODATA = 255
-VOID = 255  # class value of pixels that are not vectorised (nodata, classes not kept)
+VOID = NODATA  # class value of pixels that are not vectorised (nodata, classes not kept)
 
 
 @dataclass
