@@ -106,6 +106,12 @@ class RunConfig:
         min_area: minimum mapping unit of the polygons, m2 (smaller regions are left out of
             ``polygons.gpkg``; the mask is unchanged).
         simplify: simplification tolerance of the polygons, pixels (shared edges stay shared).
+        resample: ``auto``: scenes whose ground sampling distance differs from the model's by
+            more than ``gsd_tolerance`` are segmented on a grid of the model's GSD and the
+            mask written back on the scene's grid; ``off``: every scene runs as it is.
+        gsd: the model's GSD in metres per pixel (overrides the model file's ``gsd``).
+        gsd_tolerance: relative GSD difference that still runs a scene as it is (0.1 = 10 %).
+        scene_gsd: the GSD of plain frames without georeferencing (metres per pixel).
     """
 
     input: list[str] = field(default_factory=list)
@@ -143,6 +149,10 @@ class RunConfig:
     vector_classes: list[str] | None = None
     min_area: float = 0.0
     simplify: float = 0.0
+    resample: str = "auto"
+    gsd: float | None = None
+    gsd_tolerance: float = 0.1
+    scene_gsd: float | None = None
 
     def validate(self) -> RunConfig:
         """Check types and ranges.
@@ -209,6 +219,14 @@ class RunConfig:
         ):
             if getattr(self, option) and not getattr(self, needs):
                 raise ConfigError(f"--{option.replace('_', '-')} needs --{needs} FILE")
+        if self.resample not in ("auto", "off"):
+            raise ConfigError(f"resample must be auto or off, got {self.resample!r}")
+        for name in ("gsd", "scene_gsd"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value < float("inf"):
+                raise ConfigError(f"{name} must be metres per pixel > 0, got {value}")
+        if not 0 <= self.gsd_tolerance < float("inf"):
+            raise ConfigError(f"gsd_tolerance must be >= 0 (e.g. 0.1), got {self.gsd_tolerance}")
         if isinstance(self.vector_classes, str):
             self.vector_classes = [n for n in self.vector_classes.split(",") if n.strip()]
 

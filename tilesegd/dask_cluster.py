@@ -127,10 +127,10 @@ def _worker_plan(job: SceneJob) -> ScenePlan:
             _PLANS.move_to_end(key)
             return _PLANS[key]
     try:
-        store = ZarrMaskStore.reopen(job.plan.work / "pred.zarr")
+        store = ZarrMaskStore.reopen(job.plan.store_path or job.plan.work / "pred.zarr")
     except FileNotFoundError:
         raise OutputError(
-            f"{job.plan.work / 'pred.zarr'}: the work store of scene {job.plan.name} is gone "
+            f"{job.plan.store_path}: the work store of scene {job.plan.name} is gone "
             "(removed by another run with --overwrite?); rerun the same command to resume"
         ) from None
     plan = replace(job.plan, store=store)

@@ -294,6 +294,7 @@ class DistributedRun:
                 tiles_skipped=st.tiles_skipped,
                 workers=sorted(st.workers),
                 **result,
+                **st.plan.resample_fields,
             )
             if st.plan.aoi is not None:
                 st.entry.update(aoi_fields(st.plan, None), tiles_outside_aoi=st.tiles_outside_aoi)

@@ -14,7 +14,9 @@ without running the network.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,12 +24,15 @@ import numpy as np
 
 from tilesegd import __version__
 from tilesegd.areas import AreaCounter, row_pixel_areas, write_areas_csv
-from tilesegd.ledger import publish
+from tilesegd.ledger import input_stat, publish
 from tilesegd.products import ProductSinks
+from tilesegd.scene import Scene
 from tilesegd.spec import NODATA
 from tilesegd.stitch import BlockCheckError
+from tilesegd.tiling import TileGrid
 from tilesegd.writers.cog import write_cog
 from tilesegd.writers.preview import write_preview
+from tilesegd.writers.zarr_store import ZarrMaskStore
 
 if TYPE_CHECKING:  # pragma: no cover
     from tilesegd.runner import RunSetup, ScenePlan
@@ -46,6 +51,38 @@ SCENE_OUTPUTS = (
     "zones.gpkg",
     "preview.png",
 )
+
+
+def scene_attrs(scene: Scene, run: RunSetup, transform: Any = None) -> dict[str, Any]:
+    """Metadata written into ``pred.zarr`` (and, JSON-encoded, the GeoTIFF tags); ``transform``
+    overrides the scene's (a model grid's)."""
+    transform = transform or scene.transform
+    return {
+        "crs": scene.crs.to_wkt() if scene.crs is not None else None,
+        "transform": list(transform.to_gdal()) if transform is not None else None,
+        "classes": [{"id": c.id, "name": c.name, "color": list(c.color)} for c in run.spec.classes],
+        "nodata": NODATA,
+        "source": str(scene.path),
+        "source_stat": input_stat(scene.path),
+        "tilesegd_version": __version__,
+        "fingerprint": run.fingerprint,
+        "config": run.cfg.to_dict(),
+    }
+
+
+def open_store(
+    path: Path, shape: tuple[int, int], grid: TileGrid, attrs: dict[str, Any], run: RunSetup
+) -> ZarrMaskStore:
+    """Create or reopen a scene's Zarr store for the run's arrays (mask, probs, confidence)."""
+    return ZarrMaskStore(
+        path,
+        shape,
+        grid.block_shape,
+        attrs,
+        run.spec.num_classes,
+        probs_chunks=grid.core_shape if run.cfg.save_probs else None,
+        confidence=run.confidence,
+    )
 
 
 def check_blocks_done(plan: ScenePlan) -> int | None:
@@ -151,6 +188,8 @@ def finish_scene(plan: ScenePlan, run: RunSetup) -> dict[str, Any]:
             be written.
     """
     scene = plan.scene
+    if plan.resample is not None:
+        plan = on_scene_grid(plan, run)
     done = write_mask_and_products(plan, run, set(run.products))
     if run.cfg.save_confidence:
         write_cog(
@@ -177,6 +216,7 @@ def finish_scene(plan: ScenePlan, run: RunSetup) -> dict[str, Any]:
             title=f"{plan.name} ({scene.width} x {scene.height})",
             sampled=plan.preview,
         )
+    shutil.rmtree(plan.work / "model_grid", ignore_errors=True)
     final = publish(plan.work, run.output / plan.name)
     entry = {
         "megapixels": round(scene.megapixels, 4),
@@ -193,6 +233,31 @@ def finish_scene(plan: ScenePlan, run: RunSetup) -> dict[str, Any]:
     if done.low_confidence is not None:
         entry["low_confidence_pixels"] = done.low_confidence
     return entry
+
+
+def on_scene_grid(plan: ScenePlan, run: RunSetup) -> ScenePlan:
+    """The plan of a scene segmented on its model grid, moved to the scene's own grid: every
+    model-grid block must be done; ``pred.zarr`` on the scene grid is then written from it
+    (nearest neighbour, :func:`tilesegd.resample.to_scene_grid`), with the AOI applied on the
+    scene grid by the pixel-centre rule.
+
+    Raises:
+        BlockCheckError: model-grid blocks are missing.
+    """
+    from tilesegd.resample import to_scene_grid
+
+    check_blocks_done(plan)
+    scene = plan.scene
+    shape = (scene.height, scene.width)
+    grid = run.geometry.grid(*shape)
+    store = open_store(plan.work / "pred.zarr", shape, grid, scene_attrs(scene, run), run)
+    keep = None
+    if plan.aoi is not None:
+        from tilesegd.aoi import SceneAOI
+
+        keep = SceneAOI(run.aoi, scene.crs, scene.transform, *shape, scene=str(scene.path))
+    to_scene_grid(plan.store, store, grid, plan.resample, keep)
+    return dataclasses.replace(plan, grid=grid, store=store, store_path=store.path)
 
 
 def add_products(plan: ScenePlan, run: RunSetup, which: set[str]) -> dict[str, Any]:

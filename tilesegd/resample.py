@@ -14,7 +14,8 @@ extent cut into pixels of the model's GSD.
   nodata.
 * **Tiles run on the model grid**, so the seamless stitching holds there.
 * **Writing back** (:func:`to_scene_grid`): every scene pixel takes the class id (and
-  confidence) of the model-grid pixel under its centre (nearest neighbour), block by block, so
+  confidence, and probabilities) of the model-grid pixel under its centre (nearest neighbour),
+  block by block, so
   ``mask.tif``, ``pred.zarr``, the areas, zones and polygons stay on the scene's own grid and
   aligned with the input; areas stay in metres.
 """
@@ -196,6 +197,48 @@ class ResampledSource(SceneSource):
         return frac >= 0.5
 
 
+class GrownRegion:
+    """An area of interest on a model grid, grown by ``pixels`` model pixels (binary dilation,
+    ``scipy.ndimage``): a model pixel whose centre is just outside the AOI can hold scene
+    pixels whose centres are inside it, and must be computed. The scene-grid outputs then apply
+    the AOI by the pixel-centre rule on the scene grid (:func:`to_scene_grid`).
+
+    Has the :class:`tilesegd.pipeline.Region` interface, and ``empty`` / ``fraction`` of the
+    wrapped :class:`tilesegd.aoi.SceneAOI`.
+    """
+
+    def __init__(self, region: Any, pixels: int = 1) -> None:
+        self.region, self.pixels = region, pixels
+
+    @property
+    def empty(self) -> bool:
+        """The AOI does not reach the scene."""
+        return bool(self.region.empty)
+
+    @property
+    def fraction(self) -> float:
+        """Approximate share of the scene inside the AOI (not grown)."""
+        return float(self.region.fraction)
+
+    def _grown(self, win: Win) -> Win:
+        p = self.pixels
+        return Win(win.row_off - p, win.col_off - p, win.height + 2 * p, win.width + 2 * p)
+
+    def intersects(self, win: Win) -> bool:
+        """Whether the grown AOI may reach ``win``."""
+        return bool(self.region.intersects(self._grown(win)))
+
+    def mask(self, win: Win) -> np.ndarray:
+        """(h, w) bool: pixels within ``pixels`` of an AOI pixel (8-neighbourhood)."""
+        from scipy.ndimage import binary_dilation
+
+        p = self.pixels
+        m = self.region.mask(self._grown(win))
+        if p and m.any():
+            m = binary_dilation(m, structure=np.ones((3, 3), bool), iterations=p)
+        return m[p : p + win.height, p : p + win.width]
+
+
 def nearest_index(n_scene: int, n_model: int, start: int, stop: int) -> np.ndarray:
     """Model-grid index under the centre of scene pixels ``start..stop-1`` along one axis."""
     idx = np.floor((np.arange(start, stop) + 0.5) * (n_model / n_scene)).astype(np.int64)
@@ -231,4 +274,7 @@ def to_scene_grid(
             if outside is not None:
                 conf[outside] = NODATA
             scene_store.write_confidence(block, conf)
-        scene_store.write_block(block, ids)
+        if scene_store.probs is not None and model_store.probs is not None:
+            probs = np.asarray(model_store.probs[(slice(None), *src.window.slices)])
+            scene_store.probs[(slice(None), *win.slices)] = probs[(slice(None), *pick)]
+        scene_store.write_block(block, ids)  # last: logs the block as done

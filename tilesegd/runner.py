@@ -21,15 +21,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tilesegd import __version__
 from tilesegd.config import RunConfig
-from tilesegd.finish import finish_scene
+from tilesegd.finish import finish_scene, open_store, scene_attrs
 from tilesegd.gdalenv import gdal_env
 from tilesegd.geometry import Geometry
 from tilesegd.ledger import fingerprint, input_stat, work_dir
 from tilesegd.pipeline import SegmentStats, segment
 from tilesegd.progress import progress_bar
 from tilesegd.reader import SceneSource, Source
+from tilesegd.resample import GrownRegion, ResampledSource, plan_resample
 from tilesegd.scene import Scene, check_compatible, open_scene
 from tilesegd.spec import NODATA, ModelSpec
 from tilesegd.stitch import BlockCheckError
@@ -72,6 +72,12 @@ class RunSetup:
     products: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def model_gsd(self) -> float | None:
+        """The model's GSD in metres (``--gsd``, else the model file's ``gsd``), or ``None``."""
+        gsd = self.cfg.gsd or self.spec.extra.get("gsd")
+        return None if gsd is None else float(gsd)
+
+    @property
     def confidence(self) -> bool:
         """Whether the engine computes the top-class confidence (stored in pred.zarr)."""
         return self.cfg.save_confidence or self.cfg.min_confidence is not None
@@ -98,7 +104,8 @@ class RunSetup:
             resolve_keep(spec.classes, cfg.vector_classes)  # unknown names: fail now
         aoi_id = (str(Path(cfg.aoi).resolve()), input_stat(cfg.aoi), cfg.aoi_crs) if aoi else None
         confidence = (cfg.save_confidence, cfg.min_confidence)
-        settings = (*geometry.settings(), bands, cfg.save_probs, *confidence, aoi_id)
+        gsd = (cfg.resample, cfg.gsd or spec.extra.get("gsd"), cfg.gsd_tolerance, cfg.scene_gsd)
+        settings = (*geometry.settings(), bands, cfg.save_probs, *confidence, aoi_id, *gsd)
         fp = fingerprint(model_sha, settings, device, dtype)
         return cls(
             cfg,
@@ -143,8 +150,14 @@ class ScenePlan:
         store: the (possibly half-done) ``pred.zarr``.
         todo: blocks still to compute.
         preview: the preview image sampled from the blocks decoded by :func:`compute_blocks`.
-        aoi: the area of interest on this scene (:class:`tilesegd.aoi.SceneAOI`), or ``None``.
+        aoi: the area of interest on the grid the tiles run on (:class:`tilesegd.aoi.SceneAOI`),
+            or ``None``.
         blocks_outside: blocks outside the area of interest (written as nodata, never read).
+        resample: how the scene maps onto its model grid (:class:`tilesegd.resample.GridResample`)
+            when it runs at the model's GSD, else ``None``; ``grid``, ``store`` and ``aoi`` are
+            then on the model grid, and the finish step writes the scene-grid outputs.
+        resample_fields: ``run.json`` fields of the GSDs and the factor.
+        store_path: where ``store`` lives (workers reopen it by path).
     """
 
     scene: Scene
@@ -157,27 +170,15 @@ class ScenePlan:
     preview: PreviewSampler | None = None
     aoi: Any = None
     blocks_outside: int = 0
+    resample: Any = None
+    resample_fields: dict[str, Any] = field(default_factory=dict)
+    store_path: Path | None = None
 
     @property
     def done_pixels(self) -> int:
         """Pixels of the blocks already finished."""
         todo = {b.id for b in self.todo}
         return sum(b.window.height * b.window.width for b in self.grid.blocks() if b.id not in todo)
-
-
-def scene_attrs(scene: Scene, run: RunSetup) -> dict[str, Any]:
-    """Metadata written into ``pred.zarr`` (and, JSON-encoded, the GeoTIFF tags)."""
-    return {
-        "crs": scene.crs.to_wkt() if scene.crs is not None else None,
-        "transform": list(scene.transform.to_gdal()) if scene.transform is not None else None,
-        "classes": [{"id": c.id, "name": c.name, "color": list(c.color)} for c in run.spec.classes],
-        "nodata": NODATA,
-        "source": str(scene.path),
-        "source_stat": input_stat(scene.path),
-        "tilesegd_version": __version__,
-        "fingerprint": run.fingerprint,
-        "config": run.cfg.to_dict(),
-    }
 
 
 def plan_scene(path: Path, name: str, run: RunSetup) -> ScenePlan:
@@ -201,33 +202,46 @@ def plan_scene(path: Path, name: str, run: RunSetup) -> ScenePlan:
         from tilesegd.pixelgrid import require_georeferenced
 
         require_georeferenced(scene.crs, scene.transform, str(scene.path), "--zones")
-    aoi = None
-    if run.aoi is not None:
-        from tilesegd.aoi import SceneAOI
-
-        aoi = SceneAOI(
-            run.aoi, scene.crs, scene.transform, scene.height, scene.width, scene=str(scene.path)
-        )
-    grid = run.geometry.grid(scene.height, scene.width)
-    work = work_dir(run.output, name)
-    work.mkdir(parents=True, exist_ok=True)
-    store = ZarrMaskStore(
-        work / "pred.zarr",
-        (scene.height, scene.width),
-        grid.block_shape,
-        scene_attrs(scene, run),
-        spec.num_classes,
-        probs_chunks=grid.core_shape if cfg.save_probs else None,
-        confidence=run.confidence,
+    resample, fields = plan_resample(
+        scene,
+        run.model_gsd,
+        enabled=cfg.resample != "off",
+        tolerance=cfg.gsd_tolerance,
+        scene_gsd=cfg.scene_gsd,
     )
+    shape = resample.model_shape if resample else (scene.height, scene.width)
+    transform = resample.model_transform(scene.transform) if resample else scene.transform
+    aoi = scene_aoi(run, scene, shape, transform)
+    if aoi is not None and resample is not None:
+        aoi = GrownRegion(aoi)  # the scene grid applies the AOI exactly at the end
+    grid = run.geometry.grid(*shape)
+    work = work_dir(run.output, name)
+    path = work / "model_grid" / "pred.zarr" if resample else work / "pred.zarr"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    store = open_store(path, shape, grid, scene_attrs(scene, run, transform), run)
     done = store.done_blocks()
     todo = [b for b in grid.blocks() if b.id not in done]
     if done:
         log.info("%s: resuming, %d of %d blocks already done", name, len(done), grid.n_blocks)
     plan = ScenePlan(scene, name, run.bands, grid, work, store, todo, aoi=aoi)
+    plan.resample, plan.resample_fields, plan.store_path = resample, fields, path
     if aoi is not None:
         skip_outside(plan)
     return plan
+
+
+def scene_aoi(run: RunSetup, scene: Scene, shape: tuple[int, int], transform: Any) -> Any:
+    """The run's AOI placed on a ``shape`` grid of the scene with ``transform`` (``None``
+    without an AOI).
+
+    Raises:
+        InputError: the scene is not georeferenced.
+    """
+    if run.aoi is None:
+        return None
+    from tilesegd.aoi import SceneAOI
+
+    return SceneAOI(run.aoi, scene.crs, transform, *shape, scene=str(scene.path))
 
 
 def skip_outside(plan: ScenePlan) -> None:
@@ -290,11 +304,13 @@ def compute_blocks(
     cfg, scene = run.cfg, plan.scene
     blocks = plan.todo if blocks is None else blocks
     source: Source = SceneSource(scene, plan.bands)
+    if plan.resample is not None:
+        source = ResampledSource(scene, plan.bands, plan.resample)
     if cfg.preview_size > 0 and sample_preview:
         preload()  # matplotlib, in the background
         if plan.preview is None:
             plan.preview = PreviewSampler(
-                scene.height, scene.width, len(plan.bands), scene.dtype, cfg.preview_size
+                source.height, source.width, len(plan.bands), scene.dtype, cfg.preview_size
             )
         source = PreviewSampling(source, plan.preview)
     bar = progress_bar(
@@ -368,6 +384,7 @@ def run_scene(
         "tiles_skipped": stats.tiles_skipped,
         "blocks_resumed": resumed,
         **entry,
+        **plan.resample_fields,
     }
 
 

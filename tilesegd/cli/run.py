@@ -234,6 +234,34 @@ def _bands(ctx: click.Context, param: click.Parameter, value: str | None) -> lis
     help="Simplify polygon outlines with a tolerance of PX pixels, keeping shared edges "
     "shared (shapely coverage_simplify: no gaps or overlaps) [default: 0, exact pixel edges].",
 )
+@click.option(
+    "--resample",
+    type=click.Choice(["auto", "off"]),
+    help="auto: a scene whose ground sampling distance differs from the model's (its gsd, or "
+    "--gsd) by more than --gsd-tolerance is segmented on a grid of the model's GSD (GDAL "
+    "average when shrinking, bilinear when enlarging) and its mask written back on the "
+    "scene's own grid (nearest); off: run every scene as it is [default: auto].",
+)
+@click.option(
+    "--gsd",
+    type=float,
+    metavar="M",
+    help="The model's ground sampling distance, metres per pixel (overrides the model file's "
+    "gsd) [default: the model file's].",
+)
+@click.option(
+    "--gsd-tolerance",
+    type=float,
+    metavar="F",
+    help="Relative GSD difference that still runs a scene as it is [default: 0.1 = 10%].",
+)
+@click.option(
+    "--scene-gsd",
+    type=float,
+    metavar="M",
+    help="The GSD (metres per pixel) of plain JPEG / PNG frames, which carry none; without it "
+    "they run as they are.",
+)
 @verbosity_options
 @click.pass_context
 def run(
