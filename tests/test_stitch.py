@@ -169,7 +169,8 @@ def test_a_broken_stitcher_fails_the_scene_and_publishes_nothing(
 
 def test_finish_refuses_a_store_with_a_missing_block(tmp_path: Path, tiny_model) -> None:
     from tilesegd.config import RunConfig
-    from tilesegd.runner import RunSetup, check_blocks_done, finish_scene, plan_scene
+    from tilesegd.finish import check_blocks_done, finish_scene
+    from tilesegd.runner import RunSetup, plan_scene
 
     inp = tmp_path / "in"
     inp.mkdir()

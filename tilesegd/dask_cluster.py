@@ -27,7 +27,7 @@ from tilesegd.geometry import Geometry
 
 if TYPE_CHECKING:  # pragma: no cover
     from tilesegd.engine import Engine
-    from tilesegd.runner import RunSetup, ScenePlan
+    from tilesegd.plan import RunSetup, ScenePlan
 
 log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 30
@@ -42,10 +42,10 @@ class SceneJob:
     """What a worker needs to compute blocks of one scene (about 2 kB per task).
 
     Attributes:
-        plan: the client's :class:`~tilesegd.runner.ScenePlan` without its store (``store``
+        plan: the client's :class:`~tilesegd.plan.ScenePlan` without its store (``store``
             is ``None``, ``todo`` empty): scene profile, bands, tile grid, work folder. Workers
             never re-plan, so every worker computes exactly the client's grid.
-        run: the run's :class:`~tilesegd.runner.RunSetup` (its ``cfg.workers`` = reader /
+        run: the run's :class:`~tilesegd.plan.RunSetup` (its ``cfg.workers`` = reader /
             writer threads per task).
         model_sha: SHA-256 of the model file: every worker must load these exact bytes.
         device, dtype: what the first worker resolved (``"cuda"``, ``"torch.float16"``); a

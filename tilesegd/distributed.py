@@ -41,7 +41,7 @@ from tilesegd.progress import progress_bar
 from tilesegd.runner import RunSetup, aoi_fields, finish_scene, plan_scene
 
 if TYPE_CHECKING:  # pragma: no cover
-    from tilesegd.runner import ScenePlan
+    from tilesegd.plan import ScenePlan
     from tilesegd.tiling import Block
 
 log = logging.getLogger(__name__)

@@ -18,13 +18,14 @@ import dataclasses
 import logging
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from tilesegd import __version__
 from tilesegd.areas import AreaCounter, row_pixel_areas, write_areas_csv
 from tilesegd.ledger import input_stat, publish
+from tilesegd.plan import RunSetup, ScenePlan
 from tilesegd.products import ProductSinks
 from tilesegd.scene import Scene
 from tilesegd.spec import NODATA
@@ -33,9 +34,6 @@ from tilesegd.tiling import TileGrid
 from tilesegd.writers.cog import write_cog
 from tilesegd.writers.preview import write_preview
 from tilesegd.writers.zarr_store import ZarrMaskStore
-
-if TYPE_CHECKING:  # pragma: no cover
-    from tilesegd.runner import RunSetup, ScenePlan
 
 log = logging.getLogger(__name__)
 SCENE_OUTPUTS = (
@@ -283,3 +281,31 @@ def add_products(plan: ScenePlan, run: RunSetup, which: set[str]) -> dict[str, A
 def output_paths(folder: Path) -> dict[str, str]:
     """``{file name: path}`` of the outputs present in a scene folder."""
     return {k: str(folder / k) for k in SCENE_OUTPUTS if (folder / k).exists()}
+
+
+def add_scene_products(path: Path, name: str, run: RunSetup, which: set[str]) -> dict[str, Any]:
+    """Add products ``which`` (``"vector"``, ``"zones"``) to a scene finished earlier, from
+    its published ``pred.zarr``: the network does not run.
+
+    Returns:
+        The ``run.json`` fields of the products.
+
+    Raises:
+        InputError: the scene cannot be profiled (or zones on a plain frame). OutputError:
+            a file cannot be written. FileNotFoundError: the published store is gone.
+    """
+    from tilesegd.scene import open_scene
+
+    cfg = run.cfg
+    scene = open_scene(
+        path,
+        name,
+        max_megapixels=cfg.max_megapixels,
+        allow_vrt=cfg.allow_vrt,
+        allow_no_georef=cfg.allow_no_georef,
+    )
+    folder = run.output / name
+    store = ZarrMaskStore.reopen(folder / "pred.zarr")
+    plan = ScenePlan(scene, name, run.bands, run.geometry.grid(scene.height, scene.width),
+                     folder, store, [])  # fmt: skip
+    return add_products(plan, run, which)

@@ -15,8 +15,9 @@ from typing import Any
 
 from tilesegd.config import RunConfig
 from tilesegd.errors import Interrupted
+from tilesegd.finish import add_scene_products
 from tilesegd.ledger import RunLedger
-from tilesegd.runner import RunSetup, add_scene_products, run_scene
+from tilesegd.runner import RunSetup, run_scene
 
 log = logging.getLogger(__name__)
 

@@ -15,170 +15,29 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tilesegd.config import RunConfig
 from tilesegd.finish import finish_scene, open_store, scene_attrs
 from tilesegd.gdalenv import gdal_env
-from tilesegd.geometry import Geometry
-from tilesegd.ledger import fingerprint, input_stat, work_dir
+from tilesegd.ledger import work_dir
 from tilesegd.pipeline import SegmentStats, segment
+from tilesegd.plan import RunSetup, ScenePlan
 from tilesegd.progress import progress_bar
 from tilesegd.reader import SceneSource, Source
 from tilesegd.resample import GrownRegion, ResampledSource, plan_resample
 from tilesegd.scene import Scene, check_compatible, open_scene
-from tilesegd.spec import NODATA, ModelSpec
+from tilesegd.spec import NODATA
 from tilesegd.stitch import BlockCheckError
-from tilesegd.tiling import Block, TileGrid, Win
+from tilesegd.tiling import Block, Win
 from tilesegd.writers.preview import PreviewSampler, preload
-from tilesegd.writers.zarr_store import ZarrMaskStore
 
 if TYPE_CHECKING:  # pragma: no cover
     from tilesegd.engine import Engine
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RunSetup:
-    """What every scene of a run shares, resolved once per run.
-
-    Attributes:
-        cfg: the resolved configuration.
-        spec: the model's metadata.
-        geometry: tile size, overlap, block size and batch size (pixels / tiles).
-        bands: 1-based raster bands fed to the network, in model input order.
-        output: the run's output directory.
-        fingerprint: identifies model + settings + device (what may be resumed or skipped).
-        model: the model file's path (recorded in the masks' tags).
-        aoi: the area of interest's polygons, or ``None``.
-        zones: the zones' polygons, or ``None``.
-        products: the optional products asked for (:func:`tilesegd.products.requested_products`).
-    """
-
-    cfg: RunConfig
-    spec: ModelSpec
-    geometry: Geometry
-    bands: tuple[int, ...]
-    output: Path
-    fingerprint: str
-    model: str
-    aoi: Any = None
-    zones: Any = None
-    products: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def model_gsd(self) -> float | None:
-        """The model's GSD in metres (``--gsd``, else the model file's ``gsd``), or ``None``."""
-        gsd = self.cfg.gsd or self.spec.extra.get("gsd")
-        return None if gsd is None else float(gsd)
-
-    @property
-    def confidence(self) -> bool:
-        """Whether the engine computes the top-class confidence (stored in pred.zarr)."""
-        return self.cfg.save_confidence or self.cfg.min_confidence is not None
-
-    @classmethod
-    def resolve(
-        cls, cfg: RunConfig, spec: ModelSpec, output: Path, model_sha: str, device: str, dtype: str
-    ) -> RunSetup:
-        """Resolve geometry and bands against the model, read the AOI and zones files, check
-        the vector options, and compute the fingerprint.
-
-        Raises:
-            ConfigError: the tile geometry cannot work, ``--bands`` does not list the model's
-                number of input channels, an AOI / zones file is unusable, or
-                ``--vector-classes`` names a class the model does not have.
-        """
-        from tilesegd.products import requested_products
-
-        geometry, bands = cfg.geometry(spec), cfg.bands_for(spec)
-        aoi, zones = load_layers(cfg)
-        if cfg.vector:
-            from tilesegd.writers.polygons import resolve_keep
-
-            resolve_keep(spec.classes, cfg.vector_classes)  # unknown names: fail now
-        aoi_id = (str(Path(cfg.aoi).resolve()), input_stat(cfg.aoi), cfg.aoi_crs) if aoi else None
-        confidence = (cfg.save_confidence, cfg.min_confidence)
-        gsd = (cfg.resample, cfg.gsd or spec.extra.get("gsd"), cfg.gsd_tolerance, cfg.scene_gsd)
-        settings = (*geometry.settings(), bands, cfg.save_probs, *confidence, aoi_id, *gsd)
-        fp = fingerprint(model_sha, settings, device, dtype)
-        return cls(
-            cfg,
-            spec,
-            geometry,
-            bands,
-            Path(output),
-            fp,
-            str(cfg.model or ""),
-            aoi,
-            zones,
-            requested_products(cfg),
-        )
-
-
-def load_layers(cfg: RunConfig) -> tuple[Any, Any]:
-    """The AOI and zones polygon layers of a run (``None`` when not asked for), read once.
-
-    Raises:
-        ConfigError: a file cannot be read, has no polygons, no CRS (and no override), or
-            lacks the zone field.
-    """
-    from tilesegd.vectors import load_polygons
-
-    aoi = load_polygons(cfg.aoi, option="--aoi", crs=cfg.aoi_crs) if cfg.aoi else None
-    zones = None
-    if cfg.zones:
-        zones = load_polygons(cfg.zones, option="--zones", crs=cfg.zones_crs, field=cfg.zone_field)
-    return aoi, zones
-
-
-@dataclass
-class ScenePlan:
-    """Everything needed to compute and finish one scene (see :func:`plan_scene`).
-
-    Attributes:
-        scene: the profiled input.
-        name: output folder name.
-        bands: 1-based bands fed to the network.
-        grid: tile / block geometry.
-        work: the scene's work folder; ``store`` lives in it.
-        store: the (possibly half-done) ``pred.zarr``.
-        todo: blocks still to compute.
-        preview: the preview image sampled from the blocks decoded by :func:`compute_blocks`.
-        aoi: the area of interest on the grid the tiles run on (:class:`tilesegd.aoi.SceneAOI`),
-            or ``None``.
-        blocks_outside: blocks outside the area of interest (written as nodata, never read).
-        resample: how the scene maps onto its model grid (:class:`tilesegd.resample.GridResample`)
-            when it runs at the model's GSD, else ``None``; ``grid``, ``store`` and ``aoi`` are
-            then on the model grid, and the finish step writes the scene-grid outputs.
-        resample_fields: ``run.json`` fields of the GSDs and the factor.
-        store_path: where ``store`` lives (workers reopen it by path).
-    """
-
-    scene: Scene
-    name: str
-    bands: tuple[int, ...]
-    grid: TileGrid
-    work: Path
-    store: ZarrMaskStore | None
-    todo: list[Block]
-    preview: PreviewSampler | None = None
-    aoi: Any = None
-    blocks_outside: int = 0
-    resample: Any = None
-    resample_fields: dict[str, Any] = field(default_factory=dict)
-    store_path: Path | None = None
-
-    @property
-    def done_pixels(self) -> int:
-        """Pixels of the blocks already finished."""
-        todo = {b.id for b in self.todo}
-        return sum(b.window.height * b.window.width for b in self.grid.blocks() if b.id not in todo)
 
 
 def plan_scene(path: Path, name: str, run: RunSetup) -> ScenePlan:
@@ -401,31 +260,3 @@ def aoi_fields(plan: ScenePlan, stats: SegmentStats | None) -> dict[str, Any]:
     if plan.aoi.empty:
         out["note"] = "the scene is outside the AOI: nothing was computed, every pixel is nodata"
     return out
-
-
-def add_scene_products(path: Path, name: str, run: RunSetup, which: set[str]) -> dict[str, Any]:
-    """Add products ``which`` (``"vector"``, ``"zones"``) to a scene finished earlier, from
-    its published ``pred.zarr``: the network does not run.
-
-    Returns:
-        The ``run.json`` fields of the products.
-
-    Raises:
-        InputError: the scene cannot be profiled (or zones on a plain frame). OutputError:
-            a file cannot be written. FileNotFoundError: the published store is gone.
-    """
-    from tilesegd.finish import add_products
-
-    cfg = run.cfg
-    scene = open_scene(
-        path,
-        name,
-        max_megapixels=cfg.max_megapixels,
-        allow_vrt=cfg.allow_vrt,
-        allow_no_georef=cfg.allow_no_georef,
-    )
-    folder = run.output / name
-    store = ZarrMaskStore.reopen(folder / "pred.zarr")
-    plan = ScenePlan(scene, name, run.bands, run.geometry.grid(scene.height, scene.width),
-                     folder, store, [])  # fmt: skip
-    return add_products(plan, run, which)
