@@ -227,6 +227,18 @@ def test_sigterm_stops_cleanly_with_75_and_resumes(setup, tmp_path) -> None:
     assert_same_outputs(ref, out)
 
 
+def wait_stopped(pid: int, timeout: float = 30.0) -> None:
+    """Wait until the kernel reports the process stopped (state T in /proc/PID/stat)."""
+    t_end = time.monotonic() + timeout
+    while time.monotonic() < t_end:
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] in ("T", "t"):
+                time.sleep(0.05)  # let in-flight I/O settle
+                return
+        time.sleep(0.002)
+    pytest.fail("the process did not stop")
+
+
 def test_second_run_on_a_busy_output_refuses(setup, tmp_path) -> None:
     inp, model, ref = setup
     out = tmp_path / "out"
@@ -234,6 +246,7 @@ def test_second_run_on_a_busy_output_refuses(setup, tmp_path) -> None:
     try:
         wait_for(proc, lambda: len(done_ids(out, "a")) >= 1)
         os.kill(proc.pid, signal.SIGSTOP)  # hold it mid-scene, lock taken
+        wait_stopped(proc.pid)  # delivery is asynchronous: a loaded machine runs it on a while
         before = sorted((p, p.stat().st_mtime_ns) for p in out.rglob("*") if p.is_file())
         r = rerun(inp, model, out)
         assert r.exit_code == 5, r.output

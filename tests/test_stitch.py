@@ -33,7 +33,7 @@ def test_split_block_skips_all_nodata_tiles_and_views_the_read_window() -> None:
     img, valid, grid = strip_scene()
     block = grid.blocks()[grid.block_counts[1]]  # second block row: rows 96..99 all nodata
     data, v = ArraySource(img, valid).read(grid.read_window(block))
-    stitcher = Stitcher(lambda b, ids: None)
+    stitcher = Stitcher(lambda b, ids, conf: None)
     state = stitcher.open(grid, block, v)
     jobs, skipped = split_block(grid, state, data, v)
     assert jobs == [] and skipped == len(grid.tiles_in_block(block))
@@ -66,9 +66,9 @@ def test_batcher_groups_tiles_across_blocks_and_drains_in_order() -> None:
     img, valid, grid = strip_scene(60, 61)
     eng, results = identity_engine(batch=5), []
     batcher = Batcher(
-        eng, (4, 4, 24, 24), lambda jobs, ids, p: results.append(len(jobs)), StageTimes()
+        eng, (4, 4, 24, 24), lambda jobs, ids, p, c: results.append(len(jobs)), StageTimes()
     )
-    stitcher = Stitcher(lambda b, ids: None)
+    stitcher = Stitcher(lambda b, ids, conf: None)
     n = 0
     for block in grid.blocks():
         data, v = ArraySource(img, valid).read(grid.read_window(block))
@@ -104,14 +104,14 @@ def test_check_block_counts_nodata() -> None:
         check_block(b, ids, 0)
 
 
-def broken_place(self, job, ids):
+def broken_place(self, job, ids, confidence=None):
     """A stitcher that loses the first tile core of every block (accounts it, writes nothing)."""
     if job.tile.core.row_off == job.block.block.window.row_off and (
         job.tile.core.col_off == job.block.block.window.col_off
     ):
         self.account(job.block)
         return
-    Stitcher.real_place(self, job, ids)
+    Stitcher.real_place(self, job, ids, confidence)
 
 
 @pytest.fixture
@@ -169,7 +169,8 @@ def test_a_broken_stitcher_fails_the_scene_and_publishes_nothing(
 
 def test_finish_refuses_a_store_with_a_missing_block(tmp_path: Path, tiny_model) -> None:
     from tilesegd.config import RunConfig
-    from tilesegd.runner import RunSetup, check_blocks_done, finish_scene, plan_scene
+    from tilesegd.finish import check_blocks_done, finish_scene
+    from tilesegd.runner import RunSetup, plan_scene
 
     inp = tmp_path / "in"
     inp.mkdir()

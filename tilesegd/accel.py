@@ -56,21 +56,22 @@ class GraphRunner:
     """Replay a captured CUDA graph of ``step(x, valid)`` per input shape.
 
     Args:
-        step: ``(x (B, C, H, W), valid (B, H, W)) -> (ids, probs or None)`` on the device; it
-            must be capturable (no host synchronisation, static shapes).
+        step: ``(x (B, C, H, W), valid (B, H, W)) -> tuple of tensors or None`` on the device
+            (ids, probs, confidence); it must be capturable (no host synchronisation, static
+            shapes).
 
     The first call for a shape warms up on a side stream and captures; later calls copy the
     inputs into the static buffers, replay, and clone the outputs (the next replay overwrites
     them). More than :data:`MAX_GRAPHS` shapes run eagerly.
     """
 
-    def __init__(self, step: Callable[..., tuple[torch.Tensor, torch.Tensor | None]]) -> None:
+    def __init__(self, step: Callable[..., tuple[torch.Tensor | None, ...]]) -> None:
         self.step = step
         self.graphs: dict[tuple, tuple] = {}
         self.failed = False
 
     def __call__(self, x: torch.Tensor, valid: torch.Tensor):
-        """Run ``step`` through a graph; returns fresh ``(ids, probs or None)`` tensors."""
+        """Run ``step`` through a graph; returns fresh copies of its output tensors."""
         key = (tuple(x.shape), x.dtype)
         entry = self.graphs.get(key)
         if entry is None:
@@ -85,11 +86,11 @@ class GraphRunner:
                 self.failed = True
                 return self.step(x, valid)
             self.graphs[key] = entry
-        graph, sx, sv, (ids, probs) = entry
+        graph, sx, sv, outputs = entry
         sx.copy_(x, non_blocking=True)
         sv.copy_(valid, non_blocking=True)
         graph.replay()
-        return ids.clone(), None if probs is None else probs.clone()
+        return tuple(None if t is None else t.clone() for t in outputs)
 
     def _capture(self, x: torch.Tensor, valid: torch.Tensor) -> tuple:
         sx, sv = x.clone(), valid.clone()

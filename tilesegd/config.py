@@ -90,6 +90,28 @@ class RunConfig:
             or ``local-cuda`` (dask-cuda, one worker per GPU).
         shard: ``"I/N"``: process only scene ``I`` of every ``N`` (0-based, by sorted path),
             for job arrays without a scheduler.
+        save_confidence: also write ``confidence.tif``: the top class's softmax probability
+            x 100 (uint8 0-100, nodata 255), and a ``confidence`` array in ``pred.zarr``.
+        min_confidence: a probability in (0, 1): pixels whose top-class probability is below
+            it become nodata in the mask and the areas (counted in run.json).
+        aoi: a polygon file (any OGR format, any CRS): only pixels whose centre is inside are
+            segmented; the rest are nodata; blocks and tiles outside are never read or run.
+        aoi_crs: the AOI file's CRS when it has none (e.g. ``EPSG:4326``).
+        zones: a polygon file of zones (parcels, districts...): class areas per zone in
+            ``zones.csv`` / ``zones.gpkg`` per scene and ``zones_summary.csv`` per run.
+        zones_crs: the zones file's CRS when it has none.
+        zone_field: the zones' attribute that names them (default: the feature id).
+        vector: also write ``polygons.gpkg``: one polygon per connected region of a class.
+        vector_classes: class names to vectorise (default: all but ``background``).
+        min_area: minimum mapping unit of the polygons, m2 (smaller regions are left out of
+            ``polygons.gpkg``; the mask is unchanged).
+        simplify: simplification tolerance of the polygons, pixels (shared edges stay shared).
+        resample: ``auto``: scenes whose ground sampling distance differs from the model's by
+            more than ``gsd_tolerance`` are segmented on a grid of the model's GSD and the
+            mask written back on the scene's grid; ``off``: every scene runs as it is.
+        gsd: the model's GSD in metres per pixel (overrides the model file's ``gsd``).
+        gsd_tolerance: relative GSD difference that still runs a scene as it is (0.1 = 10 %).
+        scene_gsd: the GSD of plain frames without georeferencing (metres per pixel).
     """
 
     input: list[str] = field(default_factory=list)
@@ -116,6 +138,21 @@ class RunConfig:
     scheduler: str | None = None
     cluster: str | None = None
     shard: str | None = None
+    save_confidence: bool = False
+    min_confidence: float | None = None
+    aoi: str | None = None
+    aoi_crs: str | None = None
+    zones: str | None = None
+    zones_crs: str | None = None
+    zone_field: str | None = None
+    vector: bool = False
+    vector_classes: list[str] | None = None
+    min_area: float = 0.0
+    simplify: float = 0.0
+    resample: str = "auto"
+    gsd: float | None = None
+    gsd_tolerance: float = 0.1
+    scene_gsd: float | None = None
 
     def validate(self) -> RunConfig:
         """Check types and ranges.
@@ -158,7 +195,40 @@ class RunConfig:
             )
         if self.shard is not None:
             parse_shard(self.shard)
+        self.validate_products()
         return self
+
+    def validate_products(self) -> None:
+        """Check the options of the optional outputs (confidence, AOI, zones, polygons).
+
+        Raises:
+            ConfigError: naming the bad option.
+        """
+        if self.min_confidence is not None and not 0 < self.min_confidence < 1:
+            raise ConfigError(
+                f"min_confidence must be a probability between 0 and 1 (e.g. 0.5), got "
+                f"{self.min_confidence}"
+            )
+        for name, value in (("min_area", self.min_area), ("simplify", self.simplify)):
+            if not value >= 0 or value == float("inf"):
+                raise ConfigError(f"{name} must be a finite number >= 0, got {value}")
+        for option, needs in (
+            ("aoi_crs", "aoi"),
+            ("zones_crs", "zones"),
+            ("zone_field", "zones"),
+        ):
+            if getattr(self, option) and not getattr(self, needs):
+                raise ConfigError(f"--{option.replace('_', '-')} needs --{needs} FILE")
+        if self.resample not in ("auto", "off"):
+            raise ConfigError(f"resample must be auto or off, got {self.resample!r}")
+        for name in ("gsd", "scene_gsd"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value < float("inf"):
+                raise ConfigError(f"{name} must be metres per pixel > 0, got {value}")
+        if not 0 <= self.gsd_tolerance < float("inf"):
+            raise ConfigError(f"gsd_tolerance must be >= 0 (e.g. 0.1), got {self.gsd_tolerance}")
+        if isinstance(self.vector_classes, str):
+            self.vector_classes = [n for n in self.vector_classes.split(",") if n.strip()]
 
     def geometry(self, spec: ModelSpec) -> Geometry:
         """This run's tile geometry for a model (see :func:`~tilesegd.geometry.resolve_geometry`).

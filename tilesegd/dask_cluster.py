@@ -27,7 +27,7 @@ from tilesegd.geometry import Geometry
 
 if TYPE_CHECKING:  # pragma: no cover
     from tilesegd.engine import Engine
-    from tilesegd.runner import RunSetup, ScenePlan
+    from tilesegd.plan import RunSetup, ScenePlan
 
 log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 30
@@ -42,10 +42,10 @@ class SceneJob:
     """What a worker needs to compute blocks of one scene (about 2 kB per task).
 
     Attributes:
-        plan: the client's :class:`~tilesegd.runner.ScenePlan` without its store (``store``
+        plan: the client's :class:`~tilesegd.plan.ScenePlan` without its store (``store``
             is ``None``, ``todo`` empty): scene profile, bands, tile grid, work folder. Workers
             never re-plan, so every worker computes exactly the client's grid.
-        run: the run's :class:`~tilesegd.runner.RunSetup` (its ``cfg.workers`` = reader /
+        run: the run's :class:`~tilesegd.plan.RunSetup` (its ``cfg.workers`` = reader /
             writer threads per task).
         model_sha: SHA-256 of the model file: every worker must load these exact bytes.
         device, dtype: what the first worker resolved (``"cuda"``, ``"torch.float16"``); a
@@ -80,6 +80,8 @@ def worker_engine(cfg: RunConfig, geometry: Geometry, model_sha: str) -> Engine:
         cfg.save_probs,
         cfg.compile,
         cfg.runtime,
+        cfg.save_confidence,
+        cfg.min_confidence,
         geometry,
     )
     with _LOCK:
@@ -94,6 +96,8 @@ def worker_engine(cfg: RunConfig, geometry: Geometry, model_sha: str) -> Engine:
                 save_probs=cfg.save_probs,
                 compile=cfg.compile,
                 runtime=cfg.runtime,
+                confidence=cfg.save_confidence,
+                min_confidence=cfg.min_confidence,
             )
             _ENGINES[key] = engine
         return _ENGINES[key]
@@ -123,10 +127,10 @@ def _worker_plan(job: SceneJob) -> ScenePlan:
             _PLANS.move_to_end(key)
             return _PLANS[key]
     try:
-        store = ZarrMaskStore.reopen(job.plan.work / "pred.zarr")
+        store = ZarrMaskStore.reopen(job.plan.store_path or job.plan.work / "pred.zarr")
     except FileNotFoundError:
         raise OutputError(
-            f"{job.plan.work / 'pred.zarr'}: the work store of scene {job.plan.name} is gone "
+            f"{job.plan.store_path}: the work store of scene {job.plan.name} is gone "
             "(removed by another run with --overwrite?); rerun the same command to resume"
         ) from None
     plan = replace(job.plan, store=store)
@@ -171,6 +175,7 @@ def compute_task(job: SceneJob, block_ids: list[int]) -> dict[str, Any]:
         # the preview is drawn on the client, from the scene (no sampler on workers)
         stats = compute_blocks(plan, engine, job.run, todo, progress=False, sample_preview=False)
         out.update(tiles_run=stats.tiles_run, tiles_skipped=stats.tiles_skipped)
+        out["tiles_outside_aoi"] = stats.tiles_outside_aoi
         out["pixels"] = stats.pixels
     out["seconds"] = round(time.perf_counter() - t0, 3)
     return out

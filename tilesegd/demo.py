@@ -100,6 +100,51 @@ def make_synthetic(root: Path) -> tuple[Path, Path, Path, Path]:
     return images, masks, classes, scenes
 
 
+def footprints(scenes: Path) -> list[tuple[str, object]]:
+    """``(name, footprint polygon in EPSG:4326)`` of each georeferenced scene under ``scenes``."""
+    import rasterio
+    import shapely
+    from rasterio.warp import transform_geom
+
+    out = []
+    for path in sorted(scenes.rglob("*.tif")):
+        with rasterio.open(path) as ds:
+            if ds.crs is None:
+                continue
+            box = shapely.box(*ds.bounds)
+            geom = transform_geom(ds.crs, "EPSG:4326", shapely.geometry.mapping(box))
+            out.append((path.stem, shapely.geometry.shape(geom)))
+    return out
+
+
+def make_vectors(scenes: Path, folder: Path) -> tuple[Path, Path]:
+    """An AOI (``aoi.geojson``: the central half of the first scene, in EPSG:4326, so the run
+    reprojects it) and zones (``zones.gpkg``: a 2 x 2 grid over every scene, named
+    ``<scene>-<row><col>``) made from the sample scenes' extent."""
+    import pyogrio.raw
+    import shapely
+
+    folder.mkdir(parents=True, exist_ok=True)
+    feet = footprints(scenes)
+    names, cells = [], []
+    for name, g in feet:
+        x0, y0, x1, y1 = g.bounds
+        for i in range(2):
+            for j in range(2):
+                xa, ya = x0 + (x1 - x0) * j / 2, y1 - (y1 - y0) * (i + 1) / 2
+                cells.append(shapely.box(xa, ya, xa + (x1 - x0) / 2, ya + (y1 - y0) / 2))
+                names.append(f"{name}-{i}{j}")
+    zones, aoi = folder / "zones.gpkg", folder / "aoi.geojson"
+    pyogrio.raw.write(zones, shapely.to_wkb(np.array(cells, dtype=object)),
+                      [np.array(names, dtype=object)], ["zone"], driver="GPKG",
+                      geometry_type="Polygon", crs="EPSG:4326")  # fmt: skip
+    first = feet[0][1]
+    half = shapely.affinity.scale(first, 0.5**0.5, 0.5**0.5)
+    pyogrio.raw.write(aoi, shapely.to_wkb(np.array([half], dtype=object)), [], [],
+                      driver="GeoJSON", geometry_type="Polygon", crs="EPSG:4326")  # fmt: skip
+    return aoi, zones
+
+
 def tilesegd(*args: str) -> int:
     """Run the ``tilesegd`` CLI in a subprocess (as a user would); return its exit code."""
     cmd = [sys.executable, "-m", "tilesegd", *args]
@@ -138,15 +183,39 @@ def main() -> int:
             print(f"demo: training failed (exit {rc})", file=sys.stderr)
             return rc or 1
     out = DEMO / "out"
-    rc = tilesegd("run", "--input", str(scenes), "--model", str(model), "--output", str(out))
+    aoi, zones = make_vectors(scenes, DEMO / "vectors")
+    rc = tilesegd(
+        "run",
+        "--input",
+        str(scenes),
+        "--model",
+        str(model),
+        "--output",
+        str(out),
+        "--vector",
+        "--zones",
+        str(zones),
+        "--zone-field",
+        "zone",
+        "--save-confidence",
+    )
     if rc not in (0, 4):  # 4: some scenes failed on purpose (e.g. a 1-band uint16 scene)
         return rc
+    first = sorted(p for p in scenes.rglob("*.tif"))[0]
+    out_aoi = DEMO / "out_aoi"
+    rc_aoi = tilesegd("run", "--input", str(first), "--model", str(model), "--output",
+                      str(out_aoi), "--aoi", str(aoi))  # fmt: skip
     print("\nOutputs:")
     for scene in sorted(p for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")):
         print(
-            f"  {scene}/  mask.tif (+ mask.qml, mask.tif.aux.xml)  pred.zarr  areas.csv  preview.png"
+            f"  {scene}/  mask.tif (+ mask.qml, mask.tif.aux.xml: open it in QGIS)  "
+            "confidence.tif  polygons.gpkg  zones.csv  zones.gpkg  pred.zarr  areas.csv  "
+            "preview.png"
         )
-    print(f"  {out / 'summary.csv'}\n  {out / 'run.json'}")
+    print(f"  {out / 'summary.csv'}\n  {out / 'zones_summary.csv'}\n  {out / 'run.json'}")
+    print(f"  zones from the scenes' extent: {zones}")
+    if rc_aoi == 0:
+        print(f"  {out_aoi / first.stem}/  the same scene clipped to the AOI {aoi}")
     if rc == 4:
         print(
             "Some scenes failed with a clear reason (see above and run.json): the 1-band "

@@ -36,11 +36,12 @@ from tilesegd.config import RunConfig
 from tilesegd.dask_cluster import SceneJob, compute_task, open_client, prepare_worker
 from tilesegd.errors import DeviceError, Interrupted, ModelFileError, OutputError
 from tilesegd.ledger import RunLedger
+from tilesegd.local import add_products
 from tilesegd.progress import progress_bar
-from tilesegd.runner import RunSetup, finish_scene, plan_scene
+from tilesegd.runner import RunSetup, aoi_fields, finish_scene, plan_scene
 
 if TYPE_CHECKING:  # pragma: no cover
-    from tilesegd.runner import ScenePlan
+    from tilesegd.plan import ScenePlan
     from tilesegd.tiling import Block
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class SceneState:
     workers: set[str] = field(default_factory=set)
     tiles_run: int = 0
     tiles_skipped: int = 0
+    tiles_outside_aoi: int = 0
     pixels: int = 0
     t_blocks: float = 0.0
     failed: bool = False
@@ -173,7 +175,10 @@ class DistributedRun:
         ac = as_completed()
         try:
             for idx, (path, name) in enumerate(zip(paths, names, strict=True)):
-                if self.ledger.skip(name, path):
+                if self.ledger.skip(name, path, self.setup.products):
+                    continue
+                if self.ledger.finished(name, path) and not stop.is_set():
+                    add_products(self.ledger, self.setup, path, name)  # no worker needed
                     continue
                 if stop.is_set() or self.fatal is not None:
                     self.ledger.pending(name, path)
@@ -253,6 +258,7 @@ class DistributedRun:
                 st.workers.add(r["worker"])
                 st.tiles_run += r["tiles_run"]
                 st.tiles_skipped += r["tiles_skipped"]
+                st.tiles_outside_aoi += r.get("tiles_outside_aoi", 0)
                 st.pixels += r["pixels"]
                 self.bar.update(r["pixels"])
                 if not st.pending:
@@ -288,7 +294,10 @@ class DistributedRun:
                 tiles_skipped=st.tiles_skipped,
                 workers=sorted(st.workers),
                 **result,
+                **st.plan.resample_fields,
             )
+            if st.plan.aoi is not None:
+                st.entry.update(aoi_fields(st.plan, None), tiles_outside_aoi=st.tiles_outside_aoi)
             log.info("%s: done in %.1f s on %d worker(s)", name, seconds, len(st.workers))
         self._write()
 

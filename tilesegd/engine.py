@@ -33,6 +33,7 @@ from tilesegd.accel import (
 )
 from tilesegd.errors import ConfigError, DeviceError, ModelFileError
 from tilesegd.model_file import ModelSpec, Runtime, load_model
+from tilesegd.spec import CONFIDENCE_LOW
 
 log = logging.getLogger(__name__)
 
@@ -78,23 +79,28 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
 class Pending:
     """A batch in flight; :meth:`result` waits for it.
 
-    ``ids`` is (B, h, w) uint8 and ``probs`` (B, K, h, w) float16 or ``None``.
+    ``outputs`` are ``(ids, probs, confidence)``: ids (B, h, w) uint8; probs (B, K, h, w)
+    float16 or ``None``; confidence (B, h, w) uint8 or ``None`` (see :class:`Engine`).
     """
 
-    _ids: torch.Tensor
-    _probs: torch.Tensor | None
+    _outputs: tuple[torch.Tensor | None, ...]
     _event: Any = None
     _on_done: Callable[[], None] | None = None
 
-    def result(self) -> tuple[np.ndarray, np.ndarray | None]:
-        """Block until the batch is done; return ``(ids, probs)`` as NumPy arrays."""
+    def outputs(self) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Block until the batch is done; ``(ids, probs, confidence)`` as NumPy arrays."""
         if self._event is not None:
             self._event.synchronize()
         if self._on_done is not None:
             self._on_done()
             self._on_done = None
-        probs = None if self._probs is None else self._probs.numpy()
-        return self._ids.numpy(), probs
+        ids, probs, conf = (None if t is None else t.numpy() for t in self._outputs)
+        return ids, probs, conf
+
+    def result(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """Block until the batch is done; return ``(ids, probs)`` as NumPy arrays."""
+        ids, probs, _ = self.outputs()
+        return ids, probs
 
 
 @dataclass
@@ -131,6 +137,11 @@ class Engine:
         precision: ``auto``, ``fp32``, ``fp16`` or ``bf16`` (autocast on the device).
         batch_size: the most tiles per network call (halved on CUDA out-of-memory).
         save_probs: also return softmax probabilities (float16).
+        confidence: also return the top class's softmax probability as uint8
+            ``floor(100 p)`` (0-100), computed on the device next to the argmax.
+        min_confidence: a probability in (0, 1): where the top class's probability is below
+            it, the confidence value gets the :data:`~tilesegd.spec.CONFIDENCE_LOW` bit (+128); implies
+            ``confidence``.
         compile: shorthand for ``runtime="compile"`` (``torch.compile``).
         runtime: ``auto`` (CUDA: TensorRT if installed, else CUDA graphs; CPU: eager),
             ``eager``, ``compile``, ``cudagraph`` or ``tensorrt`` (see :mod:`tilesegd.accel`).
@@ -148,6 +159,8 @@ class Engine:
         batch_size: int = 8,
         save_probs: bool = False,
         compile: bool = False,
+        confidence: bool = False,
+        min_confidence: float | None = None,
         source: str = "<model>",
         runtime: str = "auto",
     ) -> None:
@@ -163,6 +176,8 @@ class Engine:
         self.spec = spec
         self.batch_size = max(1, int(batch_size))
         self.save_probs = save_probs
+        self.min_confidence = min_confidence
+        self.confidence = confidence or min_confidence is not None
         self.source = source
         self._cuda = self.device.type == "cuda"
         # NHWC input: on the CPU oneDNN's convolutions run 1.6-2x faster on it than on NCHW
@@ -310,9 +325,18 @@ class Engine:
         logits = logits[:, :, r0 : r0 + h, c0 : c0 + w]
         # max().indices == argmax (first maximum on ties) but runs 2-10x faster than argmax
         # over the channel dim of NCHW on the CPU (measured in benchmarks/)
-        ids = logits.max(1).indices.to(torch.uint8)
-        probs = torch.softmax(logits.float(), 1).to(torch.float16) if self.save_probs else None
-        return ids, probs
+        top = logits.max(1)
+        ids = top.indices.to(torch.uint8)
+        probs = conf = None
+        if self.save_probs or self.confidence:
+            p = torch.softmax(logits.float(), 1)
+            probs = p.to(torch.float16) if self.save_probs else None
+        if self.confidence:
+            best = p.max(1).values  # the softmax of the top logit
+            conf = torch.floor(best * 100).clamp_(0, 100).to(torch.uint8)
+            if self.min_confidence is not None:
+                conf |= (best < self.min_confidence).to(torch.uint8) * CONFIDENCE_LOW
+        return ids, probs, conf
 
     def _call(self, x: torch.Tensor, valid: torch.Tensor):
         """One network call on a slice of the batch (the unit that may run out of memory)."""
@@ -333,8 +357,7 @@ class Engine:
         if n < size:
             x = torch.cat([x, x.new_zeros((size - n, *x.shape[1:]))])
             valid = torch.cat([valid, valid.new_zeros((size - n, *valid.shape[1:]))])
-        ids, probs = self._call(x, valid)
-        return ids[:n], None if probs is None else probs[:n]
+        return tuple(None if t is None else t[:n] for t in self._call(x, valid))
 
     def _run_split(self, x: torch.Tensor, valid: torch.Tensor):
         """Run ``x`` in slices of at most ``batch_size`` tiles; on out-of-memory halve the
@@ -358,9 +381,9 @@ class Engine:
                 log.warning("CUDA out of memory: retrying with %d tiles per call", step)
         if len(parts) == 1:
             return parts[0]
-        ids = torch.cat([p[0] for p in parts])
-        probs = torch.cat([p[1] for p in parts]) if self.save_probs else None
-        return ids, probs
+        return tuple(
+            None if part[0] is None else torch.cat(part) for part in zip(*parts, strict=True)
+        )
 
     def submit(self, x: np.ndarray, valid: np.ndarray, core: tuple[int, int, int, int]) -> Pending:
         """Start one batch.
@@ -388,9 +411,9 @@ class Engine:
         if self._cuda:
             return self._submit_cuda(x, valid)
         t0, h2d0 = time.perf_counter(), self.times.h2d
-        ids, probs = self._run_split(torch.from_numpy(x), torch.from_numpy(valid))
+        outputs = self._run_split(torch.from_numpy(x), torch.from_numpy(valid))
         self.times.infer += time.perf_counter() - t0 - (self.times.h2d - h2d0)
-        return Pending(ids, probs)
+        return Pending(outputs)
 
     def _submit_cuda(self, x: np.ndarray, valid: np.ndarray) -> Pending:
         s_in, s_run, s_out = self._streams
@@ -407,18 +430,18 @@ class Engine:
             xt.record_stream(s_run)
             vt.record_stream(s_run)
             ev[2].record(s_run)
-            ids, probs = self._run_split(xt, vt)
+            outputs = self._run_split(xt, vt)
             ev[3].record(s_run)
         s_out.wait_event(ev[3])
+        host: list[torch.Tensor | None] = []
         with torch.cuda.stream(s_out):
-            ids.record_stream(s_out)
-            ids_host = torch.empty(ids.shape, dtype=ids.dtype, pin_memory=True)
-            ids_host.copy_(ids, non_blocking=True)
-            probs_host = None
-            if probs is not None:
-                probs.record_stream(s_out)
-                probs_host = torch.empty(probs.shape, dtype=probs.dtype, pin_memory=True)
-                probs_host.copy_(probs, non_blocking=True)
+            for t in outputs:
+                if t is None:
+                    host.append(None)
+                    continue
+                t.record_stream(s_out)
+                host.append(torch.empty(t.shape, dtype=t.dtype, pin_memory=True))
+                host[-1].copy_(t, non_blocking=True)
             ev[4].record(s_out)
 
         def done() -> None:
@@ -426,7 +449,7 @@ class Engine:
             self.times.infer += ev[2].elapsed_time(ev[3]) / 1e3
             self.times.d2h += ev[3].elapsed_time(ev[4]) / 1e3
 
-        return Pending(ids_host, probs_host, ev[4], done)
+        return Pending(tuple(host), ev[4], done)
 
     def predict(
         self, x: np.ndarray, valid: np.ndarray, core: tuple[int, int, int, int] | None = None

@@ -52,6 +52,7 @@ WORK_DIR = ".tilesegd"
 WORK_JSON = "work.json"
 DONE_LOG = "blocks.done"
 REQUIRED_OUTPUTS = ("mask.tif", "pred.zarr", "areas.csv")
+PRODUCT_FILES = {"vector": ("polygons.gpkg",), "zones": ("zones.csv", "zones.gpkg")}
 
 
 def work_dir(output: Path, name: str) -> Path:
@@ -281,21 +282,50 @@ class RunLedger:
         """Scene name -> ``run.json`` entry."""
         return self.doc["scenes"]
 
-    def skip(self, name: str, path: Path) -> bool:
-        """Apply the skip rule; a skipped scene keeps its old entry, marked ``skipped``."""
+    def skip(self, name: str, path: Path, products: dict[str, Any] | None = None) -> bool:
+        """Apply the skip rule; a skipped scene keeps its old entry, marked ``skipped``.
+
+        A finished scene that lacks some of ``products`` (or has them made with other
+        settings) is not skipped: :meth:`products_to_add` then names what to add."""
+        if not self.finished(name, path) or self.products_to_add(name, products):
+            return False
+        log.info("%s: already done, skipping (use --overwrite to recompute)", name)
+        self.scenes[name] = {**self.previous[name], "skipped": True}
+        return True
+
+    def finished(self, name: str, path: Path) -> bool:
+        """Whether the scene was finished by a run with this fingerprint, from this version
+        of its input, and its outputs are present (``--overwrite``: never)."""
         old = self.previous.get(name, {})
         stat = input_stat(path)
-        if (
+        return not (
             self.overwrite
             or old.get("status") != "done"
             or old.get("fingerprint") != self.fp
             or old.get("input_stat", stat) != stat
             or not outputs_present(self.output / name)
-        ):
-            return False
-        log.info("%s: already done, skipping (use --overwrite to recompute)", name)
-        self.scenes[name] = {**old, "skipped": True}
-        return True
+        )
+
+    def products_to_add(self, name: str, products: dict[str, Any] | None) -> set[str]:
+        """The products (``"vector"``, ``"zones"``) asked for that a finished scene lacks, or
+        has with other settings (see :data:`PRODUCT_FILES`); products it has that are not
+        asked for are kept."""
+        have = self.previous.get(name, {}).get("products") or {}
+        folder = self.output / name
+        return {
+            p
+            for p, settings in (products or {}).items()
+            if have.get(p) != settings or not all((folder / f).exists() for f in PRODUCT_FILES[p])
+        }
+
+    def added(self, name: str, fields: dict[str, Any], products: dict[str, Any]) -> None:
+        """Record ``products`` added to a finished scene: its old entry is kept, updated with
+        their ``run.json`` ``fields``."""
+        old = dict(self.previous[name])
+        old["products"] = {**(old.get("products") or {}), **products}
+        old.update(fields)
+        old["products_added"] = sorted(products)
+        self.scenes[name] = old
 
     def start(self, name: str, path: Path) -> dict[str, Any]:
         """Begin a scene: its work folder is prepared (resumed or discarded) and a new entry
@@ -378,6 +408,19 @@ class RunLedger:
             self._finish("failed")
         raise exc
 
+    def _zones_summary(self) -> None:
+        """``DIR/zones_summary.csv``: the zones of every finished scene added up (zones that
+        span several scenes become one row per class)."""
+        files = [
+            self.output / n / "zones.csv"
+            for n, e in self.scenes.items()
+            if e.get("status") == "done" and (self.output / n / "zones.csv").is_file()
+        ]
+        if files:
+            from tilesegd.zones import write_zones_summary
+
+            write_zones_summary(files, self.output / "zones_summary.csv")
+
     def _finish(self, status: str) -> None:
         from tilesegd.areas import AREA_COLUMNS
 
@@ -387,12 +430,17 @@ class RunLedger:
         for name, entry in self.scenes.items():
             f = self.output / name / "areas.csv"
             if entry.get("status") == "done" and f.is_file():
+                polygons = entry.get("polygons_per_class") or {}
                 with open(f, newline="") as fh:
-                    rows += [{"scene": name, **r} for r in csv.DictReader(fh)]
+                    rows += [
+                        {"scene": name, **r, "polygons": polygons.get(r["class_name"], "")}
+                        for r in csv.DictReader(fh)
+                    ]
+        self._zones_summary()
         tmp = self.output / f".{SUMMARY_CSV}.tmp-{os.getpid()}"
         try:
             with open(tmp, "w", newline="") as fh:
-                w = csv.DictWriter(fh, fieldnames=("scene",) + AREA_COLUMNS)
+                w = csv.DictWriter(fh, fieldnames=("scene", *AREA_COLUMNS, "polygons"))
                 w.writeheader()
                 w.writerows(rows)
             os.replace(tmp, self.output / SUMMARY_CSV)

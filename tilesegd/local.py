@@ -15,6 +15,7 @@ from typing import Any
 
 from tilesegd.config import RunConfig
 from tilesegd.errors import Interrupted
+from tilesegd.finish import add_scene_products
 from tilesegd.ledger import RunLedger
 from tilesegd.runner import RunSetup, run_scene
 
@@ -64,6 +65,8 @@ def load_engine(cfg: RunConfig, output: Path) -> tuple[Any, RunSetup, str]:
         save_probs=cfg.save_probs,
         compile=cfg.compile,
         runtime=cfg.runtime,
+        confidence=cfg.save_confidence,
+        min_confidence=cfg.min_confidence,
     )
     run = RunSetup.resolve(
         cfg, engine.spec, output, model_sha, str(engine.device), str(engine.dtype)
@@ -72,6 +75,27 @@ def load_engine(cfg: RunConfig, output: Path) -> tuple[Any, RunSetup, str]:
     tile = run.geometry.tile_size
     engine.check((tile, tile))  # class count / output size vs tilesegd.json, before any scene
     return engine, run, model_sha
+
+
+def add_products(ledger: RunLedger, run: RunSetup, path: Path, name: str) -> None:
+    """Add the products a finished scene lacks (from its stored mask), recording them, or
+    the failure, in ``run.json``.
+
+    Raises:
+        OutputError: a file cannot be written (the run stops).
+    """
+    which = ledger.products_to_add(name, run.products)
+    try:
+        fields = add_scene_products(path, name, run, which)
+    except Exception as exc:
+        entry = {**ledger.previous[name]}
+        ledger.scenes[name] = entry
+        fatal = ledger.fail(entry, path, exc)
+        if fatal is not None:
+            ledger.stop(fatal)
+    else:
+        ledger.added(name, fields, {p: run.products[p] for p in which})
+    ledger.write()
 
 
 def run_local(
@@ -99,7 +123,10 @@ def run_local(
     ledger = RunLedger(output, names, header, run.fingerprint, cfg.overwrite)
     interrupted = False
     for path, name in zip(paths, names, strict=True):
-        if ledger.skip(name, path):
+        if ledger.skip(name, path, run.products):
+            continue
+        if ledger.finished(name, path) and not stop.is_set():
+            add_products(ledger, run, path, name)
             continue
         if stop.is_set():
             interrupted = True

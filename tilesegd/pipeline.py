@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -31,6 +32,20 @@ from tilesegd.tiling import Block, Tile, TileGrid, Win
 
 BlockSink = Callable[[Block, np.ndarray], None]
 ProbSink = Callable[[Tile, np.ndarray], None]
+
+
+class Region(Protocol):
+    """An area of interest in scene pixels (e.g. :class:`tilesegd.aoi.SceneAOI`)."""
+
+    def intersects(self, win: Win) -> bool:
+        """Whether any pixel of ``win`` may be inside (never False for one that is)."""
+        ...
+
+    def mask(self, win: Win) -> np.ndarray:
+        """(h, w) bool, True for the pixels of ``win`` inside."""
+        ...
+
+
 STAGES = ("read", "read_wait", "batch", "infer_wait", "stitch", "write")
 
 
@@ -49,6 +64,8 @@ class SegmentStats:
     tiles_run: int = 0
     tiles_skipped: int = 0
     pixels: int = 0
+    low_confidence: int = 0
+    tiles_outside_aoi: int = 0
     extra: dict = field(default_factory=dict)
     times: dict = field(default_factory=dict)
 
@@ -113,26 +130,35 @@ class Prefetcher:
 
 
 class BlockWriter:
-    """The sink: calls ``on_block`` on ``workers`` writer threads, at most ``2 x workers``
-    blocks queued (back-pressure on the stitcher), and re-raises writer errors early."""
+    """The sink: calls ``on_confidence`` (if any) then ``on_block`` on ``workers`` writer
+    threads, at most ``2 x workers`` blocks queued (back-pressure on the stitcher), and re-raises
+    writer errors early."""
 
-    def __init__(self, on_block: BlockSink, workers: int, times: StageTimes) -> None:
-        self.on_block, self.times = on_block, times
+    def __init__(
+        self,
+        on_block: BlockSink,
+        workers: int,
+        times: StageTimes,
+        on_confidence: BlockSink | None = None,
+    ) -> None:
+        self.on_block, self.on_confidence, self.times = on_block, on_confidence, times
         self.pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="tilesegd-write")
         self.slots = threading.Semaphore(2 * max(1, workers))
         self.futures: list[Future] = []
 
-    def _job(self, block: Block, ids: np.ndarray) -> None:
+    def _job(self, block: Block, ids: np.ndarray, confidence: np.ndarray | None) -> None:
         try:
             with self.times("write"):
-                self.on_block(block, ids)
+                if self.on_confidence is not None and confidence is not None:
+                    self.on_confidence(block, confidence)
+                self.on_block(block, ids)  # last: a block counts as done once it is written
         finally:
             self.slots.release()
 
-    def submit(self, block: Block, ids: np.ndarray) -> None:
+    def submit(self, block: Block, ids: np.ndarray, confidence: np.ndarray | None = None) -> None:
         """Queue one finished block (blocks while ``2 x workers`` are queued)."""
         self.slots.acquire()
-        self.futures.append(self.pool.submit(self._job, block, ids))
+        self.futures.append(self.pool.submit(self._job, block, ids, confidence))
         for done in [f for f in self.futures if f.done()]:
             done.result()  # re-raise writer errors early
             self.futures.remove(done)
@@ -154,15 +180,15 @@ class Batcher:
     Args:
         engine: runs the batches.
         core_box: ``(row, col, height, width)`` of the tile core, in tile pixels.
-        on_result: called with ``(jobs, ids (B, h, w) uint8, probs (B, K, h, w) or None)`` for
-            each finished batch, in submission order.
+        on_result: called with ``(jobs, ids (B, h, w) uint8, probs (B, K, h, w) or None,
+            confidence (B, h, w) uint8 or None)`` for each finished batch, in submission order.
     """
 
     def __init__(
         self,
         engine: Engine,
         core_box: tuple[int, int, int, int],
-        on_result: Callable[[list[TileJob], np.ndarray, np.ndarray | None], None],
+        on_result: Callable[..., None],
         times: StageTimes,
     ) -> None:
         self.engine, self.core_box, self.on_result, self.times = engine, core_box, on_result, times
@@ -191,8 +217,8 @@ class Batcher:
     def _drain_one(self) -> None:
         p, jobs = self.pending.popleft()
         with self.times("infer_wait"):
-            ids, probs = p.result()
-        self.on_result(jobs, ids, probs)
+            ids, probs, confidence = p.outputs()
+        self.on_result(jobs, ids, probs, confidence)
 
     def finish(self) -> None:
         """Flush and drain everything in flight."""
@@ -212,6 +238,8 @@ def segment(
     workers: int = 2,
     progress: Callable[[int], None] | None = None,
     stop: threading.Event | None = None,
+    region: Region | None = None,
+    on_confidence: BlockSink | None = None,
 ) -> SegmentStats:
     """Segment the blocks of ``source`` and pass each finished block to ``on_block``.
 
@@ -233,6 +261,11 @@ def segment(
         progress: called with the pixel count of each finished block.
         stop: when set, no new block is started; raises :class:`Interrupted` after the
             blocks in hand are written.
+        region: an area of interest: pixels outside it are nodata and tiles whose core has
+            none of it never run (tiles keep their full halo).
+        on_confidence: called with ``(block, confidence)`` ((h, w) uint8: top-class
+            probability x 100, 255 = nodata) before ``on_block``, when the engine computes
+            confidence.
 
     Returns:
         :class:`SegmentStats`.
@@ -245,23 +278,23 @@ def segment(
     todo = list(grid.blocks() if blocks is None else blocks)
     stats, times = SegmentStats(), StageTimes()
     t_start, engine_t0 = time.perf_counter(), engine.times.as_dict()
-    writer = BlockWriter(on_block, workers, times)
+    writer = BlockWriter(on_block, workers, times, on_confidence)
 
-    def finished(block: Block, ids: np.ndarray) -> None:
-        writer.submit(block, ids)
+    def finished(block: Block, ids: np.ndarray, confidence: np.ndarray | None) -> None:
+        writer.submit(block, ids, confidence)
         stats.blocks += 1
         if progress is not None:
             progress(block.window.height * block.window.width)
 
-    stitcher = Stitcher(finished)
+    stitcher = Stitcher(finished, confidence=engine.confidence)
 
-    def stitch(jobs: list[TileJob], ids: np.ndarray, probs: np.ndarray | None) -> None:
+    def stitch(jobs: list[TileJob], ids: np.ndarray, probs: Any, confidence: Any) -> None:
         with times("stitch"):
             for k, job in enumerate(jobs):
                 if on_probs is not None and probs is not None:
                     h, w = job.tile.core.height, job.tile.core.width
                     on_probs(job.tile, probs[k, :, :h, :w])
-                stitcher.place(job, ids[k])
+                stitcher.place(job, ids[k], None if confidence is None else confidence[k])
 
     (ch, cw), (hh, hw) = grid.core_shape, grid.halo
     batcher = Batcher(engine, (hh, hw, ch, cw), stitch, times)
@@ -270,7 +303,8 @@ def segment(
         for block, data, valid in reads:
             if stop is not None and stop.is_set():
                 raise Interrupted("stopped by a signal; finished blocks are kept")
-            state = stitcher.open(grid, block, valid)
+            keep = None if region is None else region.mask(block.window)
+            state = stitcher.open(grid, block, valid, keep)
             jobs, skipped = split_block(grid, state, data, valid)
             stats.tiles_run += len(jobs)
             stats.tiles_skipped += skipped
@@ -285,6 +319,8 @@ def segment(
         reads.close()
         writer.close()
     stats.pixels = sum(b.window.height * b.window.width for b in todo)
+    stats.low_confidence = stitcher.low_confidence
+    stats.tiles_outside_aoi = stitcher.outside_tiles
     engine_t1 = engine.times.as_dict()
     t = dict(times.seconds)
     t.update({k: engine_t1[k] - engine_t0[k] for k in ("h2d", "infer", "d2h")})

@@ -8,7 +8,9 @@ GDAL's dataset mask: ``rasterio.DatasetReader.dataset_mask``), NaN/Inf, and padd
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 from typing import Protocol
 
 import numpy as np
@@ -29,7 +31,8 @@ class Source(Protocol):
         ...
 
 
-def _finite(data: np.ndarray, valid: np.ndarray) -> None:
+def finite(data: np.ndarray, valid: np.ndarray) -> None:
+    """In place: NaN / Inf pixels of float ``data`` (C, h, w) become invalid (and 0)."""
     if data.dtype.kind == "f":
         valid &= np.isfinite(data).all(axis=0)
         data[:, ~valid] = 0
@@ -61,7 +64,7 @@ class ArraySource:
             dst = (slice(dr, dr + inner.height), slice(dc, dc + inner.width))
             data[(slice(None), *dst)] = self.image[:, rows, cols]
             valid[dst] = True if self.valid is None else self.valid[rows, cols]
-        _finite(data, valid)
+        finite(data, valid)
         return data, valid
 
 
@@ -99,30 +102,37 @@ class SceneSource:
         Raises:
             InputError: GDAL fails to decode the window (truncated or corrupt file).
         """
-        from rasterio.errors import RasterioError
-
         inner, (dr, dc) = clip_window(win, self.height, self.width)
         data = np.zeros((len(self.bands), win.height, win.width), self.scene.dtype)
         valid = np.zeros((win.height, win.width), bool)
         if inner.height and inner.width:
-            ds = self._ds()
             rw = inner.to_rasterio()
             dst = (slice(dr, dr + inner.height), slice(dc, dc + inner.width))
-            try:
+            with self.decoding(inner):
+                ds = self._ds()
                 data[(slice(None), *dst)] = ds.read(self.bands, window=rw)
                 if self.scene.has_mask:
                     valid[dst] = ds.dataset_mask(window=rw) > 0
                 else:
                     valid[dst] = True
-            except RasterioError as exc:
-                raise InputError(
-                    f"{self.scene.path}: cannot decode pixels at rows {inner.row_off}-"
-                    f"{inner.row_off + inner.height}, cols {inner.col_off}-"
-                    f"{inner.col_off + inner.width} ({_gdal_detail(exc)}); the file is probably "
-                    "truncated or corrupt: re-copy it"
-                ) from None
-        _finite(data, valid)
+        finite(data, valid)
         return data, valid
+
+    @contextlib.contextmanager
+    def decoding(self, inner: Win) -> Iterator[None]:
+        """Turn GDAL's errors while decoding ``inner`` into an :class:`InputError` naming the
+        file and the pixels."""
+        from rasterio.errors import RasterioError
+
+        try:
+            yield
+        except RasterioError as exc:
+            raise InputError(
+                f"{self.scene.path}: cannot decode pixels at rows {inner.row_off}-"
+                f"{inner.row_off + inner.height}, cols {inner.col_off}-"
+                f"{inner.col_off + inner.width} ({_gdal_detail(exc)}); the file is probably "
+                "truncated or corrupt: re-copy it"
+            ) from None
 
     def close(self) -> None:
         """Close every thread's dataset handle."""

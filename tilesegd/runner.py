@@ -15,118 +15,29 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tilesegd import __version__
-from tilesegd.areas import AreaCounter, row_pixel_areas, write_areas_csv
-from tilesegd.config import RunConfig
+from tilesegd.finish import finish_scene, open_store, scene_attrs
 from tilesegd.gdalenv import gdal_env
-from tilesegd.geometry import Geometry
-from tilesegd.ledger import fingerprint, input_stat, publish, work_dir
+from tilesegd.ledger import work_dir
 from tilesegd.pipeline import SegmentStats, segment
+from tilesegd.plan import RunSetup, ScenePlan
 from tilesegd.progress import progress_bar
 from tilesegd.reader import SceneSource, Source
+from tilesegd.resample import GrownRegion, ResampledSource, plan_resample
 from tilesegd.scene import Scene, check_compatible, open_scene
-from tilesegd.spec import NODATA, ModelSpec
+from tilesegd.spec import NODATA
 from tilesegd.stitch import BlockCheckError
-from tilesegd.tiling import Block, TileGrid, Win
-from tilesegd.writers.cog import write_cog
-from tilesegd.writers.preview import PreviewSampler, preload, write_preview
-from tilesegd.writers.zarr_store import ZarrMaskStore
+from tilesegd.tiling import Block, Win
+from tilesegd.writers.preview import PreviewSampler, preload
 
 if TYPE_CHECKING:  # pragma: no cover
     from tilesegd.engine import Engine
 
 log = logging.getLogger(__name__)
-SCENE_OUTPUTS = ("mask.tif", "pred.zarr", "areas.csv", "preview.png")
-
-
-@dataclass(frozen=True)
-class RunSetup:
-    """What every scene of a run shares, resolved once per run.
-
-    Attributes:
-        cfg: the resolved configuration.
-        spec: the model's metadata.
-        geometry: tile size, overlap, block size and batch size (pixels / tiles).
-        bands: 1-based raster bands fed to the network, in model input order.
-        output: the run's output directory.
-        fingerprint: identifies model + settings + device (what may be resumed or skipped).
-        model: the model file's path (recorded in the masks' tags).
-    """
-
-    cfg: RunConfig
-    spec: ModelSpec
-    geometry: Geometry
-    bands: tuple[int, ...]
-    output: Path
-    fingerprint: str
-    model: str
-
-    @classmethod
-    def resolve(
-        cls, cfg: RunConfig, spec: ModelSpec, output: Path, model_sha: str, device: str, dtype: str
-    ) -> RunSetup:
-        """Resolve geometry and bands against the model and compute the fingerprint.
-
-        Raises:
-            ConfigError: the tile geometry cannot work, or ``--bands`` does not list the
-                model's number of input channels.
-        """
-        geometry, bands = cfg.geometry(spec), cfg.bands_for(spec)
-        settings = (*geometry.settings(), bands, cfg.save_probs)
-        fp = fingerprint(model_sha, settings, device, dtype)
-        return cls(cfg, spec, geometry, bands, Path(output), fp, str(cfg.model or ""))
-
-
-@dataclass
-class ScenePlan:
-    """Everything needed to compute and finish one scene (see :func:`plan_scene`).
-
-    Attributes:
-        scene: the profiled input.
-        name: output folder name.
-        bands: 1-based bands fed to the network.
-        grid: tile / block geometry.
-        work: the scene's work folder; ``store`` lives in it.
-        store: the (possibly half-done) ``pred.zarr``.
-        todo: blocks still to compute.
-        preview: the preview image sampled from the blocks decoded by :func:`compute_blocks`.
-    """
-
-    scene: Scene
-    name: str
-    bands: tuple[int, ...]
-    grid: TileGrid
-    work: Path
-    store: ZarrMaskStore | None
-    todo: list[Block]
-    preview: PreviewSampler | None = None
-
-    @property
-    def done_pixels(self) -> int:
-        """Pixels of the blocks already finished."""
-        todo = {b.id for b in self.todo}
-        return sum(b.window.height * b.window.width for b in self.grid.blocks() if b.id not in todo)
-
-
-def scene_attrs(scene: Scene, run: RunSetup) -> dict[str, Any]:
-    """Metadata written into ``pred.zarr`` (and, JSON-encoded, the GeoTIFF tags)."""
-    return {
-        "crs": scene.crs.to_wkt() if scene.crs is not None else None,
-        "transform": list(scene.transform.to_gdal()) if scene.transform is not None else None,
-        "classes": [{"id": c.id, "name": c.name, "color": list(c.color)} for c in run.spec.classes],
-        "nodata": NODATA,
-        "source": str(scene.path),
-        "source_stat": input_stat(scene.path),
-        "tilesegd_version": __version__,
-        "fingerprint": run.fingerprint,
-        "config": run.cfg.to_dict(),
-    }
 
 
 def plan_scene(path: Path, name: str, run: RunSetup) -> ScenePlan:
@@ -146,22 +57,68 @@ def plan_scene(path: Path, name: str, run: RunSetup) -> ScenePlan:
         allow_no_georef=cfg.allow_no_georef,
     )
     check_compatible(scene, run.bands, spec.extra.get("dtypes"))
-    grid = run.geometry.grid(scene.height, scene.width)
-    work = work_dir(run.output, name)
-    work.mkdir(parents=True, exist_ok=True)
-    store = ZarrMaskStore(
-        work / "pred.zarr",
-        (scene.height, scene.width),
-        grid.block_shape,
-        scene_attrs(scene, run),
-        spec.num_classes,
-        probs_chunks=grid.core_shape if cfg.save_probs else None,
+    if run.zones is not None:
+        from tilesegd.pixelgrid import require_georeferenced
+
+        require_georeferenced(scene.crs, scene.transform, str(scene.path), "--zones")
+    resample, fields = plan_resample(
+        scene,
+        run.model_gsd,
+        enabled=cfg.resample != "off",
+        tolerance=cfg.gsd_tolerance,
+        scene_gsd=cfg.scene_gsd,
     )
+    shape = resample.model_shape if resample else (scene.height, scene.width)
+    transform = resample.model_transform(scene.transform) if resample else scene.transform
+    aoi = scene_aoi(run, scene, shape, transform)
+    if aoi is not None and resample is not None:
+        aoi = GrownRegion(aoi)  # the scene grid applies the AOI exactly at the end
+    grid = run.geometry.grid(*shape)
+    work = work_dir(run.output, name)
+    path = work / "model_grid" / "pred.zarr" if resample else work / "pred.zarr"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    store = open_store(path, shape, grid, scene_attrs(scene, run, transform), run)
     done = store.done_blocks()
     todo = [b for b in grid.blocks() if b.id not in done]
     if done:
         log.info("%s: resuming, %d of %d blocks already done", name, len(done), grid.n_blocks)
-    return ScenePlan(scene, name, run.bands, grid, work, store, todo)
+    plan = ScenePlan(scene, name, run.bands, grid, work, store, todo, aoi=aoi)
+    plan.resample, plan.resample_fields, plan.store_path = resample, fields, path
+    if aoi is not None:
+        skip_outside(plan)
+    return plan
+
+
+def scene_aoi(run: RunSetup, scene: Scene, shape: tuple[int, int], transform: Any) -> Any:
+    """The run's AOI placed on a ``shape`` grid of the scene with ``transform`` (``None``
+    without an AOI).
+
+    Raises:
+        InputError: the scene is not georeferenced.
+    """
+    if run.aoi is None:
+        return None
+    from tilesegd.aoi import SceneAOI
+
+    return SceneAOI(run.aoi, scene.crs, transform, *shape, scene=str(scene.path))
+
+
+def skip_outside(plan: ScenePlan) -> None:
+    """Write the blocks outside the area of interest as nodata without reading them, and take
+    them off ``plan.todo``."""
+    outside = [b for b in plan.grid.blocks() if not plan.aoi.intersects(b.window)]
+    plan.blocks_outside = len(outside)
+    ids = {b.id for b in outside}
+    for b in (b for b in plan.todo if b.id in ids):
+        plan.store.write_block(b, np.full((b.window.height, b.window.width), NODATA, np.uint8))
+    plan.todo = [b for b in plan.todo if b.id not in ids]
+    log.info(
+        "%s: %d of %d blocks outside the AOI (never read); %.1f%% of the scene inside it",
+        plan.name,
+        len(outside),
+        plan.grid.n_blocks,
+        100 * plan.aoi.fraction,
+    )
 
 
 class PreviewSampling:
@@ -206,11 +163,13 @@ def compute_blocks(
     cfg, scene = run.cfg, plan.scene
     blocks = plan.todo if blocks is None else blocks
     source: Source = SceneSource(scene, plan.bands)
+    if plan.resample is not None:
+        source = ResampledSource(scene, plan.bands, plan.resample)
     if cfg.preview_size > 0 and sample_preview:
         preload()  # matplotlib, in the background
         if plan.preview is None:
             plan.preview = PreviewSampler(
-                scene.height, scene.width, len(plan.bands), scene.dtype, cfg.preview_size
+                source.height, source.width, len(plan.bands), scene.dtype, cfg.preview_size
             )
         source = PreviewSampling(source, plan.preview)
     bar = progress_bar(
@@ -237,113 +196,14 @@ def compute_blocks(
                 workers=cfg.workers,
                 progress=lambda px: bar.update(px / 1e6),
                 stop=stop,
+                region=plan.aoi,
+                on_confidence=plan.store.write_confidence if run.confidence else None,
             )
     except BlockCheckError as exc:
         raise BlockCheckError(f"{scene.path}: {exc}") from None
     finally:
         bar.close()
         source.close()
-
-
-def check_blocks_done(plan: ScenePlan) -> int | None:
-    """Check that every block of the scene is in the store's ``blocks.done`` log before the
-    scene is finished (a block never written would read back as all nodata).
-
-    Returns:
-        The class-id pixels the blocks' log records (``None`` if an older log lacks counts).
-
-    Raises:
-        BlockCheckError: blocks are missing (named; the scene is not published).
-    """
-    done = plan.store.done_counts()
-    missing = [b.id for b in plan.grid.blocks() if b.id not in done]
-    if missing:
-        raise BlockCheckError(
-            f"{plan.scene.path}: {len(missing)} block(s) were never written (ids "
-            f"{missing[:10]}); nothing was published. Rerun the same command to compute them"
-        )
-    counts = list(done.values())
-    return None if any(c is None for c in counts) else int(sum(counts))
-
-
-def write_mask_and_areas(plan: ScenePlan, run: RunSetup) -> AreaCounter:
-    """Build ``mask.tif`` from the finished store, counting the areas in the same pass, and
-    write ``areas.csv``.
-
-    Raises:
-        BlockCheckError: the store holds another number of class-id pixels than its blocks'
-            log records. OSError: an output cannot be written.
-    """
-    scene, spec = plan.scene, run.spec
-    written = check_blocks_done(plan)
-    counter = AreaCounter(
-        spec.num_classes, row_pixel_areas(scene.crs, scene.transform, scene.height, scene.width)
-    )
-    tags = {
-        "TILESEGD_VERSION": __version__,
-        "TILESEGD_MODEL": run.model,
-        "TILESEGD_CONFIG": run.cfg.to_dict(),
-        "TILESEGD_SOURCE": str(scene.path),
-    }
-    write_cog(
-        plan.work / "mask.tif",
-        plan.grid.blocks(),
-        plan.store.read_block,
-        height=scene.height,
-        width=scene.width,
-        crs=scene.crs,
-        transform=scene.transform,
-        classes=spec.classes,
-        tags=tags,
-        compress=run.cfg.compress,
-        on_block=lambda b, ids: counter.add(b.window.row_off, ids),
-    )
-    counted = counter.valid_pixels
-    if written is not None and written != counted:
-        raise BlockCheckError(
-            f"{scene.path}: the blocks' log records {written} class-id pixels written, but "
-            f"{counted} were read back from pred.zarr; nothing was published. This is a "
-            "tilesegd bug (or the work store was changed by hand): please report it"
-        )
-    write_areas_csv(plan.work / "areas.csv", counter.rows(spec.classes))
-    return counter
-
-
-def finish_scene(plan: ScenePlan, run: RunSetup) -> dict[str, Any]:
-    """Build ``mask.tif``, ``areas.csv`` and ``preview.png`` from the finished store, then
-    publish everything to ``output/<name>/``.
-
-    Returns:
-        Partial ``run.json`` entry: sizes, pixel counts and output paths.
-
-    Raises:
-        BlockCheckError: blocks missing or miscounted. OSError: an output cannot be written.
-    """
-    scene = plan.scene
-    counter = write_mask_and_areas(plan, run)
-    if run.cfg.preview_size > 0:
-        write_preview(
-            plan.work / "preview.png",
-            scene.path,
-            plan.work / "mask.tif",
-            plan.bands,
-            run.spec.classes,
-            counter.rows(run.spec.classes),
-            run.cfg.preview_size,
-            title=f"{plan.name} ({scene.width} x {scene.height})",
-            sampled=plan.preview,
-        )
-    final = publish(plan.work, run.output / plan.name)
-    return {
-        "megapixels": round(scene.megapixels, 4),
-        "width": scene.width,
-        "height": scene.height,
-        "blocks": plan.grid.n_blocks,
-        # == the input's valid pixels: every block's nodata count was checked on writing
-        "valid_pixels": counter.valid_pixels,
-        "nodata_pixels": counter.nodata_pixels,
-        "outputs": {k: str(final / k) for k in SCENE_OUTPUTS if (final / k).exists()},
-    }
 
 
 def run_scene(
@@ -374,6 +234,7 @@ def run_scene(
     stats = compute_blocks(plan, engine, run, stop=stop, progress=progress)
     t_seg = time.perf_counter() - t0
     entry = finish_scene(plan, run)
+    entry.update(aoi_fields(plan, stats))
     return {
         "status": "done",
         "seconds": round(time.perf_counter() - t0, 3),
@@ -382,4 +243,20 @@ def run_scene(
         "tiles_skipped": stats.tiles_skipped,
         "blocks_resumed": resumed,
         **entry,
+        **plan.resample_fields,
     }
+
+
+def aoi_fields(plan: ScenePlan, stats: SegmentStats | None) -> dict[str, Any]:
+    """``run.json`` fields of the area of interest (empty without one)."""
+    if plan.aoi is None:
+        return {}
+    out: dict[str, Any] = {
+        "aoi_fraction": round(plan.aoi.fraction, 6),
+        "blocks_outside_aoi": plan.blocks_outside,
+    }
+    if stats is not None:
+        out["tiles_outside_aoi"] = stats.tiles_outside_aoi
+    if plan.aoi.empty:
+        out["note"] = "the scene is outside the AOI: nothing was computed, every pixel is nodata"
+    return out

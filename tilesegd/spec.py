@@ -18,6 +18,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 NODATA = 255
 """The class id of nodata in every mask tilesegd writes (uint8 masks: class ids 0..254)."""
+CONFIDENCE_LOW = 128
+"""Flag bit added by the engine to a confidence value (0-100) whose top-class probability is
+below ``--min-confidence`` (the pixel becomes nodata in the mask)."""
 META_NAME = "tilesegd.json"
 REQUIRED_FIELDS = ("classes", "in_channels")
 DEFAULT_PALETTE = [

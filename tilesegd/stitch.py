@@ -13,7 +13,8 @@ Two invariants are checked on every block, cheaply, before it reaches the sink:
 * **a finished block holds 255 exactly where its input is nodata**: the count of 255 ids must
   equal the count of invalid input pixels of the block (a count per block, ~1 ms for 2048^2),
   else :class:`BlockCheckError` fails the scene loudly, naming the block, and the block is never
-  written.
+  written. Pixels outside an area of interest count as nodata, and so do pixels whose top-class
+  probability is below ``--min-confidence`` (counted where their tile core is placed).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tilesegd.errors import TilesegdError
-from tilesegd.spec import NODATA
+from tilesegd.spec import CONFIDENCE_LOW, NODATA
 from tilesegd.tiling import Block, Tile, TileGrid, Win
 
 
@@ -42,7 +43,8 @@ class TileJob:
         tile: its geometry (scene pixels).
         x: (C, th, tw) raw pixels (a view into the block's read window).
         valid: (th, tw) bool, False for nodata and padding.
-        valid_core: (h, w) bool, ``valid`` over ``tile.core`` (h, w <= the core shape).
+        valid_core: (h, w) bool, ``valid`` over ``tile.core`` (h, w <= the core shape), and
+            inside the area of interest when there is one: the pixels this tile classifies.
     """
 
     block: BlockState
@@ -59,22 +61,42 @@ class BlockState:
     Attributes:
         block: its geometry.
         ids: (h, w) uint8 class ids, 255 until a tile core is placed.
-        expected_nodata: invalid input pixels of the block (what must end up 255).
+        expected_nodata: pixels that must end up 255: invalid input, outside the area of
+            interest, or (added as cores are placed) below the minimum confidence.
         remaining: tiles not yet accounted for (placed or skipped).
+        keep: (h, w) bool area of interest of the block, or ``None`` (everything).
+        confidence: (h, w) uint8 top-class probability x 100 (255 = none), or ``None``.
+        low_confidence: valid pixels set to nodata for their low confidence.
+        outside_tiles: tiles with valid pixels in their core but none in the area of interest.
     """
 
     block: Block
     ids: np.ndarray
     expected_nodata: int
     remaining: int
+    keep: np.ndarray | None = None
+    confidence: np.ndarray | None = None
+    low_confidence: int = 0
+    outside_tiles: int = 0
 
 
-def nodata_count(grid: TileGrid, block: Block, valid: np.ndarray) -> int:
-    """Invalid input pixels of ``block.window``, given the (H, W) bool validity of its read
-    window (``grid.read_window(block)``, which starts one halo before the block)."""
+def block_validity(grid: TileGrid, block: Block, valid: np.ndarray) -> np.ndarray:
+    """(h, w) bool validity of ``block.window`` inside the (H, W) validity of its read window
+    (``grid.read_window(block)``, which starts one halo before the block)."""
     hh, hw = grid.halo
     w = block.window
-    return w.height * w.width - int(np.count_nonzero(valid[hh : hh + w.height, hw : hw + w.width]))
+    return valid[hh : hh + w.height, hw : hw + w.width]
+
+
+def nodata_count(
+    grid: TileGrid, block: Block, valid: np.ndarray, keep: np.ndarray | None = None
+) -> int:
+    """Pixels of ``block.window`` that are invalid input or (with ``keep``, the block's (h, w)
+    area of interest) outside the area of interest."""
+    v = block_validity(grid, block, valid)
+    if keep is not None:
+        v = v & keep
+    return v.size - int(np.count_nonzero(v))
 
 
 def split_block(
@@ -84,21 +106,26 @@ def split_block(
 
     Args:
         grid: the tile geometry.
-        state: the block's :class:`BlockState`.
+        state: the block's :class:`BlockState` (its ``keep``: the area of interest).
         data: (C, H, W) raw pixels of ``grid.read_window(state.block)``.
         valid: (H, W) bool validity of the same window.
 
     Returns:
-        ``(jobs, skipped)``: the tiles whose core holds at least one valid pixel (row-major),
-        and how many tiles were all nodata (they never reach the network).
+        ``(jobs, skipped)``: the tiles whose core holds at least one valid pixel inside the
+        area of interest (row-major), and how many tiles had none (they never reach the
+        network). A tile's halo keeps its full context, inside the area or not.
     """
-    rwin = grid.read_window(state.block)
+    rwin, block = grid.read_window(state.block), state.block.window
     (hh, hw), (th, tw) = grid.halo, grid.tile_shape
     jobs, skipped = [], 0
     for tile in grid.tiles_in_block(state.block):
         r, c = tile.read.row_off - rwin.row_off, tile.read.col_off - rwin.col_off
         v = valid[r : r + th, c : c + tw]
         vcore = v[hh : hh + tile.core.height, hw : hw + tile.core.width]
+        if state.keep is not None and vcore.any():
+            kr, kc = tile.core.row_off - block.row_off, tile.core.col_off - block.col_off
+            vcore = vcore & state.keep[kr : kr + tile.core.height, kc : kc + tile.core.width]
+            state.outside_tiles += not vcore.any()
         if not vcore.any():
             skipped += 1
             continue
@@ -110,34 +137,49 @@ class Stitcher:
     """Assembles blocks from tile cores and hands each finished block on exactly once.
 
     Args:
-        on_block: called with ``(block, ids)`` ((h, w) uint8, 255 = nodata) when the block's
-            last tile is accounted for; may be called from the thread that accounts it.
+        on_block: called with ``(block, ids, confidence)`` (ids (h, w) uint8, 255 = nodata;
+            confidence (h, w) uint8 0-100, 255 = none, or ``None``) when the block's last tile
+            is accounted for; may be called from the thread that accounts it.
+        confidence: assemble the tiles' confidence too.
 
     Raises:
         BlockCheckError: (from :meth:`account`) a finished block's 255 count differs from its
             input's nodata count.
     """
 
-    def __init__(self, on_block: Callable[[Block, np.ndarray], None]) -> None:
-        self.on_block = on_block
+    def __init__(
+        self,
+        on_block: Callable[[Block, np.ndarray, np.ndarray | None], None],
+        confidence: bool = False,
+    ) -> None:
+        self.on_block, self.confidence = on_block, confidence
         self.open_blocks: dict[int, BlockState] = {}
         self.finished = 0
+        self.low_confidence = 0
+        self.outside_tiles = 0
 
-    def open(self, grid: TileGrid, block: Block, valid: np.ndarray) -> BlockState:
-        """Start a block; ``valid`` is the (H, W) validity of its read window."""
-        w = block.window
+    def open(
+        self, grid: TileGrid, block: Block, valid: np.ndarray, keep: np.ndarray | None = None
+    ) -> BlockState:
+        """Start a block; ``valid`` is the (H, W) validity of its read window, ``keep`` the
+        block's (h, w) area of interest (``None``: all of it)."""
+        shape = (block.window.height, block.window.width)
         state = BlockState(
             block,
-            np.full((w.height, w.width), NODATA, np.uint8),
-            nodata_count(grid, block, valid),
+            np.full(shape, NODATA, np.uint8),
+            nodata_count(grid, block, valid, keep),
             len(grid.tiles_in_block(block)),
+            keep,
+            np.full(shape, NODATA, np.uint8) if self.confidence else None,
         )
         self.open_blocks[block.id] = state
         return state
 
-    def place(self, job: TileJob, ids: np.ndarray) -> None:
+    def place(self, job: TileJob, ids: np.ndarray, confidence: np.ndarray | None = None) -> None:
         """Copy a tile's core ids ((>= h, >= w) uint8, core at the top left) into its block,
-        with 255 where the core's input is nodata, and account for the tile."""
+        with 255 where the core's input is nodata (or outside the area of interest), and
+        account for the tile. With ``confidence`` (same shape, uint8), its values go into the
+        block too; those flagged :data:`~tilesegd.spec.CONFIDENCE_LOW` make their ids 255."""
         state, core = job.block, job.tile.core
         h, w = core.height, core.width
         r0 = core.row_off - state.block.window.row_off
@@ -145,6 +187,16 @@ class Stitcher:
         out = state.ids[r0 : r0 + h, c0 : c0 + w]
         out[...] = ids[:h, :w]
         out[~job.valid_core] = NODATA
+        if state.confidence is not None and confidence is not None:
+            conf = state.confidence[r0 : r0 + h, c0 : c0 + w]
+            conf[...] = confidence[:h, :w] & (CONFIDENCE_LOW - 1)
+            conf[~job.valid_core] = NODATA
+            low = job.valid_core & (confidence[:h, :w] >= CONFIDENCE_LOW)
+            n_low = int(np.count_nonzero(low))
+            if n_low:
+                out[low] = NODATA
+                state.expected_nodata += n_low
+                state.low_confidence += n_low
         self.account(state)
 
     def account(self, state: BlockState, tiles: int = 1) -> None:
@@ -158,7 +210,9 @@ class Stitcher:
         del self.open_blocks[state.block.id]
         check_block(state.block, state.ids, state.expected_nodata)
         self.finished += 1
-        self.on_block(state.block, state.ids)
+        self.low_confidence += state.low_confidence
+        self.outside_tiles += state.outside_tiles
+        self.on_block(state.block, state.ids, state.confidence)
 
     def check_all_finished(self) -> None:
         """Raise :class:`BlockCheckError` naming any block started but never finished."""

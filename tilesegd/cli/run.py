@@ -34,7 +34,8 @@ def _bands(ctx: click.Context, param: click.Parameter, value: str | None) -> lis
     "--model",
     "-m",
     type=click.Path(),
-    help="Model file: TorchScript (.ts) or torch.export (.pt2) with tilesegd.json.",
+    help="Model file: TorchScript (.ts) or torch.export (.pt2) with tilesegd.json, or ONNX "
+    "(.onnx, tilesegd[onnx]) with tilesegd.json or QGIS Deepness / GeoDeep metadata.",
 )
 @click.option(
     "--output",
@@ -166,6 +167,101 @@ def _bands(ctx: click.Context, param: click.Parameter, value: str | None) -> lis
     help="Process only scenes I, I+N, I+2N... of the sorted scene list (0-based), e.g. "
     "--shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT in a job array.",
 )
+@click.option(
+    "--save-confidence",
+    is_flag=True,
+    default=None,
+    help="Also write confidence.tif: the top class's softmax probability x 100 (uint8 0-100, "
+    "nodata 255, averaged overviews, a magma QGIS style), aligned with mask.tif.",
+)
+@click.option(
+    "--min-confidence",
+    type=float,
+    metavar="P",
+    help="Pixels whose top-class probability is below P (0-1) become nodata in the mask and "
+    "the areas; run.json counts them [default: keep every pixel].",
+)
+@click.option(
+    "--aoi",
+    type=click.Path(),
+    metavar="FILE",
+    help="Area of interest: a polygon file any GDAL/OGR driver reads (GeoPackage, GeoJSON, "
+    "Shapefile...), any CRS. Only pixels whose centre is inside are segmented; the rest are "
+    "nodata; blocks and tiles outside are never read or run (tiles at its edge keep their "
+    "full context, so the mask inside is unchanged).",
+)
+@click.option("--aoi-crs", metavar="CRS", help="The AOI file's CRS when it has none (EPSG:4326).")
+@click.option(
+    "--zones",
+    type=click.Path(),
+    metavar="FILE",
+    help="Polygons (parcels, districts, a grid...), any CRS: class areas per zone in "
+    "<scene>/zones.csv and zones.gpkg (one <class>_m2 column per class, for a QGIS "
+    "choropleth), and DIR/zones_summary.csv over all scenes. Each pixel counts for the zone "
+    "containing its centre; where zones overlap, the first one in the file.",
+)
+@click.option("--zones-crs", metavar="CRS", help="The zones file's CRS when it has none.")
+@click.option(
+    "--zone-field",
+    metavar="NAME",
+    help="The zones' attribute naming them in zones.csv [default: the feature id].",
+)
+@click.option(
+    "--vector",
+    is_flag=True,
+    default=None,
+    help="Also write <scene>/polygons.gpkg: one polygon per 4-connected region of a class "
+    "(holes kept), with class_id, class_name, area_m2, perimeter_m, pixels; traced block by "
+    "block and merged across blocks in bounded memory. A rerun that adds --vector to "
+    "finished scenes builds only the polygons, from the stored masks.",
+)
+@click.option(
+    "--vector-classes",
+    metavar="NAME[,NAME]",
+    help="Classes to vectorise [default: all but one named background].",
+)
+@click.option(
+    "--min-area",
+    type=float,
+    metavar="M2",
+    help="Minimum mapping unit: regions smaller than M2 square metres are left out of "
+    "polygons.gpkg (the mask and areas.csv keep them) [default: 0].",
+)
+@click.option(
+    "--simplify",
+    type=float,
+    metavar="PX",
+    help="Simplify polygon outlines with a tolerance of PX pixels, keeping shared edges "
+    "shared (shapely coverage_simplify: no gaps or overlaps) [default: 0, exact pixel edges].",
+)
+@click.option(
+    "--resample",
+    type=click.Choice(["auto", "off"]),
+    help="auto: a scene whose ground sampling distance differs from the model's (its gsd, or "
+    "--gsd) by more than --gsd-tolerance is segmented on a grid of the model's GSD (GDAL "
+    "average when shrinking, bilinear when enlarging) and its mask written back on the "
+    "scene's own grid (nearest); off: run every scene as it is [default: auto].",
+)
+@click.option(
+    "--gsd",
+    type=float,
+    metavar="M",
+    help="The model's ground sampling distance, metres per pixel (overrides the model file's "
+    "gsd) [default: the model file's].",
+)
+@click.option(
+    "--gsd-tolerance",
+    type=float,
+    metavar="F",
+    help="Relative GSD difference that still runs a scene as it is [default: 0.1 = 10%].",
+)
+@click.option(
+    "--scene-gsd",
+    type=float,
+    metavar="M",
+    help="The GSD (metres per pixel) of plain JPEG / PNG frames, which carry none; without it "
+    "they run as they are.",
+)
 @verbosity_options
 @click.pass_context
 def run(
@@ -190,6 +286,8 @@ def run(
     from tilesegd.config import RunConfig, resolve
 
     overrides = dict(opts, input=list(inputs) or None, compile=compile_)
+    if overrides.get("vector_classes"):
+        overrides["vector_classes"] = overrides["vector_classes"].split(",")
     cfg = resolve(RunConfig, config_file, overrides, section="run")
     quiet = is_quiet(ctx)
     doc = api_run(cfg, progress=not quiet)
@@ -197,9 +295,15 @@ def run(
     failed = {n: e for n, e in scenes.items() if e["status"] == "failed"}
     done = [n for n, e in scenes.items() if e["status"] == "done"]
     if not quiet:
+        made = ["mask.tif", "mask.qml", "pred.zarr", "areas.csv"]
+        made += ["confidence.tif"] * bool(cfg.save_confidence) + ["polygons.gpkg"] * cfg.vector
+        made += ["zones.csv", "zones.gpkg"] * bool(cfg.zones) + ["preview.png"] * (
+            cfg.preview_size > 0
+        )
+        run_files = "summary.csv, run.json" + ", zones_summary.csv" * bool(cfg.zones)
         click.echo(
             f"{len(done)} of {len(scenes)} scene(s) done -> {cfg.output}/ "
-            "(<scene>/mask.tif, pred.zarr, areas.csv, preview.png; summary.csv; run.json)"
+            f"(<scene>/{', '.join(made)}; {run_files})"
         )
     for name, e in failed.items():
         click.echo(f"FAILED {name}: {e['error']}", err=True)

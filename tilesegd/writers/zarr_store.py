@@ -37,13 +37,15 @@ class ZarrMaskStore:
     Args:
         path: the ``pred.zarr`` folder (created).
         shape: (H, W) of the scene in pixels.
-        chunks: (rows, cols) of one block: the ``mask`` chunk shape.
+        chunks: (rows, cols) of one block: the ``mask`` (and ``confidence``) chunk shape.
         attrs: group attributes (``crs`` WKT, ``transform`` GDAL geotransform, ``classes``...).
             ``attrs["fingerprint"]`` identifies the model + settings: a store with another
             fingerprint is discarded, not resumed.
         num_classes: K, for ``probs``.
         probs_chunks: (rows, cols) of one ``probs`` chunk (a tile core), or ``None`` for no
             ``probs`` array.
+        confidence: also hold ``confidence`` (H, W) uint8: the top class's probability x 100,
+            255 = nodata.
     """
 
     def __init__(
@@ -54,55 +56,44 @@ class ZarrMaskStore:
         attrs: dict[str, Any],
         num_classes: int,
         probs_chunks: tuple[int, int] | None = None,
+        confidence: bool = False,
     ) -> None:
-        import zarr
-
         self.path = Path(path)
         self.log_path = self.path.parent / DONE_LOG
         self._lock = threading.Lock()
-        fingerprint = attrs.get("fingerprint")
-        group = None
-        if self.path.exists():
-            try:
-                group = zarr.open_group(self.path, mode="r+")
-                if group.attrs.get("fingerprint") != fingerprint or "mask" not in group:
-                    group = None
-                elif probs_chunks is not None and "probs" not in group:
-                    group = None
-            except Exception:  # unreadable leftovers of a killed run: start over
-                group = None
-            if group is None:
-                shutil.rmtree(self.path, ignore_errors=True)
-                self.log_path.unlink(missing_ok=True)
+        wanted = ["mask"] + ["probs"] * (probs_chunks is not None) + ["confidence"] * confidence
+        group = self._existing(attrs.get("fingerprint"), wanted)
         if group is None:
             self.log_path.unlink(missing_ok=True)
-            group = zarr.open_group(self.path, mode="w", zarr_format=3)
-            group.attrs.update(attrs)
-            var_attrs = write_georeferencing(group, shape, attrs.get("crs"), attrs.get("transform"))
-            group.create_array(
-                "mask",
-                shape=shape,
-                chunks=chunks,
-                dtype="uint8",
-                fill_value=NODATA,
-                dimension_names=("y", "x"),
-                attributes={**var_attrs, "long_name": "class id", "_FillValue": NODATA},
-            )
-            if probs_chunks is not None:
-                group.create_array(
-                    "probs",
-                    shape=(num_classes, *shape),
-                    chunks=(num_classes, *probs_chunks),
-                    dtype="float16",
-                    fill_value=0.0,
-                    dimension_names=("class", "y", "x"),
-                    attributes={**var_attrs, "long_name": "class probability"},
-                )
+            group = create_store(self.path, shape, chunks, attrs, num_classes, probs_chunks)
+            if confidence:
+                create_confidence(group, shape, chunks, attrs)
             _consolidate(self.path)
         self._repair_log()
+        self._bind(group)
+
+    def _existing(self, fingerprint: Any, arrays: list[str]) -> Any:
+        """The store already at ``path`` if it has this fingerprint and every array, else
+        ``None`` (anything else there is removed, with its log)."""
+        import zarr
+
+        if not self.path.exists():
+            return None
+        try:
+            group = zarr.open_group(self.path, mode="r+")
+            if group.attrs.get("fingerprint") == fingerprint and all(a in group for a in arrays):
+                return group
+        except Exception:  # unreadable leftovers of a killed run: start over
+            pass
+        shutil.rmtree(self.path, ignore_errors=True)
+        self.log_path.unlink(missing_ok=True)
+        return None
+
+    def _bind(self, group: Any) -> None:
         self.group = group
         self.mask = group["mask"]
-        self.probs = group["probs"] if probs_chunks is not None else None
+        self.probs = group["probs"] if "probs" in group else None
+        self.confidence = group["confidence"] if "confidence" in group else None
 
     def _repair_log(self) -> None:
         """Cut a half-written last line (a kill or a full disk in mid-append) off
@@ -147,9 +138,24 @@ class ZarrMaskStore:
         if self.probs is not None:
             self.probs[(slice(None), *tile.core.slices)] = probs
 
+    def write_confidence(self, block: Block, confidence: np.ndarray) -> None:
+        """Write one block's (h, w) uint8 confidence (before :meth:`write_block` logs it)."""
+        if self.confidence is not None:
+            self.confidence[block.window.slices] = confidence
+
     def read_block(self, block: Block) -> np.ndarray:
         """(h, w) uint8 ids of one block."""
         return np.asarray(self.mask[block.window.slices])
+
+    def read_confidence(self, block: Block) -> np.ndarray:
+        """(h, w) uint8 confidence of one block (255 = nodata).
+
+        Raises:
+            ValueError: the store holds no confidence.
+        """
+        if self.confidence is None:
+            raise ValueError(f"{self.path}: this store holds no confidence array")
+        return np.asarray(self.confidence[block.window.slices])
 
     @classmethod
     def reopen(cls, path: str | os.PathLike[str]) -> ZarrMaskStore:
@@ -169,10 +175,68 @@ class ZarrMaskStore:
         self._lock = threading.Lock()
         if not (self.path / "zarr.json").is_file():
             raise FileNotFoundError(f"{self.path}: no Zarr store here")
-        self.group = zarr.open_group(self.path, mode="r+")
-        self.mask = self.group["mask"]
-        self.probs = self.group["probs"] if "probs" in self.group else None
+        self._bind(zarr.open_group(self.path, mode="r+"))
         return self
+
+
+def create_store(
+    path: Path,
+    shape: tuple[int, int],
+    chunks: tuple[int, int],
+    attrs: dict[str, Any],
+    num_classes: int,
+    probs_chunks: tuple[int, int] | None,
+) -> Any:
+    """A new group at ``path`` with ``attrs``, CF georeferencing, ``mask`` and, with
+    ``probs_chunks``, ``probs``."""
+    import zarr
+
+    group = zarr.open_group(path, mode="w", zarr_format=3)
+    group.attrs.update(attrs)
+    var_attrs = write_georeferencing(group, shape, attrs.get("crs"), attrs.get("transform"))
+    group.create_array(
+        "mask",
+        shape=shape,
+        chunks=chunks,
+        dtype="uint8",
+        fill_value=NODATA,
+        dimension_names=("y", "x"),
+        attributes={**var_attrs, "long_name": "class id", "_FillValue": NODATA},
+    )
+    if probs_chunks is not None:
+        group.create_array(
+            "probs",
+            shape=(num_classes, *shape),
+            chunks=(num_classes, *probs_chunks),
+            dtype="float16",
+            fill_value=0.0,
+            dimension_names=("class", "y", "x"),
+            attributes={**var_attrs, "long_name": "class probability"},
+        )
+    return group
+
+
+def create_confidence(
+    group: Any, shape: tuple[int, int], chunks: tuple[int, int], attrs: dict[str, Any]
+) -> None:
+    """Add ``confidence`` (H, W) uint8 (top-class probability x 100, 255 = nodata), placed on
+    the map like ``mask``."""
+    mask_attrs = dict(group["mask"].attrs)
+    georef = {k: mask_attrs[k] for k in ("grid_mapping", "coordinates") if k in mask_attrs}
+    group.create_array(
+        "confidence",
+        shape=shape,
+        chunks=chunks,
+        dtype="uint8",
+        fill_value=NODATA,
+        dimension_names=("y", "x"),
+        attributes={
+            **georef,
+            "long_name": "top-class probability",
+            "units": "percent",
+            "_FillValue": NODATA,
+        },
+    )
 
 
 def write_georeferencing(
