@@ -279,7 +279,11 @@ def test_bad_product_options_fail_before_any_scene(tmp_path, scenes, model) -> N
         run(**run_opts(scenes, model, tmp_path / "c", vector=True, vector_classes=["trees"]))
     with pytest.raises(ConfigError, match="min_confidence"):
         run(**run_opts(scenes, model, tmp_path / "d", min_confidence=1.5))
-    for out in "abcd":
+    with pytest.raises(ConfigError, match="min_area must be a finite number >= 0"):
+        run(**run_opts(scenes, model, tmp_path / "e", vector=True, min_area=-1.0))
+    with pytest.raises(ConfigError, match="simplify must be a finite number >= 0"):
+        run(**run_opts(scenes, model, tmp_path / "f", vector=True, simplify=-0.5))
+    for out in "abcdef":
         assert not (tmp_path / out / "run.json").exists()
 
 
