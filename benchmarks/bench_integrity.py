@@ -61,7 +61,7 @@ class CheckTimer:
     """Wraps the three checks with timers (or no-ops) by monkeypatching their modules."""
 
     def __init__(self, disabled: bool) -> None:
-        import tilesegd.runner as runner
+        import tilesegd.finish as runner
         import tilesegd.stitch as stitch
 
         self.seconds = 0.0
