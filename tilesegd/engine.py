@@ -213,6 +213,10 @@ class Engine:
         self._a = torch.from_numpy(1.0 / scale).view(1, -1, 1, 1).to(self.device)
         mean = np.asarray(spec.mean, np.float32) / np.asarray(spec.std, np.float32)
         self._b = torch.from_numpy(-mean).view(1, -1, 1, 1).to(self.device)
+        fill = np.asarray(spec.nodata_fill, np.float32)
+        self._fill = (
+            torch.from_numpy(fill).view(1, -1, 1, 1).to(self.device) if fill.any() else None
+        )
         self._checked: set[tuple[int, int]] = set()
         self._graphs: GraphRunner | None = None
         self._core: tuple[int, int, int, int] | None = None
@@ -306,7 +310,10 @@ class Engine:
         # the device): 8.7 -> 6.9 ms per 8 x 512^2 uint8 batch on 2 cores
         x = x.to(torch.float32, copy=True).mul_(self._a).add_(self._b)
         if self._cuda or not bool(valid.all()):
-            x.mul_(valid.unsqueeze(1))
+            if self._fill is None:
+                x.mul_(valid.unsqueeze(1))
+            else:  # nodata at the value the model's own normalisation maps to 0
+                x.sub_(self._fill).mul_(valid.unsqueeze(1)).add_(self._fill)
         if self._channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x

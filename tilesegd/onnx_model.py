@@ -299,8 +299,10 @@ class OnnxModel:
                 f"{h}x{w} tiles; use --tile-size {min(fixed)} (or re-export the model with "
                 "`tilesegd export --format onnx --dynamic-size`)"
             )
-        if fixed and (h, w) != fixed:
-            x = torch.nn.functional.pad(x, (0, fixed[1] - w, 0, fixed[0] - h))
+        if fixed and (h, w) != fixed:  # padded like nodata (see ModelSpec.nodata_fill)
+            fill = torch.tensor(self.spec.nodata_fill, dtype=x.dtype, device=x.device)
+            fill = fill.view(1, -1, 1, 1)
+            x = torch.nn.functional.pad(x - fill, (0, fixed[1] - w, 0, fixed[0] - h)) + fill
         b = self.io.fixed("input", 0)
         if b is None or b == n:
             out = self._run(x)

@@ -92,6 +92,24 @@ class ModelSpec:
         return None if v is None else int(v)
 
     @property
+    def nodata_fill(self) -> tuple[float, ...]:
+        """Per channel, the normalised input value given to nodata and padding pixels.
+
+        0 (the normalised mean) for every ordinary model file. A graph that normalises inside
+        itself (``normalization_in_graph``: ``input_scale`` s, ``mean`` m, ``std`` of the
+        training data, as ``tilesegd export --format onnx`` writes) gets the value that its
+        own normalisation maps to 0, ``(m * s / input_scale - mean) / std``, so it sees nodata
+        exactly as the network it was exported from did."""
+        inner = self.extra.get("normalization_in_graph")
+        if not inner:
+            return (0.0,) * self.in_channels
+        s, m = float(inner.get("input_scale", 255.0)), inner.get("mean") or [0.0] * self.in_channels
+        return tuple(
+            (float(mi) * s / self.input_scale - mo) / so
+            for mi, mo, so in zip(m, self.mean, self.std, strict=True)
+        )
+
+    @property
     def num_classes(self) -> int:
         """K, the number of output channels."""
         return len(self.classes)
