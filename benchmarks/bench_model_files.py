@@ -35,6 +35,10 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SCENES = ROOT.parent / "shared" / "data" / "scenes"
+DEFAULT_SCENES = [
+    SCENES / "swissimage_1091-322_875x600.tif",
+    SCENES / "swissimage_lakeshore_875x400.tif",
+]
 
 
 def tilesegd(*args: str) -> float:
@@ -81,19 +85,33 @@ def on_grid(mask: Path, like: Path) -> np.ndarray:
 
 
 def agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """Share of the pixels valid in both masks with the same class id."""
     ok = (a != 255) & (b != 255)
     return float((a[ok] == b[ok]).mean()) if ok.any() else float("nan")
+
+
+def mean_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean over the classes present in either mask of their IoU between the masks (a mask
+    that is mostly one class cannot score well by agreeing on that class alone)."""
+    ok = (a != 255) & (b != 255)
+    a, b = a[ok], b[ok]
+    ious = [((a == k) & (b == k)).sum() / ((a == k) | (b == k)).sum() for k in np.union1d(a, b)]
+    return float(np.mean(ious)) if ious else float("nan")
 
 
 def resampling_evidence(model: Path, scene: Path, d: Path) -> dict:
     import rasterio
 
+    d.mkdir(parents=True)
     with rasterio.open(scene) as ds:
         gsd = abs(ds.transform.a)
     tilesegd("run", "-i", str(scene), "-m", str(model), "-o", str(d / "orig"), "--gsd", str(gsd),
              "--preview-size", "0")  # fmt: skip
     ref = on_grid(d / "orig" / scene.stem / "mask.tif", scene)
-    out: dict = {"scene": scene.name, "gsd_m": gsd}
+    shares = np.bincount(ref[ref != 255], minlength=256)
+    out: dict = {"scene": scene.name, "gsd_m": gsd,
+                 "class_shares": {int(k): round(float(v / shares.sum()), 4)
+                                  for k, v in enumerate(shares) if v}}  # fmt: skip
     for factor in (0.5, 2.0):
         copy = d / f"copy_{factor}" / f"{scene.stem}_x{factor}.tif"
         copy.parent.mkdir()
@@ -108,44 +126,63 @@ def resampling_evidence(model: Path, scene: Path, d: Path) -> dict:
             secs = tilesegd("run", "-i", str(path), "-m", str(model), "-o", str(o), "--gsd",
                             str(gsd), "--preview-size", "0", *extra)  # fmt: skip
             mask = on_grid(o / path.stem / "mask.tif", scene)
-            row[how] = {"agreement": round(agreement(mask, ref), 4), "seconds": round(secs, 1)}
+            row[how] = {
+                "agreement": round(agreement(mask, ref), 4),
+                "mean_iou": round(mean_iou(mask, ref), 4),
+                "seconds": round(secs, 1),
+            }
         out[f"x{factor}"] = row
         print(json.dumps({f"x{factor}": row}), flush=True)
     return out
 
 
 def onnx_evidence(model: Path, ckpt: Path, d: Path) -> dict:
+    """Export the checkpoint twice (fixed tile size, as Deepness / GeoDeep need; dynamic size)
+    and compare each file's masks on the sample scenes with the TorchScript file's."""
     import rasterio
 
-    onnx = d / "model.onnx"
-    r = subprocess.run([sys.executable, "-m", "tilesegd", "export", str(ckpt), "-o", str(onnx),
-                        "--format", "onnx"], cwd=ROOT, capture_output=True, text=True)  # fmt: skip
-    if r.returncode:
-        raise SystemExit(f"export failed: {r.stderr[-1500:]}")
-    secs = {}
-    for name, m in (("torchscript", model), ("onnx", onnx)):
-        secs[name] = tilesegd("run", "-i", str(SCENES), "-m", str(m), "-o", str(d / name),
-                              "--preview-size", "0")  # fmt: skip
-    same = total = 0
-    for f in sorted((d / "torchscript").glob("*/mask.tif")):
-        with rasterio.open(f) as a, rasterio.open(d / "onnx" / f.parent.name / "mask.tif") as b:
-            x, y = a.read(1), b.read(1)
-        ok = (x != 255) | (y != 255)
-        same, total = same + int((x[ok] == y[ok]).sum()), total + int(ok.sum())
-    return {
-        "export": r.stdout.strip().splitlines()[-1] if r.stdout.strip() else "",
-        "pixels": total,
-        "agreement": same / total if total else None,
-        "seconds": {k: round(v, 1) for k, v in secs.items()},
-    }
+    out: dict = {"seconds": {}}
+    out["seconds"]["torchscript"] = round(tilesegd("run", "-i", str(SCENES), "-m", str(model),
+                                                   "-o", str(d / "ts"), "--preview-size", "0"), 1)  # fmt: skip
+    for kind, extra in (("onnx_fixed", []), ("onnx_dynamic", ["--dynamic-size"])):
+        onnx = d / f"{kind}.onnx"
+        r = subprocess.run([sys.executable, "-m", "tilesegd", "export", str(ckpt), "-o",
+                            str(onnx), "--format", "onnx", *extra], cwd=ROOT,
+                           capture_output=True, text=True)  # fmt: skip
+        if r.returncode:
+            raise SystemExit(f"export failed: {r.stderr[-1500:]}")
+        out["seconds"][kind] = round(tilesegd("run", "-i", str(SCENES), "-m", str(onnx), "-o",
+                                              str(d / kind), "--preview-size", "0"), 1)  # fmt: skip
+        same = total = 0
+        worst = (1.0, "")
+        for f in sorted((d / "ts").glob("*/mask.tif")):
+            with rasterio.open(f) as a, rasterio.open(d / kind / f.parent.name / "mask.tif") as b:
+                x, y = a.read(1), b.read(1)
+            ok = (x != 255) | (y != 255)
+            n_same = int((x[ok] == y[ok]).sum())
+            same, total = same + n_same, total + int(ok.sum())
+            worst = min(worst, (n_same / max(1, int(ok.sum())), f.parent.name))
+        out[kind] = {
+            "export": r.stdout.strip().splitlines()[-1] if r.stdout.strip() else "",
+            "pixels": total,
+            "agreement": same / total if total else None,
+            "worst_scene": {"name": worst[1], "agreement": worst[0]},
+        }
+        print(json.dumps({kind: out[kind]}), flush=True)
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", required=True, help="a trained model file (.ts)")
     ap.add_argument("--ckpt", help="its checkpoint, for the ONNX export (default: beside it)")
-    ap.add_argument("--scene", default=str(SCENES / "swissimage_1091-322_875x600.tif"))
+    ap.add_argument(
+        "--scene",
+        action="append",
+        help="scenes for the resampling evidence (default: the two SWISSIMAGE samples)",
+    )
     ap.add_argument("--json", default=str(HERE / "results" / "results_model_files_cpu.json"))
+    ap.add_argument("--skip-resampling", action="store_true", help="only the ONNX part")
     args = ap.parse_args()
     model = Path(args.model).resolve()
     ckpt = Path(args.ckpt or model.with_name("best.ckpt")).resolve()
@@ -156,7 +193,12 @@ def main() -> None:
         doc = {
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
             "command": "python benchmarks/bench_model_files.py " + " ".join(sys.argv[1:]),
-            "resampling": resampling_evidence(model, Path(args.scene), d / "r"),
+            "resampling": None
+            if args.skip_resampling
+            else [
+                resampling_evidence(model, Path(sc), d / "r" / Path(sc).stem)
+                for sc in args.scene or DEFAULT_SCENES
+            ],
             "onnx": onnx_evidence(model, ckpt, d / "o"),
             "load_average": os.getloadavg(),
             "when": time.strftime("%Y-%m-%d %H:%M"),
