@@ -122,7 +122,6 @@ def settings(halo: int, quick: bool) -> list[dict[str, Any]]:
     head = [
         {"label": "tilesegd default", "kind": "tilesegd"},
         {"label": "MONAI gaussian 0.25", "kind": "monai", "overlap": 0.25},
-        {"label": "tilesegd default + activation bytes", "kind": "tilesegd", "measure": True},
         {"label": "pytorch-toolbelt 512/448", "kind": "toolbelt"},
         {"label": "rasterio loop 512", "kind": "loop"},
     ]
@@ -177,7 +176,6 @@ def plan_one(s: dict[str, Any], ctx: dict[str, Any]) -> tuple[dict[str, Any], bo
     if s["kind"] == "tilesegd":
         spec.update(out=str(ctx["work"] / "ts"), keep_mask=mask)
         spec.update(tile=s.get("tile"), overlap=s.get("overlap"))
-        spec["activation_bytes"] = ctx["activation_bytes"] if s.get("measure") else None
     else:
         spec["out_mask"] = mask
         if s["kind"] == "monai":

@@ -87,15 +87,16 @@ def table(doc: dict[str, Any]) -> str:
     """The Markdown of one results document (settings, head-to-head rounds, targets)."""
     by = best(doc["results"])
     ctx = doc["context"]
+    v, crop = doc["machine"]["versions"], ctx["crop"]
     lines = [
         f"Run {doc['started']} -> {doc.get('finished') or 'unfinished'}; model "
-        f"`{ctx['model']}` (halo {doc['halo']} px, {ctx['activation_bytes']:.0f} activation "
-        f"bytes/px measured), scene `{ctx['scene']}`, reference crop {ctx['crop'][2]}^2 at "
-        f"({ctx['crop'][0]}, {ctx['crop'][1]}), {ctx['border']}-px border excluded. Reference: "
-        f"{doc['reference'].get('seconds')} s, {doc['reference'].get('peak_rss_mb')} MiB.  ",
+        f"`{ctx['model']}` (halo {doc['halo']} px; torch's profiler sees "
+        f"{ctx['activation_bytes']:.0f} B/px of tensors), scene `{ctx['scene']}`, reference "
+        f"crop {crop[2]}^2 at ({crop[0]}, {crop[1]}), {ctx['border']}-px border excluded. "
+        f"Reference: {doc['reference'].get('seconds')} s, "
+        f"{doc['reference'].get('peak_rss_mb')} MiB.  ",
         f"Machine: {doc['machine'].get('cpu')}, {doc['machine'].get('cores')} cores; torch "
-        f"{doc['machine']['versions'].get('torch')}, MONAI {doc['machine']['versions'].get('monai')}, "
-        f"pytorch-toolbelt {doc['machine']['versions'].get('pytorch_toolbelt')}.  ",
+        f"{v.get('torch')}, MONAI {v.get('monai')}, pytorch-toolbelt {v.get('pytorch_toolbelt')}.  ",
         f"Command: `{doc['command']}`",
         "",
         "| setting | tile / overlap (px) | seconds | network px / scene px | interior agreement % "
@@ -136,7 +137,7 @@ def table(doc: dict[str, Any]) -> str:
                 if k.startswith(PEERS)
             ]
             lines.append(f"* round {rnd}: " + ", ".join(parts))
-    for label in ("tilesegd default", "tilesegd default + activation bytes"):
+    for label in ("tilesegd default",):
         rows = targets(by, label)
         if rows:
             lines += ["", f"Targets for `{label}`:", "", "| target | measured | |", "|---|---|---|"]

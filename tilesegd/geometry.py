@@ -10,14 +10,14 @@ the fingerprint that decides what may be resumed) receives the same :class:`Geom
 large as memory allows, not the training tile:
 
 1. **Budget tile**: the largest tile (a multiple of the model's ``multiple``, at most
-   :data:`MAX_TILE`) whose network call fits the memory budget (:func:`memory_budget`: 1 GiB on
-   the CPU, a quarter of the device's memory on CUDA), given the bytes one input pixel costs
+   :data:`MAX_TILE`) whose network call fits the memory budget (:func:`memory_budget`: 1.5 GiB
+   on the CPU, a quarter of the device's memory on CUDA), given the bytes one input pixel costs
    during a call (:func:`call_bytes_per_pixel`: the network's activations, from the model file's
    ``activation_bytes_per_pixel`` when it has one, plus the engine's own buffers). Never smaller
    than :func:`min_seamless_tile` (``4 x halo``, whose core is as wide as the two halos).
 2. **Per scene**: each scene runs the tile between that minimum and the budget tile that runs the
    fewest network pixels for its size (:func:`fit_tile`): edge tiles reach past the scene, and a
-   4096-px scene with a 224-px halo runs 2.25x its pixels with 2048-px tiles but 1.79x with
+   4096-px scene with a 224-px halo runs 2.25x its pixels with 2048-px tiles but 1.78x with
    1824-px ones. A scene no larger than the tile runs as one whole tile (exact, no halo).
 3. **Batch**: :func:`default_batch` of the budget tile (~2 megapixels per call; one tile of
    1448 px or more), never more tiles than fit the budget.
@@ -44,12 +44,16 @@ DEFAULT_BLOCK = 2048
 DEFAULT_OVERLAP = 64  # pixels, for model files that carry no measured overlap
 BATCH_PIXELS = 8 * 512 * 512  # the default batch holds about this many pixels
 MAX_TILE = 4096  # pixels: beyond it (t / core)^2 gains little and one tile is a GPU's worth
-CPU_BUDGET = 1 << 30  # bytes one network call may use on the CPU (measured: benchmarks/)
+CPU_BUDGET = 3 << 29  # 1.5 GiB: bytes one network call may add on the CPU (benchmarks/budget.py)
 CUDA_BUDGET_SHARE = 0.25  # of a CUDA device's total memory, for one call
 DEFAULT_ACTIVATION_BYTES = 320.0
-"""float32 bytes of activations per input pixel when the model file does not say: smp
-Unet-mobilenet_v2 with the default decoder measures 318.5 (the slim LoveDA demo decoder 208;
-:func:`tilesegd.halo.measure_activation_bytes`)."""
+"""float32 bytes per input pixel one call of the network adds to memory, when the model file
+does not say. Calibrated on the process's peak resident memory on the CPU: the TorchScript
+LoveDA demo U-Net (Unet-mobilenet_v2, slim decoder) grows 208 B/px on its first call of a tile
+size and 257-314 B/px after a few calls (1024-2048 px tiles, 2 threads; glibc arenas, oneDNN
+and the TorchScript profiling run included), more than the 112 B/px of tensors torch's profiler
+sees (:func:`tilesegd.halo.measure_activation_bytes`). smp Unet-mobilenet_v2 with the default
+decoder: 318.5 B/px of tensors in eager mode."""
 ACTIVATION_KEY = "activation_bytes_per_pixel"  # the model file's field (tilesegd.json)
 
 
@@ -128,7 +132,7 @@ def default_batch(tile: int) -> int:
 
 
 def memory_budget(device_type: str = "cpu", total_memory: int | None = None) -> int:
-    """Bytes one network call may use: :data:`CPU_BUDGET` (1 GiB) on the CPU; on CUDA
+    """Bytes one network call may use: :data:`CPU_BUDGET` (1.5 GiB) on the CPU; on CUDA
     :data:`CUDA_BUDGET_SHARE` (a quarter) of ``total_memory``, the device's memory in bytes
     (the rest is left for the runtime's workspaces, a second batch in flight, CUDA graphs or
     TensorRT engines)."""
@@ -232,9 +236,10 @@ def resolve_geometry(
         budget: bytes one network call may use; ``None`` = :data:`CPU_BUDGET` (pass
             :func:`device_budget` on CUDA).
         dtype_bytes: bytes per activation value (4 fp32, 2 under fp16 / bf16 autocast).
-        activation_bytes: float32 activation bytes per input pixel, measured for the network
-            (:func:`tilesegd.halo.measure_activation_bytes`); ``None`` = the model file's
-            ``activation_bytes_per_pixel``, else :data:`DEFAULT_ACTIVATION_BYTES`.
+        activation_bytes: float32 bytes per input pixel a call of the network adds to memory
+            (on CUDA :func:`tilesegd.halo.measure_activation_bytes` measures it exactly);
+            ``None`` = the model file's ``activation_bytes_per_pixel``, else
+            :data:`DEFAULT_ACTIVATION_BYTES`.
         save_probs: probabilities are kept (more bytes per pixel).
 
     * ``tile_size``: the option; else, with a measured overlap, the budget tile fitted per scene

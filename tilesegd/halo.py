@@ -121,7 +121,11 @@ def measure_activation_bytes(
     :func:`tilesegd.geometry.call_bytes_per_pixel` scales it to any tile.
 
     Measured: smp Unet-mobilenet_v2, default decoder, 318.5 eager / 128 TorchScript (the JIT
-    frees dead tensors early); the slim LoveDA demo decoder 208 / 112.
+    frees dead tensors early); the slim LoveDA demo decoder 208 / 112. On CUDA the caching
+    allocator's peak is what the call needs. On the CPU the process grows more than the tensors
+    (the slim TorchScript U-Net: 257-314 B/px of resident memory after a few calls: glibc
+    arenas, oneDNN, the TorchScript profiling run), so the CPU budget uses the calibrated
+    :data:`tilesegd.geometry.DEFAULT_ACTIVATION_BYTES`, not this figure.
 
     Args:
         net: maps float32 (1, C, H, W) to (1, K, H, W) logits (eval mode, no gradients).
