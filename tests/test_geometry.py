@@ -219,11 +219,11 @@ def test_short_batches_skip_padding_only_once_verified_bit_for_bit() -> None:
     # first pass: 4, then 3 verified (padded 4 + alone 3); second pass: 4, then 3 alone
     assert eng.slots == (4 + 4 + 3) + (4 + 3)
     net.sizes.clear()
-    for _ in range(2):  # one tile: not the same bits alone, so always padded
+    for _ in range(3):  # one tile: not the same bits alone, so padded to 2 once 2 is verified
         got, _ = eng.predict(x[:1], valid[:1])
         np.testing.assert_array_equal(got, want[:1])
-    assert net.sizes == [4, 1, 4]
-    assert eng._exact[((32, 32), 1, 4)] is False and eng._exact[((32, 32), 3, 4)] is True
+    assert net.sizes == [4, 1, 4, 2, 2]
+    assert eng._exact[((32, 32), 4)] == {3: True, 1: False, 2: True}
 
 
 def test_trimmed_batches_give_the_same_masks_scene_after_scene() -> None:

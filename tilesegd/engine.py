@@ -119,6 +119,13 @@ class EngineTimes:
         return {k: round(getattr(self, k), 3) for k in ("h2d", "infer", "d2h", "wait")}
 
 
+def _pad(t: torch.Tensor, size: int) -> torch.Tensor:
+    """``t`` with zero entries appended along dim 0 up to ``size``."""
+    if len(t) >= size:
+        return t
+    return torch.cat([t, t.new_zeros((size - len(t), *t.shape[1:]))])
+
+
 class Engine:
     """Run a segmentation network on batches of raw tiles.
 
@@ -194,7 +201,8 @@ class Engine:
         self.tiles = 0  # tiles run through the network
         self.slots = 0  # tiles the network computed: with padding and verification calls
         self.trim_batches = True  # run verified short slices without padding (_call_padded)
-        self._exact: dict[tuple[tuple[int, ...], int, int], bool] = {}
+        # (tile shape, batch size) -> {call size: same logits as a full call, bit for bit}
+        self._exact: dict[tuple[tuple[int, ...], int], dict[int, bool]] = {}
         self.oom_retries = 0  # times a batch was halved after an out-of-memory error
         self.times = EngineTimes()
 
@@ -320,46 +328,42 @@ class Engine:
             return self._step(x, valid)
 
     def _call_padded(self, x: torch.Tensor, valid: torch.Tensor, size: int):
-        """Call the network on ``size`` tiles, so a tile's class ids never depend on how many
-        batch-mates it had: kernels may pick other algorithms for other batch sizes (1e-4 logit
-        differences flip near-ties; Unet-mobilenet_v2 on 2 CPU threads differs alone but not
-        in 2..7 tiles), and a resumed or distributed run groups tiles differently.
+        """Call the network so a tile's class ids never depend on how many batch-mates it had:
+        kernels may pick other algorithms for other batch sizes (1e-4 logit differences flip
+        near-ties; Unet-mobilenet_v2 on 2 CPU threads differs alone but not in 2..7 tiles),
+        and a resumed or distributed run groups tiles differently.
 
-        A short slice of ``n`` tiles is padded with zero tiles to ``size``, unless ``n`` tiles
-        were verified to give the same logits, bit for bit, as the same tiles in a padded call
-        (then they run alone: no padding work). The first short slice of each (tile shape,
-        ``n``, ``size``) runs both ways and records the answer; its padded result is used.
-        Verified only on the ``eager`` runtime and while no out-of-memory halving happened
-        (compiled runtimes would rebuild per batch size; memory is short after an OOM)."""
+        A short slice of ``n`` tiles is padded with zero tiles to the smallest call size
+        ``s >= n`` verified to give the same logits, bit for bit, as a call of ``size`` (else to
+        ``size``). A size is verified once per tile shape, on a real short slice that runs both
+        ways (the padded result is used): the smallest untried ``s >= n`` below the best known.
+        Only on the ``eager`` runtime and while no out-of-memory halving happened (compiled
+        runtimes would rebuild per batch size; memory is short after an OOM)."""
         n = len(x)
-        key = (tuple(x.shape[2:]), n, size)
-        if n >= size or self._exact.get(key):
+        if n >= size:
             self.slots += n
             return self._call(x, valid)
-        xp = torch.cat([x, x.new_zeros((size - n, *x.shape[1:]))])
-        vp = torch.cat([valid, valid.new_zeros((size - n, *valid.shape[1:]))])
-        verify = (
-            self.trim_batches
-            and key not in self._exact
-            and self.runtime == "eager"
-            and self.oom_retries == 0
-        )
-        if verify:
-            ids, probs = self._verify(key, x, valid, xp, vp)
-        else:
-            self.slots += size
-            ids, probs = self._call(xp, vp)
+        known = self._exact.setdefault((tuple(x.shape[2:]), size), {})
+        call = next((k for k in range(n, size) if known.get(k)), size)
+        trial = next((k for k in range(n, call) if k not in known), None)
+        if trial is not None and self.trim_batches and self.runtime == "eager":
+            if self.oom_retries == 0:
+                return self._verify(x, valid, size, trial, known)
+        self.slots += call
+        ids, probs = self._call(_pad(x, call), _pad(valid, call))
         return ids[:n], None if probs is None else probs[:n]
 
-    def _verify(self, key, x, valid, xp, vp):
-        """Run a short slice padded (the result returned) and alone; record in ``_exact``
-        whether every logit of its tiles is bitwise the same both ways."""
+    def _verify(self, x, valid, size: int, trial: int, known: dict[int, bool]):
+        """Run a short slice padded to ``size`` (the result returned) and to ``trial``; record
+        in ``known`` whether its tiles' logits are bitwise the same both ways."""
+        n = len(x)
         with torch.inference_mode():
-            full = self._logits(xp, vp)
-            alone = self._logits(x, valid)
-            self._exact[key] = bool(torch.equal(alone, full[: len(x)]))
-            self.slots += len(xp) + len(x)
-            return self._reduce(full)
+            full = self._logits(_pad(x, size), _pad(valid, size))
+            part = self._logits(_pad(x, trial), _pad(valid, trial))
+            known[trial] = bool(torch.equal(part[:n], full[:n]))
+            self.slots += size + trial
+            ids, probs = self._reduce(full)
+        return ids[:n], None if probs is None else probs[:n]
 
     def _run_split(self, x: torch.Tensor, valid: torch.Tensor):
         """Run ``x`` in slices of at most ``batch_size`` tiles; on out-of-memory halve the
