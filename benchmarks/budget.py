@@ -63,10 +63,10 @@ def main() -> None:
     act = measure_activation_bytes(m.module, m.spec.in_channels, m.spec.multiple)
     plain = resolve_geometry(m.spec)
     measured = resolve_geometry(m.spec, activation_bytes=act)
-    print(f"{a.model}: measured {act:.1f} activation bytes/px; CPU budget {CPU_BUDGET >> 20} MiB")
+    print(f"{a.model}: CPU budget {CPU_BUDGET >> 20} MiB; torch's profiler sees {act:.1f} B/px")
     print(
-        f"default rule: max tile {plain.tile_size} (file / default bytes), "
-        f"{measured.tile_size} (measured bytes); halo {plain.halo}"
+        f"default rule: max tile {plain.tile_size}; with the profiler's figure it would be "
+        f"{measured.tile_size}; halo {plain.halo}"
     )
     tiles = a.tiles or sorted({plain.tile_size, measured.tile_size, 1024})
     print("tile   predicted MiB (rule, profiler)   process: before, peak, peak-before MiB")

@@ -10,7 +10,7 @@ the fingerprint that decides what may be resumed) receives the same :class:`Geom
 large as memory allows, not the training tile:
 
 1. **Budget tile**: the largest tile (a multiple of the model's ``multiple``, at most
-   :data:`MAX_TILE`) whose network call fits the memory budget (:func:`memory_budget`: 1.5 GiB
+   :data:`MAX_TILE`) whose network call fits the memory budget (:func:`memory_budget`: 1.25 GiB
    on the CPU, a quarter of the device's memory on CUDA), given the bytes one input pixel costs
    during a call (:func:`call_bytes_per_pixel`: the network's activations, from the model file's
    ``activation_bytes_per_pixel`` when it has one, plus the engine's own buffers). Never smaller
@@ -44,16 +44,17 @@ DEFAULT_BLOCK = 2048
 DEFAULT_OVERLAP = 64  # pixels, for model files that carry no measured overlap
 BATCH_PIXELS = 8 * 512 * 512  # the default batch holds about this many pixels
 MAX_TILE = 4096  # pixels: beyond it (t / core)^2 gains little and one tile is a GPU's worth
-CPU_BUDGET = 3 << 29  # 1.5 GiB: bytes one network call may add on the CPU (benchmarks/budget.py)
+CPU_BUDGET = 5 << 28  # 1.25 GiB: bytes one call may add on the CPU (benchmarks/budget.py)
 CUDA_BUDGET_SHARE = 0.25  # of a CUDA device's total memory, for one call
-DEFAULT_ACTIVATION_BYTES = 320.0
+DEFAULT_ACTIVATION_BYTES = 380.0
 """float32 bytes per input pixel one call of the network adds to memory, when the model file
-does not say. Calibrated on the process's peak resident memory on the CPU: the TorchScript
-LoveDA demo U-Net (Unet-mobilenet_v2, slim decoder) grows 208 B/px on its first call of a tile
-size and 257-314 B/px after a few calls (1024-2048 px tiles, 2 threads; glibc arenas, oneDNN
-and the TorchScript profiling run included), more than the 112 B/px of tensors torch's profiler
-sees (:func:`tilesegd.halo.measure_activation_bytes`). smp Unet-mobilenet_v2 with the default
-decoder: 318.5 B/px of tensors in eager mode."""
+does not say. Calibrated on the process's peak resident memory on the CPU
+(``benchmarks/budget.py``, 2 threads, 3 calls per size): an engine call of the TorchScript
+LoveDA demo U-Net (Unet-mobilenet_v2, slim decoder) adds 448 / 1089 / 1417 MiB at 1024 / 1568 /
+1888-px tiles, ~311 B/px at the margin plus 150-220 MiB (glibc arenas, oneDNN, the TorchScript
+profiling run): 380 plus the engine's own buffers covers it for 1400-1900-px tiles. Torch's
+profiler sees only 112 B/px of tensors there (:func:`tilesegd.halo.measure_activation_bytes`);
+smp Unet-mobilenet_v2 with the default decoder holds 318.5 B/px of tensors in eager mode."""
 ACTIVATION_KEY = "activation_bytes_per_pixel"  # the model file's field (tilesegd.json)
 
 
@@ -132,7 +133,7 @@ def default_batch(tile: int) -> int:
 
 
 def memory_budget(device_type: str = "cpu", total_memory: int | None = None) -> int:
-    """Bytes one network call may use: :data:`CPU_BUDGET` (1.5 GiB) on the CPU; on CUDA
+    """Bytes one network call may use: :data:`CPU_BUDGET` (1.25 GiB) on the CPU; on CUDA
     :data:`CUDA_BUDGET_SHARE` (a quarter) of ``total_memory``, the device's memory in bytes
     (the rest is left for the runtime's workspaces, a second batch in flight, CUDA graphs or
     TensorRT engines)."""
