@@ -17,8 +17,8 @@ large as memory allows, not the training tile:
    than :func:`min_seamless_tile` (``4 x halo``, whose core is as wide as the two halos).
 2. **Per scene**: each scene runs the tile between that minimum and the budget tile that runs the
    fewest network pixels for its size (:func:`fit_tile`): edge tiles reach past the scene, and a
-   4096-px scene with a 224-px halo runs 2.25x its pixels with 2048-px tiles but 1.78x with
-   1824-px ones. A scene no larger than the tile runs as one whole tile (exact, no halo).
+   4096-px scene with a 96-px halo runs 1.66x its pixels with 1760-px tiles but 1.32x with
+   1568-px ones. A scene no larger than the tile runs as one whole tile (exact, no halo).
 3. **Batch**: :func:`default_batch` of the budget tile (~2 megapixels per call; one tile of
    1448 px or more), never more tiles than fit the budget.
 
