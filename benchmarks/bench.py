@@ -12,8 +12,10 @@ Suites (scenes from ``make_scenes.py``; the smoke suite generates a tiny one):
 * ``scale``: the trivial 1x1-conv model (23 classes) on 8192^2, 16384^2, 32768^2 in DEFLATE and
   ZSTD: codec limit, model only, tilesegd; peers where they fit in memory (else the memory they
   would need).
-* ``full`` = ``unet`` + ``scale``; ``gpu``: Unet fp16 on the 32768^2 scene (a gigapixel) and
-  the 8192^2 one, model only vs tilesegd, plus peers at 8192^2.
+* ``full`` = ``unet`` + ``scale``; ``gpu``: the trained LoveDA demo model (``trained.py``
+  trains it once if missing) in fp16 on the 32768^2 scene (a gigapixel) and the 8192^2 one, at
+  tilesegd's default geometry rule for the device (``tilesegd.geometry``): model only on the
+  same tiles vs tilesegd, plus peers at 8192^2.
 
 Results: ``<out>/results_<suite>.json`` and the tables in ``<out>/RESULTS.md`` (between the
 ``tables`` markers; the text around them is kept).
@@ -32,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+sys.path[:0] = [str(HERE), str(HERE.parent)]  # this checkout's tilesegd, not an installed one
 DATA = HERE / "data"
 
 
@@ -51,6 +53,10 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
         "toolbelt": peers.run_toolbelt,
         "loop": peers.run_loop,
     }[kind]
+    if kind in ("monai", "toolbelt", "loop"):  # the model file's normalisation
+        from trained_workers import model_norm
+
+        spec.setdefault("norm", model_norm(spec["model"]))
     res = fn(**spec)
     res["torch_threads"] = torch.get_num_threads()
     return res
@@ -253,11 +259,16 @@ def plan(
                         note = f"not run: needs ~{need / 2**30:.1f} GiB for whole-image buffers"
                         cfgs.append({"group": g, "kind": tool, "skipped": note})
     if suite == "gpu":
+        # the trained LoveDA model and tilesegd's default geometry rule on this device (tile
+        # from the halo and a quarter of the GPU's memory, fitted per scene), as a user runs it
+        from trained import ensure_model
+
         make_scenes([8192, 32768], ["deflate"], DATA)
-        model = str(models.build("unet", 23, mdir))
+        model = str(ensure_model(None))
+        rule = {"tile": None, "overlap": None, "batch": None}
         for size in (8192, 32768):
-            g, scene = f"unet-fp16-{size}", str(scene_path(size, "deflate", DATA))
-            common = {"group": g, "scene": scene, "model": model, "precision": "fp16", "batch": 32}
+            g, scene = f"loveda-fp16-{size}", str(scene_path(size, "deflate", DATA))
+            common = {"group": g, "scene": scene, "model": model, "precision": "fp16", **rule}
             cfgs.append({**common, "kind": "model_only"})
             cfgs.append({**common, "kind": "tilesegd", "out": str(out / "ts"), "workers": 16})
             cfgs.append(
@@ -271,7 +282,7 @@ def plan(
                 }
             )
             if size == 8192:
-                peers_for(g, scene, model, size, 23, False)
+                peers_for(g, scene, model, size, 7, False)
     if not gpu:
         for c in cfgs:
             if c.get("precision") == "fp16":

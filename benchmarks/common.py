@@ -24,11 +24,28 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def normalise_(x: torch.Tensor) -> torch.Tensor:
-    """In place: float32 (B, 3, H, W) raw 0-255 -> ``(x / 255 - mean) / std`` (as tilesegd)."""
-    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
-    return x.div_(255.0).sub_(mean).div_(std)
+def normalise_(
+    x: torch.Tensor,
+    mean: tuple[float, ...] = MEAN,
+    std: tuple[float, ...] = STD,
+    scale: float = 255.0,
+) -> torch.Tensor:
+    """In place: float32 (B, 3, H, W) raw values -> ``(x / scale - mean) / std`` (as tilesegd;
+    ImageNet statistics unless the model file gives others)."""
+    m = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
+    return x.div_(scale).sub_(m).div_(s)
+
+
+class Counted:
+    """Wraps a network and counts the input pixels it runs (``pixels``: B x H x W per call)."""
+
+    def __init__(self, net: Any) -> None:
+        self.net, self.pixels = net, 0
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.pixels += x.shape[0] * x.shape[-2] * x.shape[-1]
+        return self.net(x)
 
 
 def load_net(model: str | Path, device: torch.device) -> Any:

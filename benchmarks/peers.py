@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from common import GpuSampler, load_net, normalise_, peak_rss_mb, warm_up, write_mask
+from common import Counted, GpuSampler, load_net, normalise_, peak_rss_mb, warm_up, write_mask
 
 
 def memory_needed(tool: str, height: int, width: int, classes: int, bands: int = 3) -> int:
@@ -48,8 +48,19 @@ def _read_all(scene: str) -> np.ndarray:
         return ds.read([1, 2, 3])
 
 
-def run_monai(scene: str, model: str, out_mask: str, *, batch: int = 8) -> dict[str, Any]:
-    """MONAI sliding-window inference, gaussian blending, overlap 0.25 (see module doc)."""
+def run_monai(
+    scene: str,
+    model: str,
+    out_mask: str,
+    *,
+    batch: int = 8,
+    overlap: float = 0.25,
+    roi: int = 512,
+    norm: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """MONAI sliding-window inference, gaussian blending, ``roi``-px windows at ``overlap``
+    (default 0.25; see module doc). ``norm``: ``mean`` / ``std`` / ``scale`` of the model file
+    (default ImageNet, raw / 255)."""
     from monai.inferers import sliding_window_inference
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -59,11 +70,12 @@ def run_monai(scene: str, model: str, out_mask: str, *, batch: int = 8) -> dict[
         t0 = time.perf_counter()
         img = _read_all(scene)
         t1 = time.perf_counter()
-        x = normalise_(torch.from_numpy(img)[None].float())
+        x = normalise_(torch.from_numpy(img)[None].float(), **(norm or {}))
         del img
+        counted = Counted(net)
         with torch.inference_mode():
             out = sliding_window_inference(
-                x, (512, 512), batch, net, overlap=0.25, mode="gaussian", sw_device=dev
+                x, (roi, roi), batch, counted, overlap=overlap, mode="gaussian", sw_device=dev
             )
             del x
             ids = out[0].max(0).indices.to(torch.uint8).numpy()
@@ -74,6 +86,7 @@ def run_monai(scene: str, model: str, out_mask: str, *, batch: int = 8) -> dict[
     mp = ids.size / 1e6
     return {
         "tool": "monai",
+        "network_pixels": counted.pixels,
         "megapixels": round(mp, 3),
         "seconds": round(t3 - t0, 3),
         "mp_per_s": round(mp / (t3 - t0), 3),
@@ -87,7 +100,14 @@ def run_monai(scene: str, model: str, out_mask: str, *, batch: int = 8) -> dict[
     }
 
 
-def run_toolbelt(scene: str, model: str, out_mask: str, *, batch: int = 8) -> dict[str, Any]:
+def run_toolbelt(
+    scene: str,
+    model: str,
+    out_mask: str,
+    *,
+    batch: int = 8,
+    norm: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """pytorch-toolbelt ImageSlicer / TileMerger (README usage; see module doc)."""
     from pytorch_toolbelt.inference.tiles import ImageSlicer, TileMerger
 
@@ -101,11 +121,11 @@ def run_toolbelt(scene: str, model: str, out_mask: str, *, batch: int = 8) -> di
         slicer = ImageSlicer(img.shape, tile_size=512, tile_step=448, weight="pyramid")
         tiles = [torch.from_numpy(t.transpose(2, 0, 1).copy()) for t in slicer.split(img)]
         del img
-        merger = None
+        merger, counted = None, Counted(net)
         with torch.inference_mode():
             for i in range(0, len(tiles), batch):
-                x = normalise_(torch.stack(tiles[i : i + batch]).to(dev).float())
-                pred = net(x)
+                x = normalise_(torch.stack(tiles[i : i + batch]).to(dev).float(), **(norm or {}))
+                pred = counted(x)
                 if merger is None:
                     merger = TileMerger(slicer.target_shape, pred.shape[1], slicer.weight, dev)
                 merger.integrate_batch(pred, slicer.crops[i : i + batch])
@@ -121,6 +141,7 @@ def run_toolbelt(scene: str, model: str, out_mask: str, *, batch: int = 8) -> di
     mp = ids.size / 1e6
     return {
         "tool": "toolbelt",
+        "network_pixels": counted.pixels,
         "megapixels": round(mp, 3),
         "seconds": round(t3 - t0, 3),
         "mp_per_s": round(mp / (t3 - t0), 3),
@@ -134,7 +155,14 @@ def run_toolbelt(scene: str, model: str, out_mask: str, *, batch: int = 8) -> di
     }
 
 
-def run_loop(scene: str, model: str, out_mask: str, *, batch: int = 8) -> dict[str, Any]:
+def run_loop(
+    scene: str,
+    model: str,
+    out_mask: str,
+    *,
+    batch: int = 8,
+    norm: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Plain rasterio windowed loop: read 512-px windows (no overlap, edge windows padded),
     batch them, infer, write each window's ids (see module doc)."""
     import rasterio
@@ -144,6 +172,7 @@ def run_loop(scene: str, model: str, out_mask: str, *, batch: int = 8) -> dict[s
     net = load_net(model, dev)
     warm_up(net, batch, dev)
     times = {"read": 0.0, "infer": 0.0, "write": 0.0}
+    counted = Counted(net)
     with GpuSampler() as gpu, rasterio.open(scene) as src:
         profile = dict(
             driver="GTiff",
@@ -173,7 +202,8 @@ def run_loop(scene: str, model: str, out_mask: str, *, batch: int = 8) -> dict[s
                 for k, win in enumerate(group):
                     x[k, :, : win.height, : win.width] = src.read([1, 2, 3], window=win)
                 tb = time.perf_counter()
-                ids = net(normalise_(torch.from_numpy(x).to(dev).float())).max(1).indices
+                x = normalise_(torch.from_numpy(x).to(dev).float(), **(norm or {}))
+                ids = counted(x).max(1).indices
                 ids = ids.to(torch.uint8).cpu().numpy()
                 tc = time.perf_counter()
                 for k, win in enumerate(group):
@@ -186,6 +216,7 @@ def run_loop(scene: str, model: str, out_mask: str, *, batch: int = 8) -> dict[s
     mp = src.width * src.height / 1e6
     return {
         "tool": "rasterio loop",
+        "network_pixels": counted.pixels,
         "megapixels": round(mp, 3),
         "seconds": round(t1 - t0, 3),
         "mp_per_s": round(mp / (t1 - t0), 3),

@@ -25,6 +25,35 @@ def _scene_size(scene: str) -> tuple[int, int]:
         return ds.height, ds.width
 
 
+def geometry(
+    model: str,
+    device: str,
+    precision: str,
+    tile: int | None,
+    overlap: int | None,
+    batch: int | None,
+) -> Any:
+    """The run's :class:`~tilesegd.geometry.Geometry`: ``tile`` / ``overlap`` / ``batch`` as
+    given, ``None`` = tilesegd's default rule for this model on this device (the budget of
+    :func:`~tilesegd.geometry.device_budget`, the precision's bytes per value)."""
+    from tilesegd.engine import resolve_device, resolve_precision
+    from tilesegd.geometry import device_budget, resolve_geometry
+    from tilesegd.model_file import load_model
+
+    dev = resolve_device(device)
+    budget, _ = device_budget(dev)
+    dtype_bytes = resolve_precision(precision, dev).itemsize
+    spec = load_model(model, dev).spec
+    return resolve_geometry(
+        spec,
+        tile_size=tile,
+        overlap=overlap,
+        batch_size=batch,
+        budget=budget,
+        dtype_bytes=dtype_bytes,
+    )
+
+
 def run_tilesegd(
     scene: str,
     model: str,
@@ -33,27 +62,33 @@ def run_tilesegd(
     device: str = "auto",
     precision: str = "auto",
     runtime: str = "auto",
-    batch: int = 8,
+    batch: int | None = 8,
+    tile: int | None = 512,
+    overlap: int | None = 64,
     workers: int = 2,
     compress: str = "deflate",
     keep_mask: str | None = None,
 ) -> dict[str, Any]:
     """``tilesegd run`` on one scene through the runner's own plan / compute / finish steps
     (the same calls as :func:`tilesegd.runner.run_scene`), timing each; outputs are removed
-    afterwards (the mask is first copied to ``keep_mask`` when given)."""
+    afterwards (the mask is first copied to ``keep_mask`` when given). ``tile`` / ``overlap`` /
+    ``batch`` ``None``: tilesegd's default geometry rule on this device (:func:`geometry`)."""
+    import dataclasses
+
     from tilesegd.config import RunConfig
     from tilesegd.engine import Engine
     from tilesegd.runner import RunSetup, compute_blocks, finish_scene, plan_scene
 
     out_dir = Path(out)
     shutil.rmtree(out_dir, ignore_errors=True)
+    geo = geometry(model, device, precision, tile, overlap, batch)
     cfg = RunConfig(
         input=[scene],
         model=model,
         output=str(out_dir),
-        tile_size=512,
-        overlap=64,
-        batch_size=batch,
+        tile_size=geo.tile_size if tile else None,
+        overlap=geo.overlap,
+        batch_size=geo.batch_size,
         workers=workers,
         device=device,
         precision=precision,
@@ -61,16 +96,20 @@ def run_tilesegd(
     ).validate()
     t0 = time.perf_counter()
     engine = Engine.from_file(
-        model, device=device, precision=precision, batch_size=batch, runtime=runtime
+        model, device=device, precision=precision, batch_size=geo.batch_size, runtime=runtime
     )
-    engine.check((512, 512))
-    zeros = np.zeros((batch, 3, 512, 512), np.uint8)
+    grid = geo.grid(*_scene_size(scene))
+    (th, tw), (hh, hw), (ch, cw) = grid.tile_shape, grid.halo, grid.core_shape
+    engine.check((th, tw))
+    zeros = np.zeros((geo.batch_size, engine.spec.in_channels, th, tw), np.uint8)
     for _ in range(2):  # warm up through the engine: the same layout and code path as the run
-        engine.predict(zeros, np.ones((batch, 512, 512), bool), (32, 32, 448, 448))
+        engine.predict(zeros, np.ones((geo.batch_size, th, tw), bool), (hh, hw, ch, cw))
+    engine.slots = 0
     t_load = time.perf_counter() - t0
     with GpuSampler() as gpu:
         t0 = time.perf_counter()
         run = RunSetup.resolve(cfg, engine.spec, out_dir, "", str(engine.device), "bench")
+        run = dataclasses.replace(run, geometry=geo)  # the device's budget (the rule) as resolved
         plan = plan_scene(Path(scene), "scene", run)
         t1 = time.perf_counter()
         stats = compute_blocks(plan, engine, run, progress=False)
@@ -95,6 +134,10 @@ def run_tilesegd(
         },
         "model_load_s": round(t_load, 3),
         "tiles_run": stats.tiles_run,
+        "tile_shape": [th, tw],
+        "overlap": geo.overlap,
+        "batch": geo.batch_size,
+        "network_pixels": engine.slots * th * tw,
         "device": str(engine.device),
         "precision": str(engine.dtype).replace("torch.", ""),
         "runtime": engine.runtime,
@@ -111,19 +154,24 @@ def run_model_only(
     *,
     device: str = "auto",
     precision: str = "auto",
-    batch: int = 8,
+    batch: int | None = 8,
+    tile: int | None = 512,
+    overlap: int | None = 64,
     max_seconds: float = 30.0,
 ) -> dict[str, Any]:
-    """The network alone on float32 NHWC tensors already in device memory, on as many 512-px tiles
-    as tilesegd runs for ``scene`` (tile 512, overlap 64), in batches of ``batch`` (the last
-    padded, as tilesegd does). After ``max_seconds`` the time is extrapolated per batch."""
+    """The network alone on float32 NHWC tensors already in device memory, on as many tiles as
+    tilesegd runs for ``scene`` at the same geometry (:func:`geometry`; default 512-px tiles,
+    64-px overlap), in batches of the same size (the last padded, as tilesegd may). After
+    ``max_seconds`` the time is extrapolated per batch."""
     from tilesegd.engine import resolve_device, resolve_precision
-    from tilesegd.tiling import TileGrid
 
     dev = resolve_device(device)
     dtype = resolve_precision(precision, dev)
     h, w = _scene_size(scene)
-    grid = TileGrid(h, w, 512, 64, 32, 2048)
+    geo = geometry(model, device, precision, tile, overlap, batch)
+    batch = geo.batch_size
+    grid = geo.grid(h, w)
+    th, tw = grid.tile_shape
     n_tiles = sum(len(grid.tiles_in_block(b)) for b in grid.blocks())
     n_batches = math.ceil(n_tiles / batch)
     net = load_net(model, dev)
@@ -131,7 +179,7 @@ def run_model_only(
     # the network's best speed, not a slower NCHW baseline that would flatter the efficiency
     if dev.type == "cuda":
         net = net.to(memory_format=torch.channels_last)
-    x = torch.randn(batch, 3, 512, 512, generator=torch.Generator().manual_seed(0)).to(dev)
+    x = torch.randn(batch, 3, th, tw, generator=torch.Generator().manual_seed(0)).to(dev)
     x = x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         for _ in range(2):  # warm-up (profiling executor, allocator, cuDNN autotune)
@@ -156,6 +204,7 @@ def run_model_only(
         "tool": "model only",
         "megapixels": round(mp, 3),
         "tiles": n_tiles,
+        "tile_shape": [th, tw],
         "batches_timed": done,
         "batches": n_batches,
         "seconds": round(seconds, 3),

@@ -76,9 +76,11 @@ def geometry(model_overlap: int | None, **options) -> tuple[int, int]:
 
 
 def test_run_geometry_uses_the_model_overlap(caplog) -> None:
-    assert geometry(192) == (512, 192)
-    assert geometry(None) == (512, 64)
-    assert geometry(192, overlap=32) == (512, 32)  # the flag wins
+    tile, overlap = geometry(192)  # the tile comes from the budget: tests/test_geometry.py
+    assert overlap == 192 and tile >= 4 * 96 and tile % 32 == 0
+    assert geometry(None) == (512, 64)  # no measured overlap: the model's tile, 64 px
+    assert geometry(192, overlap=32)[1] == 32  # the flag wins
+    assert geometry(192, tile_size=1024, overlap=32) == (1024, 32)
     warn_capped.cache_clear()
     with caplog.at_level(logging.WARNING):
         assert geometry(192, tile_size=128) == (128, 96)

@@ -230,8 +230,15 @@ class RunConfig:
         if isinstance(self.vector_classes, str):
             self.vector_classes = [n for n in self.vector_classes.split(",") if n.strip()]
 
-    def geometry(self, spec: ModelSpec) -> Geometry:
+    def geometry(
+        self, spec: ModelSpec, budget: int | None = None, dtype_bytes: int = 4
+    ) -> Geometry:
         """This run's tile geometry for a model (see :func:`~tilesegd.geometry.resolve_geometry`).
+
+        Args:
+            budget: the device's memory budget for one network call, bytes (``None``: the
+                CPU's; see :func:`~tilesegd.geometry.device_budget`).
+            dtype_bytes: bytes per activation value at the run's precision (2 for fp16/bf16).
 
         Raises:
             ConfigError: the tile size / overlap / block size cannot make a tile grid.
@@ -244,6 +251,9 @@ class RunConfig:
             overlap=self.overlap,
             block_size=self.block_size,
             batch_size=self.batch_size,
+            budget=budget,
+            dtype_bytes=dtype_bytes,
+            save_probs=self.save_probs,
         )
 
     def bands_for(self, spec: ModelSpec) -> tuple[int, ...]:

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 
 from tilesegd.config import RunConfig
 from tilesegd.errors import ConfigError, DeviceError, OutputError
-from tilesegd.geometry import Geometry
 
 if TYPE_CHECKING:  # pragma: no cover
     from tilesegd.engine import Engine
@@ -61,7 +60,7 @@ class SceneJob:
     run_id: str
 
 
-def worker_engine(cfg: RunConfig, geometry: Geometry, model_sha: str) -> Engine:
+def worker_engine(cfg: RunConfig, model_sha: str) -> Engine:
     """This process's engine for ``cfg``'s model and settings: loaded on first use, then kept,
     so a worker loads the model once, not once per task.
 
@@ -82,7 +81,6 @@ def worker_engine(cfg: RunConfig, geometry: Geometry, model_sha: str) -> Engine:
         cfg.runtime,
         cfg.save_confidence,
         cfg.min_confidence,
-        geometry,
     )
     with _LOCK:
         if key not in _ENGINES:
@@ -92,7 +90,6 @@ def worker_engine(cfg: RunConfig, geometry: Geometry, model_sha: str) -> Engine:
                 device=cfg.device,
                 sha256=model_sha or None,
                 precision=cfg.precision,
-                batch_size=geometry.batch_size,
                 save_probs=cfg.save_probs,
                 compile=cfg.compile,
                 runtime=cfg.runtime,
@@ -103,18 +100,24 @@ def worker_engine(cfg: RunConfig, geometry: Geometry, model_sha: str) -> Engine:
         return _ENGINES[key]
 
 
-def prepare_worker(cfg: RunConfig, geometry: Geometry, model_sha: str) -> tuple[str, str]:
-    """Dask task: load the engine on a worker and check the network on one tile of the run's
-    geometry (so a bad model fails before any scene), then return the resolved
-    ``(device, dtype)`` as strings, which go into the run's fingerprint.
+def prepare_worker(cfg: RunConfig, model_sha: str) -> tuple[str, str, int, int]:
+    """Dask task: load the engine on a worker and check the network on one tile of the model's
+    ``tile_size`` (so a bad model fails before any scene), then return the resolved
+    ``(device, dtype)`` as strings, which go into the run's fingerprint, and the worker's
+    memory budget and bytes per activation value (:func:`tilesegd.geometry.device_budget`), from
+    which the client resolves the run's tile geometry (a client without a GPU plans for GPU
+    workers).
 
     Raises:
         ModelFileError: the file or the network disagrees with its ``tilesegd.json``.
         DeviceError: the device or precision is not available on the worker.
     """
-    engine = worker_engine(cfg, geometry, model_sha)
-    engine.check((geometry.tile_size, geometry.tile_size))
-    return str(engine.device), str(engine.dtype)
+    from tilesegd.geometry import device_budget
+
+    engine = worker_engine(cfg, model_sha)
+    engine.check((engine.spec.tile_size, engine.spec.tile_size))
+    budget, _ = device_budget(engine.device)
+    return str(engine.device), str(engine.dtype), budget, engine.dtype.itemsize
 
 
 def _worker_plan(job: SceneJob) -> ScenePlan:
@@ -158,7 +161,8 @@ def compute_task(job: SceneJob, block_ids: list[int]) -> dict[str, Any]:
     from tilesegd.runner import compute_blocks
 
     t0 = time.perf_counter()
-    engine = worker_engine(job.run.cfg, job.run.geometry, job.model_sha)
+    engine = worker_engine(job.run.cfg, job.model_sha)
+    engine.batch_size = job.run.geometry.batch_size
     if (str(engine.device), str(engine.dtype)) != (job.device, job.dtype):
         raise DeviceError(
             f"worker {socket.gethostname()} runs the model on {engine.device} "

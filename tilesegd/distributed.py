@@ -116,7 +116,7 @@ def run_distributed(
             f"{model}: SHA-256 is {model_sha}, but --model-sha256 pins {cfg.model_sha256}; "
             "check that this is the model you meant"
         )
-    geometry = cfg.geometry(spec)  # bad geometry: fail before any cluster
+    cfg.geometry(spec)  # bad geometry: fail before any cluster
     cfg.bands_for(spec)
     client, cluster = open_client(cfg)
     try:
@@ -125,10 +125,12 @@ def run_distributed(
             threads = max(1, (os.cpu_count() or 1) // cfg.workers)
         task_cfg = replace(cfg, model=str(model), output=str(output.resolve()), workers=threads)
         log.info("Dask scheduler %s; loading the model on a worker", client.scheduler.address)
-        device, dtype = client.submit(
-            prepare_worker, task_cfg, geometry, model_sha, pure=False
+        device, dtype, budget, dtype_bytes = client.submit(
+            prepare_worker, task_cfg, model_sha, pure=False
         ).result()
-        run = RunSetup.resolve(cfg, spec, output.resolve(), model_sha, device, dtype)
+        run = RunSetup.resolve(
+            cfg, spec, output.resolve(), model_sha, device, dtype, budget, dtype_bytes
+        )
         job = SceneJob(None, replace(run, cfg=task_cfg), model_sha, device, dtype, uuid.uuid4().hex)
         return DistributedRun(run, job, client).run(
             paths, names, stop or threading.Event(), progress, blocks_per_task
@@ -224,6 +226,7 @@ class DistributedRun:
         entry["status"] = "running"
         st = self.states[name] = SceneState(plan, entry, time.perf_counter())
         entry["blocks_resumed"] = plan.grid.n_blocks - len(plan.todo)
+        entry["tile_size"] = plan.grid.tile_size
         job = replace(self.job, plan=replace(plan, store=None, todo=[]))
         per_task = per_task or min(MAX_BLOCKS_PER_TASK, math.ceil(len(plan.todo) / 4 / self.n))
         self.bar.total += sum(b.window.height * b.window.width for b in plan.todo)

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,98 +29,25 @@ from tilesegd.accel import (
     oom_error,
     resolve_runtime,
 )
-from tilesegd.errors import ConfigError, DeviceError, ModelFileError
+from tilesegd.device import (
+    EngineTimes,
+    Pending,
+    resolve_device,
+    resolve_precision,
+    submit_cuda,
+)
+from tilesegd.errors import ModelFileError
 from tilesegd.model_file import ModelSpec, Runtime, load_model
 from tilesegd.spec import CONFIDENCE_LOW
 
 log = logging.getLogger(__name__)
 
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` -> ``cuda`` when available else ``cpu``.
-
-    Raises:
-        DeviceError: CUDA was asked for but is not available.
-    """
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceError(
-            f"--device {device}: CUDA is not available on this machine; use --device cpu or auto"
-        )
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise DeviceError(
-            f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) present"
-        )
-    return dev
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """``auto`` -> fp16 on CUDA, fp32 on CPU.
-
-    Raises:
-        DeviceError: fp16 asked for on the CPU (not supported well by torch's CPU kernels).
-    """
-    if precision == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    if precision not in _DTYPES:
-        raise ConfigError(f"precision must be auto, fp32, fp16 or bf16, got {precision!r}")
-    if precision == "fp16" and device.type == "cpu":
-        raise DeviceError("--precision fp16 needs CUDA; on the CPU use fp32 or bf16")
-    return _DTYPES[precision]
-
-
-@dataclass
-class Pending:
-    """A batch in flight; :meth:`result` waits for it.
-
-    ``outputs`` are ``(ids, probs, confidence)``: ids (B, h, w) uint8; probs (B, K, h, w)
-    float16 or ``None``; confidence (B, h, w) uint8 or ``None`` (see :class:`Engine`).
-    """
-
-    _outputs: tuple[torch.Tensor | None, ...]
-    _event: Any = None
-    _on_done: Callable[[], None] | None = None
-
-    def outputs(self) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-        """Block until the batch is done; ``(ids, probs, confidence)`` as NumPy arrays."""
-        if self._event is not None:
-            self._event.synchronize()
-        if self._on_done is not None:
-            self._on_done()
-            self._on_done = None
-        ids, probs, conf = (None if t is None else t.numpy() for t in self._outputs)
-        return ids, probs, conf
-
-    def result(self) -> tuple[np.ndarray, np.ndarray | None]:
-        """Block until the batch is done; return ``(ids, probs)`` as NumPy arrays."""
-        ids, probs, _ = self.outputs()
-        return ids, probs
-
-
-@dataclass
-class EngineTimes:
-    """Seconds spent per stage (CPU: wall clock; CUDA: device time from CUDA events).
-
-    Attributes:
-        h2d: host-to-device copy (CPU: batch conversion and normalisation).
-        infer: network, crop, argmax (and softmax) on the device.
-        d2h: device-to-host copy of ids / probabilities (CPU: 0).
-        wait: host time blocked in :meth:`Pending.result`.
-    """
-
-    h2d: float = 0.0
-    infer: float = 0.0
-    d2h: float = 0.0
-    wait: float = 0.0
-    extra: dict[str, float] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, float]:
-        """``{"h2d": s, "infer": s, "d2h": s, "wait": s}`` rounded to ms."""
-        return {k: round(getattr(self, k), 3) for k in ("h2d", "infer", "d2h", "wait")}
+def _pad(t: torch.Tensor, size: int) -> torch.Tensor:
+    """``t`` with zero entries appended along dim 0 up to ``size``."""
+    if len(t) >= size:
+        return t
+    return torch.cat([t, t.new_zeros((size - len(t), *t.shape[1:]))])
 
 
 class Engine:
@@ -185,6 +110,29 @@ class Engine:
         # the module's weights are converted too (below). A fixed rule, never autotuned, so a
         # rerun or resumed run always takes the same kernels (byte-identical masks).
         self._channels_last = not self._cuda and self._torch_net
+        module = self._prepare(module)
+        self.module = module
+        self._net = module  # what the step calls: the module, or its TensorRT engine
+        self._autocast_on = self.dtype != torch.float32 and self._torch_net
+        self._a, self._b, self._fill = self._normalisation(spec)
+        self._checked: set[tuple[int, int]] = set()
+        self._graphs: GraphRunner | None = None
+        self._core: tuple[int, int, int, int] | None = None
+        if self._cuda:
+            torch.backends.cudnn.benchmark = True  # fixed tile shapes: autotune once
+            self._streams = tuple(torch.cuda.Stream(device=self.device) for _ in range(3))
+        self.calls = 0  # network calls made (for tests and statistics)
+        self.tiles = 0  # tiles run through the network
+        self.slots = 0  # tiles the network computed: with padding and verification calls
+        self.trim_batches = True  # run verified short slices without padding (_call_padded)
+        # (tile shape, batch size) -> {call size: same logits as a full call, bit for bit}
+        self._exact: dict[tuple[tuple[int, ...], int], dict[int, bool]] = {}
+        self.oom_retries = 0  # times a batch was halved after an out-of-memory error
+        self.times = EngineTimes()
+
+    def _prepare(self, module: Runtime) -> Runtime:
+        """The module on the device, in eval mode, channels-last on CUDA, compiled when asked
+        (a TorchScript module cannot be: a warning, then eager)."""
         if isinstance(module, torch.nn.Module):
             try:
                 module = module.eval()
@@ -201,32 +149,25 @@ class Engine:
             log.warning(
                 "%s: torch.compile cannot compile a TorchScript model; running it eagerly "
                 "(save the network as torch.export .pt2 to compile it)",
-                source,
+                self.source,
             )
             self.runtime = "eager"
         if self.runtime == "compile":
             module = torch.compile(module)
-        self.module = module
-        self._net = module  # what the step calls: the module, or its TensorRT engine
-        self._autocast_on = self.dtype != torch.float32 and self._torch_net
+        return module
+
+    def _normalisation(self, spec: ModelSpec) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """``(a, b, fill)`` on the device: normalised = raw * a + b, per channel; nodata gets
+        ``fill`` (``None``: 0, the normalised mean)."""
         scale = np.asarray(spec.std, np.float32) * np.float32(spec.input_scale)
-        self._a = torch.from_numpy(1.0 / scale).view(1, -1, 1, 1).to(self.device)
+        a = torch.from_numpy(1.0 / scale).view(1, -1, 1, 1).to(self.device)
         mean = np.asarray(spec.mean, np.float32) / np.asarray(spec.std, np.float32)
-        self._b = torch.from_numpy(-mean).view(1, -1, 1, 1).to(self.device)
+        b = torch.from_numpy(-mean).view(1, -1, 1, 1).to(self.device)
         fill = np.asarray(spec.nodata_fill, np.float32)
-        self._fill = (
+        fill_t = (
             torch.from_numpy(fill).view(1, -1, 1, 1).to(self.device) if fill.any() else None
         )
-        self._checked: set[tuple[int, int]] = set()
-        self._graphs: GraphRunner | None = None
-        self._core: tuple[int, int, int, int] | None = None
-        if self._cuda:
-            torch.backends.cudnn.benchmark = True  # fixed tile shapes: autotune once
-            self._streams = tuple(torch.cuda.Stream(device=self.device) for _ in range(3))
-        self.calls = 0  # network calls made (for tests and statistics)
-        self.tiles = 0  # tiles run through the network
-        self.oom_retries = 0  # times a batch was halved after an out-of-memory error
-        self.times = EngineTimes()
+        return a, b, fill_t
 
     @classmethod
     def from_file(
@@ -318,9 +259,8 @@ class Engine:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
-    def _step(self, x: torch.Tensor, valid: torch.Tensor):
-        """Device-side step: normalise, network, crop to the core, argmax (and softmax)."""
-        r0, c0, h, w = self._core
+    def _logits(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Normalise and run the network: (B, K, H, W) logits."""
         t0 = time.perf_counter()
         x = self._normalise(x, valid)
         if not self._cuda:  # on the CPU "host-to-device" is the conversion + normalisation
@@ -329,6 +269,11 @@ class Engine:
             logits = self._net(x)
         if isinstance(logits, (tuple, list)):
             logits = logits[0]
+        return logits
+
+    def _reduce(self, logits: torch.Tensor):
+        """Crop logits to the core, argmax (and softmax)."""
+        r0, c0, h, w = self._core
         logits = logits[:, :, r0 : r0 + h, c0 : c0 + w]
         # max().indices == argmax (first maximum on ties) but runs 2-10x faster than argmax
         # over the channel dim of NCHW on the CPU (measured in benchmarks/)
@@ -345,6 +290,10 @@ class Engine:
                 conf |= (best < self.min_confidence).to(torch.uint8) * CONFIDENCE_LOW
         return ids, probs, conf
 
+    def _step(self, x: torch.Tensor, valid: torch.Tensor):
+        """Device-side step: normalise, network, crop to the core, argmax (and softmax)."""
+        return self._reduce(self._logits(x, valid))
+
     def _call(self, x: torch.Tensor, valid: torch.Tensor):
         """One network call on a slice of the batch (the unit that may run out of memory)."""
         if self.runtime == "cudagraph":
@@ -356,15 +305,42 @@ class Engine:
             return self._step(x, valid)
 
     def _call_padded(self, x: torch.Tensor, valid: torch.Tensor, size: int):
-        """Call the network on exactly ``size`` tiles (zero tiles pad a short slice), so a
-        tile's class ids never depend on how many batch-mates it had: kernels pick other
-        algorithms for other batch sizes (1e-4 logit differences flip near-ties), and a
-        resumed or distributed run groups tiles differently."""
+        """Call the network so a tile's class ids never depend on how many batch-mates it had:
+        kernels may pick other algorithms for other batch sizes (1e-4 logit differences flip
+        near-ties; Unet-mobilenet_v2 on 2 CPU threads differs alone but not in 2..7 tiles),
+        and a resumed or distributed run groups tiles differently.
+
+        A short slice of ``n`` tiles is padded with zero tiles to the smallest call size
+        ``s >= n`` verified to give the same logits, bit for bit, as a call of ``size`` (else to
+        ``size``). A size is verified once per tile shape, on a real short slice that runs both
+        ways (the padded result is used): the smallest untried ``s >= n`` below the best known.
+        Only on the ``eager`` runtime and while no out-of-memory halving happened (compiled
+        runtimes would rebuild per batch size; memory is short after an OOM)."""
         n = len(x)
-        if n < size:
-            x = torch.cat([x, x.new_zeros((size - n, *x.shape[1:]))])
-            valid = torch.cat([valid, valid.new_zeros((size - n, *valid.shape[1:]))])
-        return tuple(None if t is None else t[:n] for t in self._call(x, valid))
+        if n >= size:
+            self.slots += n
+            return self._call(x, valid)
+        known = self._exact.setdefault((tuple(x.shape[2:]), size), {})
+        call = next((k for k in range(n, size) if known.get(k)), size)
+        trial = next((k for k in range(n, call) if k not in known), None)
+        if trial is not None and self.trim_batches and self.runtime == "eager":
+            if self.oom_retries == 0:
+                return self._verify(x, valid, size, trial, known)
+        self.slots += call
+        outputs = self._call(_pad(x, call), _pad(valid, call))
+        return tuple(None if t is None else t[:n] for t in outputs)
+
+    def _verify(self, x, valid, size: int, trial: int, known: dict[int, bool]):
+        """Run a short slice padded to ``size`` (the result returned) and to ``trial``; record
+        in ``known`` whether its tiles' logits are bitwise the same both ways."""
+        n = len(x)
+        with torch.inference_mode():
+            full = self._logits(_pad(x, size), _pad(valid, size))
+            part = self._logits(_pad(x, trial), _pad(valid, trial))
+            known[trial] = bool(torch.equal(part[:n], full[:n]))
+            self.slots += size + trial
+            outputs = self._reduce(full)
+        return tuple(None if t is None else t[:n] for t in outputs)
 
     def _run_split(self, x: torch.Tensor, valid: torch.Tensor):
         """Run ``x`` in slices of at most ``batch_size`` tiles; on out-of-memory halve the
@@ -423,40 +399,7 @@ class Engine:
         return Pending(outputs)
 
     def _submit_cuda(self, x: np.ndarray, valid: np.ndarray) -> Pending:
-        s_in, s_run, s_out = self._streams
-        ev = [torch.cuda.Event(enable_timing=True) for _ in range(5)]
-        hx = torch.from_numpy(x).pin_memory()  # torch's caching host allocator: reused buffers
-        hv = torch.from_numpy(valid).pin_memory()
-        with torch.cuda.stream(s_in):
-            ev[0].record(s_in)
-            xt = hx.to(self.device, non_blocking=True)
-            vt = hv.to(self.device, non_blocking=True)
-            ev[1].record(s_in)
-        s_run.wait_event(ev[1])
-        with torch.cuda.stream(s_run):
-            xt.record_stream(s_run)
-            vt.record_stream(s_run)
-            ev[2].record(s_run)
-            outputs = self._run_split(xt, vt)
-            ev[3].record(s_run)
-        s_out.wait_event(ev[3])
-        host: list[torch.Tensor | None] = []
-        with torch.cuda.stream(s_out):
-            for t in outputs:
-                if t is None:
-                    host.append(None)
-                    continue
-                t.record_stream(s_out)
-                host.append(torch.empty(t.shape, dtype=t.dtype, pin_memory=True))
-                host[-1].copy_(t, non_blocking=True)
-            ev[4].record(s_out)
-
-        def done() -> None:
-            self.times.h2d += ev[0].elapsed_time(ev[1]) / 1e3
-            self.times.infer += ev[2].elapsed_time(ev[3]) / 1e3
-            self.times.d2h += ev[3].elapsed_time(ev[4]) / 1e3
-
-        return Pending(tuple(host), ev[4], done)
+        return submit_cuda(self._streams, x, valid, self._run_split, self.device, self.times)
 
     def predict(
         self, x: np.ndarray, valid: np.ndarray, core: tuple[int, int, int, int] | None = None

@@ -99,3 +99,84 @@ def seamless_geometry(halo: int, min_tile: int, multiple: int) -> tuple[int, int
     as wide as the two halos together (so each tile computes at most 4x its core's pixels)."""
     tile = max(min_tile, math.ceil(4 * halo / multiple) * multiple)
     return tile, 2 * halo
+
+
+def measure_activation_bytes(
+    net: torch.nn.Module,
+    in_channels: int,
+    multiple: int,
+    *,
+    device: str | torch.device = "cpu",
+    side: int = 256,
+) -> float:
+    """float32 bytes the network holds per input pixel at the peak of one forward pass.
+
+    Runs one seeded ``(1, in_channels, side, side)`` input (``side`` rounded up to
+    ``multiple``; NHWC on the CPU, as the engine feeds it) and takes the peak of the tensors
+    torch allocates while it runs, the input excluded and the logits included, divided by the
+    pixels. On CUDA that is ``torch.cuda.max_memory_allocated`` above the memory in use before
+    the call; on the CPU the peak of the allocations and frees that torch's profiler records
+    (``profile_memory``). A fully convolutional network's activations grow linearly with the
+    pixels (smp Unet-mobilenet_v2: the same bytes per pixel at 128^2, 256^2 and 384^2), so
+    :func:`tilesegd.geometry.call_bytes_per_pixel` scales it to any tile.
+
+    Measured: smp Unet-mobilenet_v2, default decoder, 318.5 eager / 128 TorchScript (the JIT
+    frees dead tensors early); the slim LoveDA demo decoder 208 / 112. On CUDA the caching
+    allocator's peak is what the call needs. On the CPU the process grows more than the tensors
+    (the slim TorchScript U-Net: 257-314 B/px of resident memory after a few calls: glibc
+    arenas, oneDNN, the TorchScript profiling run), so the CPU budget uses the calibrated
+    :data:`tilesegd.geometry.DEFAULT_ACTIVATION_BYTES`, not this figure.
+
+    Args:
+        net: maps float32 (1, C, H, W) to (1, K, H, W) logits (eval mode, no gradients).
+        in_channels: C.
+        multiple: the network's side multiple (pixels).
+        device: where to run.
+        side: probe side in pixels.
+
+    Returns:
+        Bytes per input pixel (float32 activations, batch of one).
+    """
+    step = max(1, int(multiple))
+    side = max(step, math.ceil(side / step) * step)
+    dev = torch.device(device)
+    x = _smooth_noise(in_channels, side, seed=0).to(dev)
+    if dev.type != "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.inference_mode():
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+                base = torch.cuda.memory_allocated(dev)
+                torch.cuda.reset_peak_memory_stats(dev)
+                net(x)
+                torch.cuda.synchronize(dev)
+                peak = torch.cuda.max_memory_allocated(dev) - base
+            else:
+                peak = _cpu_peak_bytes(net, x)
+    finally:
+        net.train(was_training)
+    return peak / (side * side)
+
+
+def _cpu_peak_bytes(net: torch.nn.Module, x: torch.Tensor) -> int:
+    """Peak bytes of the tensors torch allocates during ``net(x)`` on the CPU (the legacy
+    autograd profiler with ``profile_memory``: allocations are the ops' own memory, frees are
+    its ``[memory]`` events; replayed in time order)."""
+    from torch.autograd import profiler
+
+    with profiler.profile(profile_memory=True, use_kineto=False) as prof:
+        net(x)
+    events = sorted(  # at equal times allocations first: never below the true peak
+        (e.time_range.start, -e.self_cpu_memory_usage)
+        for e in prof.function_events
+        if e.self_cpu_memory_usage
+    )
+    live = peak = 0
+    for _, neg in events:
+        nbytes = -neg
+        live += nbytes
+        peak = max(peak, live)
+    return peak

@@ -35,6 +35,7 @@ def run_header(run: RunSetup, model_sha: str, device: str, dtype: str) -> dict[s
         "config": run.cfg.to_dict(),
         "geometry": {
             "tile_size": run.geometry.tile_size,
+            "min_tile": run.geometry.min_tile,
             "overlap": run.geometry.overlap,
             "block_size": run.geometry.block_size,
             "batch_size": run.geometry.batch_size,
@@ -54,6 +55,7 @@ def load_engine(cfg: RunConfig, output: Path) -> tuple[Any, RunSetup, str]:
             bands.
     """
     from tilesegd.engine import Engine
+    from tilesegd.geometry import device_budget
     from tilesegd.model_file import file_sha256
 
     model_sha = file_sha256(cfg.model) if Path(cfg.model or "").is_file() else ""
@@ -68,11 +70,19 @@ def load_engine(cfg: RunConfig, output: Path) -> tuple[Any, RunSetup, str]:
         confidence=cfg.save_confidence,
         min_confidence=cfg.min_confidence,
     )
+    budget, _ = device_budget(engine.device)
     run = RunSetup.resolve(
-        cfg, engine.spec, output, model_sha, str(engine.device), str(engine.dtype)
+        cfg,
+        engine.spec,
+        output,
+        model_sha,
+        str(engine.device),
+        str(engine.dtype),
+        budget,
+        engine.dtype.itemsize,
     )
     engine.batch_size = run.geometry.batch_size
-    tile = run.geometry.tile_size
+    tile = run.geometry.min_tile or run.geometry.tile_size  # the cheapest tile a scene may use
     engine.check((tile, tile))  # class count / output size vs tilesegd.json, before any scene
     return engine, run, model_sha
 

@@ -337,6 +337,7 @@ def predict_array(
     tile_size: int | None = None,
     overlap: int | None = None,
     block_size: int = 2048,
+    geometry: Any = None,
 ) -> np.ndarray:
     """Tiled, stitched inference on an in-memory image (the same path as ``tilesegd run``).
 
@@ -348,6 +349,8 @@ def predict_array(
             (:func:`~tilesegd.geometry.resolve_geometry`: the model file's tile size and
             measured overlap).
         block_size: approximate block side in pixels.
+        geometry: a resolved :class:`~tilesegd.geometry.Geometry` (wins over the three above;
+            its tile is fitted to this image as in ``tilesegd run``).
 
     Returns:
         (H, W) uint8 class ids, 255 where invalid.
@@ -358,9 +361,10 @@ def predict_array(
     from tilesegd.geometry import resolve_geometry
 
     src = ArraySource(image, valid)
-    geometry = resolve_geometry(
-        engine.spec, tile_size=tile_size, overlap=overlap, block_size=block_size
-    )
+    if geometry is None:
+        geometry = resolve_geometry(
+            engine.spec, tile_size=tile_size, overlap=overlap, block_size=block_size
+        )
     out = np.full((src.height, src.width), NODATA, np.uint8)
 
     def put(block: Block, ids: np.ndarray) -> None:

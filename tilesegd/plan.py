@@ -60,7 +60,15 @@ class RunSetup:
 
     @classmethod
     def resolve(
-        cls, cfg: RunConfig, spec: ModelSpec, output: Path, model_sha: str, device: str, dtype: str
+        cls,
+        cfg: RunConfig,
+        spec: ModelSpec,
+        output: Path,
+        model_sha: str,
+        device: str,
+        dtype: str,
+        budget: int | None = None,
+        dtype_bytes: int = 4,
     ) -> RunSetup:
         """Resolve geometry and bands against the model, read the AOI and zones files, check
         the vector options, and compute the fingerprint.
@@ -72,7 +80,7 @@ class RunSetup:
         """
         from tilesegd.products import requested_products
 
-        geometry, bands = cfg.geometry(spec), cfg.bands_for(spec)
+        geometry, bands = cfg.geometry(spec, budget, dtype_bytes), cfg.bands_for(spec)
         aoi, zones = load_layers(cfg)
         if cfg.vector:
             from tilesegd.writers.polygons import resolve_keep

@@ -242,6 +242,7 @@ def run_scene(
         "tiles_run": stats.tiles_run,
         "tiles_skipped": stats.tiles_skipped,
         "blocks_resumed": resumed,
+        "tile_size": plan.grid.tile_size,
         **entry,
         **plan.resample_fields,
     }

@@ -40,15 +40,7 @@ class Scorer:
         """(H, W) uint8 class ids of a (C, H, W) image (255 where ``valid`` is False)."""
         from tilesegd.pipeline import predict_array
 
-        g = self.geometry
-        return predict_array(
-            self.engine,
-            image,
-            valid,
-            tile_size=g.tile_size,
-            overlap=g.overlap,
-            block_size=g.block_size,
-        )
+        return predict_array(self.engine, image, valid, geometry=self.geometry)
 
     def add(
         self,
