@@ -164,9 +164,7 @@ class Engine:
         mean = np.asarray(spec.mean, np.float32) / np.asarray(spec.std, np.float32)
         b = torch.from_numpy(-mean).view(1, -1, 1, 1).to(self.device)
         fill = np.asarray(spec.nodata_fill, np.float32)
-        fill_t = (
-            torch.from_numpy(fill).view(1, -1, 1, 1).to(self.device) if fill.any() else None
-        )
+        fill_t = torch.from_numpy(fill).view(1, -1, 1, 1).to(self.device) if fill.any() else None
         return a, b, fill_t
 
     @classmethod

@@ -296,6 +296,12 @@ def _budget_geometry(
     tile = budget_tile(halo, m, call_pixels)
     if tile * tile > call_pixels:
         warn_over_budget(tile, math.isqrt(int(call_pixels)) // m * m)
+    cap = spec.extra.get("max_tile_size")  # e.g. an ONNX graph with a fixed input size
+    if cap and tile > int(cap):
+        tile = max(m, int(cap) // m * m)
+        if tile < min_seamless_tile(halo, m):
+            overlap = max(0, min(overlap, tile - m)) // 2 * 2
+            warn_capped(tile, overlap, 2 * halo, min_seamless_tile(halo, m))
     batch = batch_size or max(1, min(default_batch(tile), int(call_pixels // (tile * tile))))
     lo = min(tile, min_seamless_tile(halo, m))
     return _checked(Geometry(tile, overlap, m, block_size, batch, min_tile=lo))

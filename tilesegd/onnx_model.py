@@ -18,6 +18,7 @@ symlinks followed, inside the folder of the ``.onnx`` file; nothing is ever fetc
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -176,6 +177,9 @@ def _read(path: Path) -> tuple[ModelSpec, GraphIO]:
     io = graph_io(model, path)
     props = {p.key: p.value for p in model.metadata_props}
     spec = spec_from_metadata(props, io, str(path))
+    if io.fixed_hw:  # the tile geometry must not outgrow the graph's input
+        extra = {**spec.extra, "max_tile_size": min(io.fixed_hw)}
+        spec = dataclasses.replace(spec, extra=extra)
     if io.n_outputs > 1:
         log.warning(
             "%s: the graph has %d outputs; tilesegd uses the first, %r",
