@@ -7,9 +7,11 @@ from typing import Any
 
 import torch
 
+from tilesegd.metrics import confusion_matrix
 from tilesegd.spec import ModelSpec
 from tilesegd.train.data import PairStore
 from tilesegd.train.model import TwoClassLogits
+from tilesegd.train.resample import to_native
 from tilesegd.train.split import Region, as_region
 
 
@@ -29,9 +31,13 @@ def validate_epoch(
     normalised, y (n, T, T) int64); the metrics come from whole validation images run through
     the deployed path: a copy of the network in :class:`tilesegd.engine.Engine` (precision
     ``auto``: fp32 on the CPU, fp16 on CUDA) scored by :class:`tilesegd.scoring.Scorer` (the
-    tiled, stitched inference of ``tilesegd run``, with its default geometry). ``val_idx`` holds pair indices or
-    :class:`~tilesegd.train.split.Region` s: each image is predicted whole, once, and only the
-    rows of its validation regions are scored.
+    tiled, stitched inference of ``tilesegd run``, with its default geometry). ``val_idx`` holds
+    pair indices or :class:`~tilesegd.train.split.Region` s: each image is predicted whole,
+    once, on its training grid, and only the rows of its validation regions are scored. A pair
+    resampled for training (``--gsd`` / ``--scale``) is predicted at the training resolution and
+    scored at its mask's native resolution: the class ids go back to the mask's grid by nearest
+    neighbour (:func:`tilesegd.train.resample.to_native`), and a validation strip scores the
+    native rows whose centres fall in it.
 
     Returns:
         ``(val_loss or None, scores)`` with ``scores`` from :func:`tilesegd.metrics.scores`.
@@ -57,5 +63,13 @@ def validate_epoch(
     regions = [as_region(r) for r in val_idx]
     for i in dict.fromkeys(r.index for r in regions):
         image, ids = store.get(i)
-        scorer.add(image, ids, rows=[r.rows for r in regions if r.index == i])
+        rows = [r.rows for r in regions if r.index == i]
+        grid = store.grids[i]
+        if not grid.resampled:
+            scorer.add(image, ids, rows=rows)
+            continue
+        target = store.native_ids(i)  # scored on the mask's own grid, like tilesegd eval
+        pred = to_native(scorer.predict(image), target.shape)
+        for r in map(grid.native_rows, rows):
+            scorer.confusion += confusion_matrix(target[r], pred[r], len(scorer.names))
     return val_loss, scorer.scores()
