@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from tilesegd.metrics import confusion_matrix
+from tilesegd.scoring import Scorer
 from tilesegd.spec import ModelSpec
 from tilesegd.train.data import PairStore
 from tilesegd.train.model import TwoClassLogits
@@ -43,7 +45,6 @@ def validate_epoch(
         ``(val_loss or None, scores)`` with ``scores`` from :func:`tilesegd.metrics.scores`.
     """
     from tilesegd.engine import Engine
-    from tilesegd.scoring import Scorer
 
     model.eval()
     val_loss = None
@@ -60,7 +61,24 @@ def validate_epoch(
         runtime="eager",
     )
     scorer = Scorer(engine)  # tilesegd run's default geometry and batch for this spec
-    regions = [as_region(r) for r in val_idx]
+    return val_loss, score_store(scorer, store, val_idx)
+
+
+def score_store(
+    scorer: Scorer, store: PairStore, regions: Sequence[int | Region]
+) -> dict[str, Any]:
+    """Predict each pair of ``regions`` whole on its training grid and score the regions' rows
+    at the masks' native resolution.
+
+    Args:
+        scorer: the deployed path (its confusion matrix accumulates).
+        store: the pairs and their training grids.
+        regions: pair indices or :class:`~tilesegd.train.split.Region` s (training-grid rows).
+
+    Returns:
+        ``scorer.scores()`` (:func:`tilesegd.metrics.scores`) after adding these pairs.
+    """
+    regions = [as_region(r) for r in regions]
     for i in dict.fromkeys(r.index for r in regions):
         image, ids = store.get(i)
         rows = [r.rows for r in regions if r.index == i]
@@ -72,4 +90,4 @@ def validate_epoch(
         pred = to_native(scorer.predict(image), target.shape)
         for r in map(grid.native_rows, rows):
             scorer.confusion += confusion_matrix(target[r], pred[r], len(scorer.names))
-    return val_loss, scorer.scores()
+    return scorer.scores()
