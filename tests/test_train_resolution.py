@@ -199,6 +199,10 @@ def test_train_at_a_gsd_records_it_and_validates_at_native_resolution(tmp_path: 
     spec = read_spec(out / "model.ts")
     assert spec.extra["gsd"] == 3.0 and "scale" not in spec.extra
     _, st = load_checkpoint(out / "best.ckpt")
+    # 64-px validation images fit one 64-px tile: the halo is measured once, for the best
+    # weights, and recorded in the model file and best.ckpt alike
+    assert spec.overlap is not None and spec.overlap >= 8
+    assert st["spec"]["overlap"] == spec.overlap and st["spec"]["tile_size"] == spec.tile_size
     prep = prepare(config(data, tmp_path / "x", gsd=3.0))
     assert all(g.shape == (64, 64) for g in prep.store.grids)  # 96 px * 2 m / 3 m
     native = sum(int((prep.store.native_ids(r.index) != IGNORE_INDEX).sum()) for r in prep.val_idx)

@@ -20,7 +20,6 @@ epoch, in the model-file contract).
 from __future__ import annotations
 
 import csv
-import dataclasses
 import logging
 import math
 import os
@@ -34,12 +33,11 @@ import torch
 
 from tilesegd.errors import ConfigError
 from tilesegd.metrics import plot_confusion, plot_curves
-from tilesegd.model_file import ModelSpec, save_model
 from tilesegd.progress import progress_bar
 from tilesegd.train.checkpoint import load_checkpoint, save_checkpoint
 from tilesegd.train.config import TrainConfig
+from tilesegd.train.export import save_best_model
 from tilesegd.train.model import (
-    TwoClassLogits,
     build_loss,
     build_model,
     class_weights,
@@ -47,7 +45,7 @@ from tilesegd.train.model import (
     network_from_state,
 )
 from tilesegd.train.setup import TrainData, model_spec, prepare, samplers
-from tilesegd.train.validate import validate_epoch
+from tilesegd.train.validate import halo_matters, seamless_spec, validate_epoch
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +177,9 @@ class TrainRun:
         self.loss_fn = build_loss(terms, k, self.binary, weights).to(device)
         self.model = model.to(device, memory_format=torch.channels_last)
         self.sampler, self.val_tiles = samplers(cfg, data)
+        self.halo_each_epoch = halo_matters(
+            data.store, data.val_idx, cfg.val_tile_size or cfg.tile_size
+        )
         self.steps = steps_per_epoch(cfg, data.stats.pixels)
         opt_steps = math.ceil(self.steps / cfg.accumulate)
         self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -272,9 +273,12 @@ class TrainRun:
         return loss.detach()
 
     def validate(self, epoch: int, losses: list[float], t0: float) -> tuple[dict, dict]:
-        """Measure the seamless geometry, validate through the deployed path, and return
-        ``(metrics.csv row, scores)``."""
-        self.spec = seamless_spec(self.model, self.spec, self.binary, self.cfg, self.device)
+        """Measure the seamless geometry (when a validation image needs more than one tile;
+        else once, for the best epoch, at the end), validate through the deployed path, and
+        return ``(metrics.csv row, scores)``."""
+        if self.halo_each_epoch:
+            tile = self.cfg.val_tile_size or self.cfg.tile_size
+            self.spec = seamless_spec(self.model, self.spec, self.binary, tile, self.device)
         val_loss, sc = validate_epoch(
             self.model,
             self.spec,
@@ -385,33 +389,6 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         if cfg.patience and run.stale >= cfg.patience:
             log.info("early stop: no better validation mIoU for %d epochs", run.stale)
             break
-    save_best_model(out, run.spec)
+    tile = cfg.val_tile_size or cfg.tile_size
+    save_best_model(out, None if run.halo_each_epoch else tile, device)
     return out
-
-
-def seamless_spec(
-    model: torch.nn.Module, spec: ModelSpec, binary: bool, cfg: TrainConfig, device: torch.device
-) -> ModelSpec:
-    """``spec`` with the inference ``tile_size`` and ``overlap`` this epoch's weights need to
-    agree with whole-image inference (:func:`tilesegd.halo.measure_halo`); validation and the
-    saved model file use them, so the validation score is what ``tilesegd run`` delivers."""
-    from tilesegd.halo import measure_halo, seamless_geometry
-
-    net = TwoClassLogits(model) if binary else model
-    halo = measure_halo(net, spec.in_channels, spec.multiple, device=device)
-    tile, overlap = seamless_geometry(halo, cfg.val_tile_size or cfg.tile_size, spec.multiple)
-    return dataclasses.replace(spec, tile_size=tile, extra={**spec.extra, "overlap": overlap})
-
-
-def save_best_model(out: Path, spec: ModelSpec) -> Path:
-    """Write ``model.ts`` from ``best.ckpt`` (model-file contract, via ``save_model``)."""
-    model_state, st = load_checkpoint(out / "best.ckpt")
-    net = network_from_state(st["spec"], model_state)
-    meta = dict(st["spec"])
-    meta["trained"] = {"epoch": st["epoch"], "val_miou": round(st["best_miou"], 6)}
-    return save_model(
-        net,
-        out / "model.ts",
-        ModelSpec.from_dict(meta, str(out / "model.ts")),
-        example_size=min(spec.tile_size, 4 * spec.multiple),
-    )

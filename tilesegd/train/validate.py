@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -91,3 +92,24 @@ def score_store(
         for r in map(grid.native_rows, rows):
             scorer.confusion += confusion_matrix(target[r], pred[r], len(scorer.names))
     return scorer.scores()
+
+
+def halo_matters(store: PairStore, regions: Sequence[int | Region], tile: int) -> bool:
+    """Whether a validation image is larger than one ``tile``-px tile on its training grid;
+    if none is, each is predicted as a single tile and the halo changes no score."""
+    return any(max(store.grids[r.index].shape) > tile for r in map(as_region, regions))
+
+
+def seamless_spec(
+    model: torch.nn.Module, spec: ModelSpec, binary: bool, min_tile: int, device: torch.device
+) -> ModelSpec:
+    """``spec`` with the inference ``tile_size`` and ``overlap`` (pixels) these weights need to
+    agree with whole-image inference (:func:`tilesegd.halo.measure_halo`, tiles of at least
+    ``min_tile``); validation and the saved model file use them, so the validation score is
+    what ``tilesegd run`` delivers."""
+    from tilesegd.halo import measure_halo, seamless_geometry
+
+    net = TwoClassLogits(model) if binary else model
+    halo = measure_halo(net, spec.in_channels, spec.multiple, device=device)
+    tile, overlap = seamless_geometry(halo, min_tile, spec.multiple)
+    return dataclasses.replace(spec, tile_size=tile, extra={**spec.extra, "overlap": overlap})
