@@ -87,36 +87,38 @@ def plain_loop(model: torch.nn.Module, steps: int, cl_bf16: bool):
     return step
 
 
-def stage_times(run, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+def stage_times(run, x: torch.Tensor, y: torch.Tensor, clock=time.perf_counter) -> dict[str, float]:
     """Seconds of each part of one tilesegd step (the same calls as ``TrainRun.step``)."""
-    t = [time.perf_counter()]
+    t = [clock()]
     xc = x.contiguous(memory_format=torch.channels_last)
     dt = run.amp_dtype
     with torch.autocast("cpu", dtype=dt or torch.float32, enabled=bool(dt)):
         out = run.model(xc)
-        t.append(time.perf_counter())
+        t.append(clock())
         loss = run.loss_fn(out, y)
-    t.append(time.perf_counter())
+    t.append(clock())
     loss.backward()
-    t.append(time.perf_counter())
+    t.append(clock())
     run.opt.step()
     run.opt.zero_grad(set_to_none=True)
     run.sched.step()
-    t.append(time.perf_counter())
+    t.append(clock())
     return dict(zip(("forward", "loss", "backward", "optimizer"), np.diff(t), strict=True))
 
 
-def sampling_times(run, rng: np.random.Generator, batch: int) -> dict[str, float]:
+def sampling_times(
+    run, rng: np.random.Generator, batch: int, clock=time.perf_counter
+) -> dict[str, float]:
     """Seconds to draw a batch with and without augmentation (crop, resample, normalise)."""
     from tilesegd.train.tiles import TileSampler
 
     s = run.sampler
     bare = TileSampler(s.store, s.regions, s.p * 0 + 1, s.tile, 0.0, False, s.scale, s.mean, s.std)
-    t0 = time.perf_counter()
+    t0 = clock()
     bare.sample(rng, batch)
-    t1 = time.perf_counter()
+    t1 = clock()
     s.sample(rng, batch)
-    t2 = time.perf_counter()
+    t2 = clock()
     return {"sampling": t1 - t0, "augmentation": (t2 - t1) - (t1 - t0)}
 
 
@@ -131,8 +133,16 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2, help="timed steps per variant and round")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "train_speed.json")
+    ap.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="cpu: this process's CPU seconds (with --threads 1, immune to other processes "
+        "taking turns on the cores; with more threads it would count spin-waits)",
+    )
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    clock = time.process_time if a.clock == "cpu" else time.perf_counter
     run = make_run(a.data, Path("/tmp/train_speed"), a.tile, a.batch, a.decoder, a.loss)
     init = copy.deepcopy(run.model.state_dict())
     rng = np.random.default_rng(0)
@@ -153,12 +163,12 @@ def main() -> None:
     for r in range(a.rounds):
         row: dict[str, float] = {}
         for name, f in variants.items():
-            t0 = time.perf_counter()
+            t0 = clock()
             for i in range(a.steps):
                 f(*batches[(r * a.steps + i) % len(batches)])
-            row[name] = (time.perf_counter() - t0) / a.steps
-        stages = stage_times(run, *batches[r % len(batches)])
-        stages.update(sampling_times(run, rng, a.batch))
+            row[name] = (clock() - t0) / a.steps
+        stages = stage_times(run, *batches[r % len(batches)], clock=clock)
+        stages.update(sampling_times(run, rng, a.batch, clock=clock))
         rounds.append({"seconds": row, "stages": stages, "load1": os.getloadavg()[0]})
         print(f"round {r + 1}: " + ", ".join(f"{k} {v:.2f} s" for k, v in row.items()))
     report(a, rounds)
@@ -181,6 +191,8 @@ def report(a: argparse.Namespace, rounds: list[dict]) -> None:
         "tile": a.tile,
         "decoder": a.decoder,
         "loss": a.loss,
+        "threads": a.threads,
+        "clock": a.clock,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "torch": torch.__version__,
         "seconds_per_step": med,
@@ -192,8 +204,9 @@ def report(a: argparse.Namespace, rounds: list[dict]) -> None:
     a.out.write_text(json.dumps(doc, indent=2))
     loads = [r["load1"] for r in rounds]
     print(
-        f"\n{a.batch} x {a.tile}^2 px per step ({mpx:.2f} Mpx), {a.decoder} decoder, "
-        f"loss {a.loss}; load average {min(loads):.1f}-{max(loads):.1f}"
+        f"\n{a.batch} x {a.tile}^2 px per step ({mpx:.2f} Mpx), {a.decoder} decoder, loss "
+        f"{a.loss}, {a.threads} thread(s), {a.clock} clock; load average "
+        f"{min(loads):.1f}-{max(loads):.1f}"
     )
     print("\n| variant | s / step | Mpx/s | ratio to plain (per round, median) |")
     print("|---|---:|---:|---:|")
