@@ -60,7 +60,9 @@ class TrainConfig:
             image's rows; for a few large scenes); see :mod:`tilesegd.train.split`.
         seed: seeds the split, initialisation, tile sampling and augmentation.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        amp: mixed precision (fp16 autocast + gradient scaling) on CUDA; ignored on the CPU.
+        amp: mixed precision: fp16 autocast + gradient scaling on CUDA, bf16 autocast on a
+            CPU with native bf16 instructions (AVX512-BF16 / AMX: ~2x faster steps there,
+            ``benchmarks/RESULTS.md``); float32 elsewhere.
         patience: stop after this many epochs without a better validation mIoU (0 = never).
         freeze_encoder_epochs: train only the decoder for this many first epochs.
         augment: flips, 90-degree rotations, brightness/contrast, scale jitter.
