@@ -288,9 +288,9 @@ def find_pairs(images: str | Path, masks: str | Path) -> list[Pair]:
 
 
 @contextlib.contextmanager
-def _open_raster(path: str | Path):
-    """``rasterio.open`` without the not-georeferenced warning (PNG/JPEG pairs are normal);
-    GDAL errors become :class:`DatasetError` naming the file."""
+def open_raster(path: str | Path):
+    """``rasterio.open`` (a context manager) without the not-georeferenced warning (PNG/JPEG
+    pairs are normal); GDAL errors become :class:`DatasetError` naming the file."""
     import rasterio
     import rasterio.errors
 
@@ -313,7 +313,7 @@ def read_raster(path: Path, bands: Sequence[int] | None = None) -> tuple[np.ndar
     """
     from rasterio.enums import MaskFlags
 
-    with _open_raster(path) as ds:
+    with open_raster(path) as ds:
         if bands is not None and max(bands) > ds.count:
             raise DatasetError(f"{path}: has {ds.count} band(s), bands {list(bands)} asked")
         data = ds.read(list(bands) if bands else None)
@@ -330,5 +330,5 @@ def raster_height(path: str | Path) -> int:
     Raises:
         DatasetError: the file cannot be opened.
     """
-    with _open_raster(path) as ds:
+    with open_raster(path) as ds:
         return int(ds.height)

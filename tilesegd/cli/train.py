@@ -33,7 +33,22 @@ from tilesegd.cli.options import is_quiet, verbosity_options
     "--steps-per-epoch", type=int, help="Batches per epoch (default: cover the data once)."
 )
 @click.option("--batch-size", type=int, help="Tiles per batch (default 8).")
-@click.option("--tile-size", type=int, help="Training tile side in pixels (default 512).")
+@click.option(
+    "--gsd",
+    type=float,
+    help="Train at this pixel size, metres: georeferenced pairs are resampled to it on the fly "
+    "(images: area average, masks: majority); recorded in the model file. Default: each pair's "
+    "own (the median is recorded).",
+)
+@click.option(
+    "--scale",
+    type=float,
+    help="Resample plain frames (no georeferencing) by this factor on the fly, e.g. 0.25; "
+    "recorded in the model file. With --gsd, the frames so resampled are taken to be at --gsd.",
+)
+@click.option(
+    "--tile-size", type=int, help="Training tile side in pixels of the training grid (default 512)."
+)
 @click.option("--lr", type=float, help="Peak learning rate, AdamW (default 1e-3).")
 @click.option("--loss", help="Loss terms joined by +: ce, dice, focal, lovasz, jaccard, bce.")
 @click.option("--ignore", multiple=True, help="Class name to ignore (repeatable).")

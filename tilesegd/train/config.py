@@ -35,7 +35,16 @@ class TrainConfig:
             pixels once.
         batch_size: tiles per batch.
         accumulate: batches whose gradients are summed per optimiser step.
-        tile_size: training tile side, pixels (a multiple of ``2 ** encoder_depth``).
+        gsd: train at this pixel size, metres: georeferenced pairs are resampled to it from
+            their own pixel size; pairs without georeferencing are taken to be at it (after
+            ``scale``, if given). Recorded in the model file (``gsd``); ``None`` = the median
+            pixel size of georeferenced pairs, unresampled (see
+            :mod:`tilesegd.train.resample`).
+        scale: resample pairs without georeferencing (every pair when ``gsd`` is ``None``) by
+            this factor (0.25: a quarter of the rows and columns); recorded in the model file
+            (``scale``). ``None`` = native.
+        tile_size: training tile side, pixels of the training grid (a multiple of
+            ``2 ** encoder_depth``).
         val_tile_size: tile side for validation inference (default ``tile_size``).
         lr: peak learning rate (AdamW).
         weight_decay: AdamW weight decay.
@@ -51,7 +60,9 @@ class TrainConfig:
             image's rows; for a few large scenes); see :mod:`tilesegd.train.split`.
         seed: seeds the split, initialisation, tile sampling and augmentation.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        amp: mixed precision (fp16 autocast + gradient scaling) on CUDA; ignored on the CPU.
+        amp: mixed precision: fp16 autocast + gradient scaling on CUDA, bf16 autocast on a
+            CPU with native bf16 instructions (AVX512-BF16 / AMX: ~2x faster steps there,
+            ``benchmarks/RESULTS.md``); float32 elsewhere.
         patience: stop after this many epochs without a better validation mIoU (0 = never).
         freeze_encoder_epochs: train only the decoder for this many first epochs.
         augment: flips, 90-degree rotations, brightness/contrast, scale jitter.
@@ -76,6 +87,8 @@ class TrainConfig:
     steps_per_epoch: int | None = None
     batch_size: int = 8
     accumulate: int = 1
+    gsd: float | None = None
+    scale: float | None = None
     tile_size: int = 512
     val_tile_size: int | None = None
     lr: float = 1e-3
@@ -147,6 +160,10 @@ class TrainConfig:
                     f"{name} {v} must be a multiple of {self.multiple} (2 ** encoder_depth); "
                     f"try {max(self.multiple, v // self.multiple * self.multiple)}"
                 )
+        if self.gsd is not None and not float(self.gsd) > 0:
+            raise ConfigError(f"gsd must be > 0 (metres per pixel), got {self.gsd}")
+        if self.scale is not None and not 0.0 < float(self.scale) <= 16.0:
+            raise ConfigError(f"scale must be in (0, 16] (0.25 = quarter size), got {self.scale}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
         if self.val_split not in SPLITS:

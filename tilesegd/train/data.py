@@ -1,21 +1,25 @@
 """Training data: decoded pairs (cached), the dataset scan, and the input scale.
 
 Class maps, pairing and whole-raster reads are in :mod:`tilesegd.labels` (shared with
-``tilesegd eval``). Large images are never resized down: training tiles are random windows at native resolution
-(scale jitter resamples a window of ``tile * s`` pixels, ``s`` in ``[1 - j, 1 + j]``, to the tile).
+``tilesegd eval``). Pairs are read onto their training grid (native, or resampled by
+``--gsd`` / ``--scale``: :mod:`tilesegd.train.resample`); large images are never resized down
+to one tile: training tiles are random windows of that grid (scale jitter resamples a window of
+``tile * s`` pixels, ``s`` in ``[1 - j, 1 + j]``, to the tile).
 """
 
 from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from tilesegd.errors import DatasetError
 from tilesegd.labels import IGNORE_INDEX, ClassMap, Pair, read_raster
+from tilesegd.train.resample import Grid, plan_grids, read_image, read_valid, resample_ids
 from tilesegd.train.split import Region, as_region
 
 log = logging.getLogger(__name__)
@@ -30,46 +34,87 @@ def input_scale_for(dtype: np.dtype) -> float:
 
 
 class PairStore:
-    """Decoded pairs with an LRU cache bounded in bytes.
+    """Decoded pairs on their training grids, with an LRU cache bounded in bytes.
 
-    ``get(i)`` returns ``(image (C, H, W) native dtype, ids (H, W) uint8)``, with ids set to
-    :data:`IGNORE_INDEX` where the image is nodata.
+    ``get(i)`` returns ``(image (C, h, w) native dtype, ids (h, w) uint8)`` on pair ``i``'s
+    training grid (``grids[i].shape``; the native grid unless resampled, see
+    :mod:`tilesegd.train.resample`), with ids set to :data:`IGNORE_INDEX` where the image is
+    nodata. ``native_ids(i)`` returns the (H, W) ids on the mask's own grid, for scoring.
+
+    Args:
+        pairs: the image/mask pairs.
+        classmap: the mask coding.
+        cache_mb: cache size (MiB) for decoded pairs.
+        grids: each pair's :class:`~tilesegd.train.resample.Grid` (default: native, read from
+            the headers).
     """
 
-    def __init__(self, pairs: Sequence[Pair], classmap: ClassMap, cache_mb: float = 4096) -> None:
+    def __init__(
+        self,
+        pairs: Sequence[Pair],
+        classmap: ClassMap,
+        cache_mb: float = 4096,
+        grids: Sequence[Grid] | None = None,
+    ) -> None:
         self.pairs = list(pairs)
         self.classmap = classmap
+        self.grids = list(grids) if grids is not None else plan_grids([p.image for p in pairs])
         self.cache_bytes = int(cache_mb * 2**20)
-        self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, int], tuple[np.ndarray, ...]] = OrderedDict()
         self._used = 0
 
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def get(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        if i in self._cache:
-            self._cache.move_to_end(i)
-            return self._cache[i]
-        pair = self.pairs[i]
-        image, valid = read_raster(pair.image)
-        raw, _ = read_raster(pair.mask)
-        if raw.shape[1:] != image.shape[1:]:
-            raise DatasetError(
-                f"{pair.mask}: mask is {raw.shape[2]}x{raw.shape[1]} but image "
-                f"{pair.image.name} is {image.shape[2]}x{image.shape[1]} (WxH); "
-                "masks must be pixel-aligned with their images"
-            )
-        ids = self.classmap.encode(raw, pair.mask)
-        ids[~valid] = IGNORE_INDEX
-        item = (image, ids)
-        size = image.nbytes + ids.nbytes
+    def _cached(self, key: tuple[str, int], load: Callable[[], tuple[np.ndarray, ...]]) -> Any:
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        item = load()
+        size = sum(a.nbytes for a in item)
         while self._cache and self._used + size > self.cache_bytes:
             _, old = self._cache.popitem(last=False)
-            self._used -= old[0].nbytes + old[1].nbytes
+            self._used -= sum(a.nbytes for a in old)
         if size <= self.cache_bytes:
-            self._cache[i] = item
+            self._cache[key] = item
             self._used += size
         return item
+
+    def _mask_ids(self, i: int) -> np.ndarray:
+        """(H, W) native class ids of pair ``i``'s mask (not yet ignored where nodata)."""
+        pair, grid = self.pairs[i], self.grids[i]
+        raw, _ = read_raster(pair.mask)
+        if raw.shape[1:] != grid.native_shape:
+            raise DatasetError(
+                f"{pair.mask}: mask is {raw.shape[2]}x{raw.shape[1]} but image "
+                f"{pair.image.name} is {grid.width}x{grid.height} (WxH); "
+                "masks must be pixel-aligned with their images"
+            )
+        return self.classmap.encode(raw, pair.mask)
+
+    def _load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        grid = self.grids[i]
+        image, valid = read_image(self.pairs[i].image, grid)
+        ids = resample_ids(self._mask_ids(i), grid.shape)
+        ids[~valid] = IGNORE_INDEX
+        return image, ids
+
+    def get(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(image (C, h, w), ids (h, w) uint8)`` of pair ``i`` on its training grid."""
+        return self._cached(("train", i), lambda: self._load(i))
+
+    def native_ids(self, i: int) -> np.ndarray:
+        """(H, W) uint8 ids of pair ``i`` on the mask's native grid (ignored where the image is
+        nodata); the same array as ``get(i)[1]`` when the pair is not resampled."""
+        if not self.grids[i].resampled:
+            return self.get(i)[1]
+
+        def load() -> tuple[np.ndarray]:
+            ids = self._mask_ids(i)
+            ids[~read_valid(self.pairs[i].image)] = IGNORE_INDEX
+            return (ids,)
+
+        return self._cached(("native", i), load)[0]
 
 
 @dataclass

@@ -73,7 +73,7 @@ def export_model(
         ModelFileError: unreadable checkpoint; ``onnx`` without onnx / onnxruntime installed.
         DeviceError: ``tensorrt`` without CUDA or torch-tensorrt.
     """
-    from tilesegd.train.loop import network_from_state
+    from tilesegd.train.model import network_from_state
 
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -173,3 +173,35 @@ def _export_tensorrt(
         if os.path.exists(tmp):
             os.unlink(tmp)
     return check
+
+
+def save_best_model(
+    out: Path, measure_tile: int | None = None, device: str | torch.device = "cpu"
+) -> Path:
+    """Write ``out/model.ts`` from ``out/best.ckpt`` (model-file contract, via ``save_model``).
+
+    Args:
+        out: the run directory.
+        measure_tile: when given, the best weights' seamless geometry is measured first (tiles
+            of at least this many pixels, :func:`tilesegd.train.validate.seamless_spec`) and
+            recorded in ``best.ckpt`` too (training measured it at no epoch: every validation
+            image fitted one tile).
+        device: where to measure.
+    """
+    from tilesegd.train.checkpoint import save_checkpoint
+    from tilesegd.train.model import network_from_state
+    from tilesegd.train.validate import seamless_spec
+
+    model_state, st = load_checkpoint(out / "best.ckpt")
+    net = network_from_state(st["spec"], model_state)
+    if measure_tile is not None:
+        spec = ModelSpec.from_dict(st["spec"], str(out / "best.ckpt"))
+        spec = seamless_spec(net.to(device), spec, False, measure_tile, torch.device(device))
+        st["spec"] = spec.to_dict()
+        save_checkpoint(out / "best.ckpt", model_state, st)
+        net = net.cpu()
+    meta = dict(st["spec"])
+    meta["trained"] = {"epoch": st["epoch"], "val_miou": round(st["best_miou"], 6)}
+    spec = ModelSpec.from_dict(meta, str(out / "model.ts"))
+    example = min(spec.tile_size, 4 * spec.multiple)
+    return save_model(net, out / "model.ts", spec, example_size=example)

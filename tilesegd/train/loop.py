@@ -20,7 +20,6 @@ epoch, in the model-file contract).
 from __future__ import annotations
 
 import csv
-import dataclasses
 import logging
 import math
 import os
@@ -34,12 +33,11 @@ import torch
 
 from tilesegd.errors import ConfigError
 from tilesegd.metrics import plot_confusion, plot_curves
-from tilesegd.model_file import ModelSpec, save_model
 from tilesegd.progress import progress_bar
 from tilesegd.train.checkpoint import load_checkpoint, save_checkpoint
 from tilesegd.train.config import TrainConfig
+from tilesegd.train.export import save_best_model
 from tilesegd.train.model import (
-    TwoClassLogits,
     build_loss,
     build_model,
     class_weights,
@@ -47,7 +45,7 @@ from tilesegd.train.model import (
     network_from_state,
 )
 from tilesegd.train.setup import TrainData, model_spec, prepare, samplers
-from tilesegd.train.validate import validate_epoch
+from tilesegd.train.validate import halo_matters, seamless_spec, validate_epoch
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +119,19 @@ def check_resume(cfg: TrainConfig, saved: dict[str, Any]) -> None:
         )
 
 
+def autocast_dtype(amp: bool, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of training steps: with ``amp``, float16 on CUDA (with gradient
+    scaling) and bfloat16 on a CPU with native bf16 instructions (AVX512-BF16 or AMX, where
+    oneDNN runs bf16 convolutions faster than float32); ``None`` (float32) otherwise."""
+    if not amp:
+        return None
+    if device.type == "cuda":
+        return torch.float16
+    if device.type == "cpu" and torch.backends.mkldnn.is_available():
+        return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+    return None
+
+
 def set_frozen(model: torch.nn.Module, frozen: bool) -> None:
     """Freeze (or unfreeze) the encoder's weights; a frozen encoder keeps its batch-norm
     statistics (eval mode)."""
@@ -164,13 +175,17 @@ class TrainRun:
         self.spec = model_spec(cfg, data, self.binary, multiple)
         weights = class_weights(cfg.class_weights, data.stats.class_pixels)
         self.loss_fn = build_loss(terms, k, self.binary, weights).to(device)
-        self.model = model.to(device)
+        self.model = model.to(device, memory_format=torch.channels_last)
         self.sampler, self.val_tiles = samplers(cfg, data)
+        self.halo_each_epoch = halo_matters(
+            data.store, data.val_idx, cfg.val_tile_size or cfg.tile_size
+        )
         self.steps = steps_per_epoch(cfg, data.stats.pixels)
         opt_steps = math.ceil(self.steps / cfg.accumulate)
         self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.sched = make_scheduler(cfg, self.opt, cfg.epochs * opt_steps)
-        self.use_amp = bool(cfg.amp) and device.type == "cuda"
+        self.amp_dtype = autocast_dtype(cfg.amp, device)
+        self.use_amp = self.amp_dtype == torch.float16  # gradient scaling: fp16 only
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.start, self.history, self.best, self.stale = 0, [], -1.0, 0
         if resume is not None:
@@ -220,16 +235,8 @@ class TrainRun:
         self.opt.zero_grad(set_to_none=True)
         for step in range(self.steps):
             x, y = self.sampler.sample(rng, cfg.batch_size)
-            x, y = torch.from_numpy(x).to(self.device), torch.from_numpy(y).to(self.device)
-            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
-                loss = self.loss_fn(self.model(x), y)
-            self.scaler.scale(loss / cfg.accumulate).backward()
-            if (step + 1) % cfg.accumulate == 0 or step + 1 == self.steps:
-                self.scaler.step(self.opt)
-                self.scaler.update()
-                self.opt.zero_grad(set_to_none=True)
-                self.sched.step()
-            losses.append(float(loss.detach()))
+            update = (step + 1) % cfg.accumulate == 0 or step + 1 == self.steps
+            losses.append(float(self.step(torch.from_numpy(x), torch.from_numpy(y), update)))
             rate = (step + 1) * cfg.batch_size / (time.perf_counter() - t0)
             bar.set_postfix_str(f"loss={np.mean(losses):.4f}, tiles_s={rate:.1f}", refresh=False)
             bar.update()
@@ -238,10 +245,40 @@ class TrainRun:
             set_frozen(self.model, False)
         return losses
 
+    def step(self, x: torch.Tensor, y: torch.Tensor, update: bool = True) -> torch.Tensor:
+        """One training step on a batch: forward and loss (under autocast, see
+        :func:`autocast_dtype`), backward, and with ``update`` the optimiser and scheduler
+        steps (else the gradient accumulates).
+
+        Args:
+            x: (B, C, T, T) float32 normalised tiles (any device; moved to the run's, and to
+                channels-last, the layout oneDNN's and cuDNN's fastest kernels use).
+            y: (B, T, T) int64 class ids, 255 = ignore.
+
+        Returns:
+            The batch loss (a 0-d tensor, detached).
+        """
+        x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        y = y.to(self.device, non_blocking=True)
+        with torch.autocast(
+            self.device.type, dtype=self.amp_dtype or torch.float32, enabled=bool(self.amp_dtype)
+        ):
+            loss = self.loss_fn(self.model(x), y)
+        self.scaler.scale(loss / self.cfg.accumulate).backward()
+        if update:
+            self.scaler.step(self.opt)
+            self.scaler.update()
+            self.opt.zero_grad(set_to_none=True)
+            self.sched.step()
+        return loss.detach()
+
     def validate(self, epoch: int, losses: list[float], t0: float) -> tuple[dict, dict]:
-        """Measure the seamless geometry, validate through the deployed path, and return
-        ``(metrics.csv row, scores)``."""
-        self.spec = seamless_spec(self.model, self.spec, self.binary, self.cfg, self.device)
+        """Measure the seamless geometry (when a validation image needs more than one tile;
+        else once, for the best epoch, at the end), validate through the deployed path, and
+        return ``(metrics.csv row, scores)``."""
+        if self.halo_each_epoch:
+            tile = self.cfg.val_tile_size or self.cfg.tile_size
+            self.spec = seamless_spec(self.model, self.spec, self.binary, tile, self.device)
         val_loss, sc = validate_epoch(
             self.model,
             self.spec,
@@ -352,33 +389,6 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         if cfg.patience and run.stale >= cfg.patience:
             log.info("early stop: no better validation mIoU for %d epochs", run.stale)
             break
-    save_best_model(out, run.spec)
+    tile = cfg.val_tile_size or cfg.tile_size
+    save_best_model(out, None if run.halo_each_epoch else tile, device)
     return out
-
-
-def seamless_spec(
-    model: torch.nn.Module, spec: ModelSpec, binary: bool, cfg: TrainConfig, device: torch.device
-) -> ModelSpec:
-    """``spec`` with the inference ``tile_size`` and ``overlap`` this epoch's weights need to
-    agree with whole-image inference (:func:`tilesegd.halo.measure_halo`); validation and the
-    saved model file use them, so the validation score is what ``tilesegd run`` delivers."""
-    from tilesegd.halo import measure_halo, seamless_geometry
-
-    net = TwoClassLogits(model) if binary else model
-    halo = measure_halo(net, spec.in_channels, spec.multiple, device=device)
-    tile, overlap = seamless_geometry(halo, cfg.val_tile_size or cfg.tile_size, spec.multiple)
-    return dataclasses.replace(spec, tile_size=tile, extra={**spec.extra, "overlap": overlap})
-
-
-def save_best_model(out: Path, spec: ModelSpec) -> Path:
-    """Write ``model.ts`` from ``best.ckpt`` (model-file contract, via ``save_model``)."""
-    model_state, st = load_checkpoint(out / "best.ckpt")
-    net = network_from_state(st["spec"], model_state)
-    meta = dict(st["spec"])
-    meta["trained"] = {"epoch": st["epoch"], "val_miou": round(st["best_miou"], 6)}
-    return save_model(
-        net,
-        out / "model.ts",
-        ModelSpec.from_dict(meta, str(out / "model.ts")),
-        example_size=min(spec.tile_size, 4 * spec.multiple),
-    )

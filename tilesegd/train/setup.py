@@ -1,8 +1,10 @@
 """What a training run trains on: pairs, split, dataset statistics, the model's spec, samplers.
 
-:func:`prepare` reads the classes CSV, pairs images with masks, splits them (whole images or
-row strips), scans the training part (class pixels, mean / std, dtype, bands) and returns a
-:class:`TrainData`; :func:`model_spec` turns it into the model file's metadata.
+:func:`prepare` reads the classes CSV, pairs images with masks, plans each pair's training grid
+(native, or resampled by ``gsd`` / ``scale``: :mod:`tilesegd.train.resample`), splits them
+(whole images or row strips of the training grids), scans the training part (class pixels,
+mean / std, dtype, bands) and returns a :class:`TrainData`; :func:`model_spec` turns it into
+the model file's metadata (with the training resolution: ``gsd``, ``scale``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from tilesegd.labels import ClassMap, Pair, find_pairs, read_classes
 from tilesegd.spec import ModelSpec
 from tilesegd.train.config import TrainConfig
 from tilesegd.train.data import DatasetStats, PairStore, scan
+from tilesegd.train.resample import Grid, plan_grids, training_gsd
 from tilesegd.train.split import Region, make_split
 from tilesegd.train.tiles import TileSampler
 
@@ -39,6 +42,7 @@ class TrainData:
         store: decoded pairs (LRU cache).
         stats: the training part's statistics (bands, dtype, input scale, class pixels...).
         mean, std: per-band normalisation after scaling (dataset's, or ImageNet's).
+        gsd: the training resolution in metres per pixel (``None`` when unknown).
     """
 
     classmap: ClassMap
@@ -49,6 +53,7 @@ class TrainData:
     stats: DatasetStats
     mean: list[float]
     std: list[float]
+    gsd: float | None = None
 
 
 def prepare(cfg: TrainConfig) -> TrainData:
@@ -60,10 +65,13 @@ def prepare(cfg: TrainConfig) -> TrainData:
     """
     classmap = read_classes(cfg.classes, cfg.ignore)
     pairs = find_pairs(cfg.images, cfg.masks)
-    train_idx, val_idx = make_split(
-        [p.image for p in pairs], cfg.val_split, cfg.val_fraction, cfg.seed
-    )
-    store = PairStore(pairs, classmap, cfg.cache_mb)
+    images = [p.image for p in pairs]
+    grids = plan_grids(images, cfg.gsd, cfg.scale)
+    gsd = training_gsd(grids, cfg.gsd)
+    log_resolution(pairs, grids, gsd)
+    heights = [g.out_height for g in grids]
+    train_idx, val_idx = make_split(images, cfg.val_split, cfg.val_fraction, cfg.seed, heights)
+    store = PairStore(pairs, classmap, cfg.cache_mb, grids)
     stats = scan(store, train_idx, sorted({r.index for r in train_idx + val_idx}))
     log.info(
         "%d pairs: training on %s, validating on %s",
@@ -78,13 +86,36 @@ def prepare(cfg: TrainConfig) -> TrainData:
                 f"normalization imagenet needs 3-band images, these have {stats.bands}"
             )
         mean, std = IMAGENET_MEAN, IMAGENET_STD
-    return TrainData(classmap, pairs, train_idx, val_idx, store, stats, mean, std)
+    return TrainData(classmap, pairs, train_idx, val_idx, store, stats, mean, std, gsd)
+
+
+def log_resolution(pairs: list[Pair], grids: list[Grid], gsd: float | None) -> None:
+    """Log the training resolution and how many pairs are resampled to it."""
+    moved = [(p, g) for p, g in zip(pairs, grids, strict=True) if g.resampled]
+    where = f"{gsd:.4g} m/px" if gsd is not None else "an unknown pixel size (plain frames)"
+    if not moved:
+        log.info("training at the native resolution of every pair, %s", where)
+        return
+    p, g = moved[0]
+    log.info(
+        "training at %s: %d of %d pairs resampled on the fly (%s: %dx%d -> %dx%d px)",
+        where,
+        len(moved),
+        len(pairs),
+        p.name,
+        g.width,
+        g.height,
+        g.out_width,
+        g.out_height,
+    )
 
 
 def model_spec(cfg: TrainConfig, data: TrainData, binary: bool, multiple: int) -> ModelSpec:
     """The model file's metadata (``tilesegd.json``) for a network trained on ``data``.
 
-    ``multiple`` is the network's own size multiple (its encoder's output stride).
+    ``multiple`` is the network's own size multiple (its encoder's output stride). The training
+    resolution is recorded as ``gsd`` (metres per pixel, when known) and ``scale`` (the
+    ``--scale`` factor, when given).
     """
     stats = data.stats
     meta: dict[str, Any] = {
@@ -108,6 +139,10 @@ def model_spec(cfg: TrainConfig, data: TrainData, binary: bool, multiple: int) -
         "ignored_classes": data.classmap.ignored_names,
         "normalization": cfg.normalization,
     }
+    if data.gsd is not None:
+        meta["gsd"] = round(data.gsd, 6)
+    if cfg.scale is not None:
+        meta["scale"] = float(cfg.scale)
     return ModelSpec.from_dict(meta, "<train>")
 
 

@@ -107,11 +107,17 @@ def split_regions(
 
 
 def make_split(
-    images: Sequence[str | Path], mode: str, val_fraction: float, seed: int
+    images: Sequence[str | Path],
+    mode: str,
+    val_fraction: float,
+    seed: int,
+    heights: Sequence[int] | None = None,
 ) -> tuple[list[Region], list[Region]]:
     """The split ``mode`` (``images`` or ``regions``) of the pairs whose images are ``images``.
 
     A single pair is split into regions whatever the mode (with a warning for ``images``).
+    ``heights`` are the images' heights on their training grids (pixels; default: read from
+    the files), which region rows refer to.
 
     Returns:
         ``(train, val)`` lists of :class:`Region` (whole images for the ``images`` mode).
@@ -129,6 +135,8 @@ def make_split(
         )
         mode = "regions"
     if mode == "regions":
-        return split_regions([raster_height(p) for p in images], val_fraction, seed)
+        if heights is None:
+            heights = [raster_height(p) for p in images]
+        return split_regions(heights, val_fraction, seed)
     train, val = split(len(images), val_fraction, seed)
     return [Region(i) for i in train], [Region(i) for i in val]

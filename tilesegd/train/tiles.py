@@ -1,8 +1,9 @@
-"""Random training tiles at native resolution, with albumentations augmentations.
+"""Random training tiles of each pair's training grid, with albumentations augmentations.
 
 A tile is a random window of ``tile * s`` pixels (``s`` log-uniform in ``[1 - j, 1 + j]``, the
 scale jitter; ``s = 1`` without augmentation) resampled to ``tile`` pixels: images are never
-resized down as a whole. Images (or training regions) smaller than a tile are padded with the
+resized down as a whole (the grid is native, or resampled by ``--gsd`` / ``--scale``:
+:mod:`tilesegd.train.resample`). Images (or training regions) smaller than a tile are padded with the
 channel mean and the ignore index. Flips, 90-degree rotations and brightness/contrast come from
 albumentations, reseeded per tile from the caller's generator so a tile sequence is fully
 reproducible.
