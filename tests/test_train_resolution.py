@@ -4,6 +4,7 @@ masks' native resolution."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -193,9 +194,13 @@ def test_scale_for_plain_frames_and_recorded_gsd(tmp_path: Path) -> None:
         TrainConfig(gsd=-1.0).validate()
 
 
-def test_train_at_a_gsd_records_it_and_validates_at_native_resolution(tmp_path: Path) -> None:
+def test_train_at_a_gsd_records_it_and_validates_at_native_resolution(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     data = synthetic_pairs(tmp_path / "data", n=3, size=96)  # 2 m pixels (conftest transform)
+    caplog.set_level(logging.INFO, logger="tilesegd")  # the epoch line, before the halo is known
     out = train(config(data, tmp_path / "run", gsd=3.0, epochs=1), progress=False)
+    assert any("epoch 1/1" in r.getMessage() for r in caplog.records)
     spec = read_spec(out / "model.ts")
     assert spec.extra["gsd"] == 3.0 and "scale" not in spec.extra
     _, st = load_checkpoint(out / "best.ckpt")

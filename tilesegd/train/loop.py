@@ -319,7 +319,7 @@ class TrainRun:
         plot_curves(self.history, out / "curves.png")
         log.info(
             "epoch %d/%d: train loss %.4f, val loss %s, val mIoU %.4f, pixel acc %.4f "
-            "(tile %d, overlap %d px), %.1f s%s",
+            "(tile %d, overlap %s), %.1f s%s",
             row["epoch"],
             self.cfg.epochs,
             row["train_loss"],
@@ -327,7 +327,7 @@ class TrainRun:
             miou,
             row["val_pixel_accuracy"],
             self.spec.tile_size,
-            self.spec.overlap,
+            "measured at the end" if self.spec.overlap is None else f"{self.spec.overlap} px",
             row["seconds"],
             " (best)" if improved else "",
         )
