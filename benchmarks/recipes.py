@@ -209,7 +209,7 @@ def train_baseline(folder: Path, budget: float, seed: int) -> tuple[Any, dict[st
     def predict(image: np.ndarray) -> np.ndarray:
         import cv2
 
-        from tilesegd.train.resample import to_native
+        from tilesegd.regrid import to_native
 
         x = cv2.resize(
             image.transpose(1, 2, 0).astype(np.float32) / st.input_scale,

@@ -226,3 +226,45 @@ def test_an_aoi_with_resampling_keeps_the_pixel_centre_rule_on_the_scene_grid(
     rows, cols = np.mgrid[0:h, 0:w]
     inside = shapely.contains_xy(poly_px, cols + 0.5, rows + 0.5)
     np.testing.assert_array_equal(got, np.where(inside, full, 255))
+
+
+@pytest.mark.parametrize("scale", [0.5, 2.0])
+def test_a_model_trained_at_a_scale_runs_and_evaluates_plain_frames_at_it(tmp_path, scale) -> None:
+    """``train --scale F`` records ``scale``: ``run`` and ``eval`` resample plain frames by F
+    (GDAL average / bilinear, like the training pairs) and report at the frame's own size."""
+    from tilesegd.api import evaluate
+    from tilesegd.regrid import Grid, read_image, to_native
+
+    h, w = 41, 58
+    img = blocks_image(h, w, 4, seed=3)
+    d, md = tmp_path / "frames", tmp_path / "masks"
+    d.mkdir()
+    md.mkdir()
+    frame = make_raster(d / "f.png", img)
+    make_raster(md / "f.png", img[:1])  # the identity network's truth at native resolution
+    spec = spec_for(K, 3, input_scale=1.0, multiple=1, tile_size=32, scale=scale)
+    m = save_model(IdentityNet(K), tmp_path / "scaled.ts", spec)
+    doc = run(input=[str(d)], model=str(m), output=str(tmp_path / "o"), progress=False,
+              **GEOMETRY)  # fmt: skip
+    e = doc["scenes"]["f"]
+    mh, mw = round(h * scale), round(w * scale)
+    assert e["model_grid"] == [mh, mw] and e["resample_factor"] == pytest.approx(scale, rel=0.02)
+    ids = read(tmp_path / "o" / "f" / "mask.tif")[0]
+    # the reference: the frame read onto the model grid by GDAL, identity classes, back by
+    # the model-grid pixel under each frame pixel's centre
+    with rasterio.open(frame) as ds:
+        how = rasterio.enums.Resampling.average if scale < 1 else rasterio.enums.Resampling.bilinear
+        band = ds.read(1, out_shape=(mh, mw), resampling=how)
+    ref = np.clip(band, 0, K - 1)[np.ix_(nearest_index(h, mh, 0, h), nearest_index(w, mw, 0, w))]
+    np.testing.assert_array_equal(ids, ref)
+    off = run(input=[str(d)], model=str(m), output=str(tmp_path / "off"), progress=False,
+              resample="off", **GEOMETRY)  # fmt: skip
+    assert off["scenes"]["f"]["resample_factor"] == 1.0
+    # eval: predicted on the same grid, scored at the mask's native size
+    got = evaluate(model=m, images=d, masks=md, output=tmp_path / "ev", device="cpu",
+                   tile_size=32, overlap=8)  # fmt: skip
+    assert got["resampled_images"] == 1 and got["model_scale"] == scale
+    image, valid = read_image(frame, Grid(h, w, mh, mw), (1, 2, 3))
+    pred = to_native(np.clip(image[0], 0, K - 1).astype(np.uint8), (h, w))
+    assert got["pixel_accuracy"] == pytest.approx((pred == img[0]).mean())
+    assert got["pixels"] == h * w

@@ -18,18 +18,12 @@ from test_train import config, synthetic_pairs
 from tilesegd.errors import ConfigError
 from tilesegd.labels import IGNORE_INDEX, find_pairs, read_classes
 from tilesegd.model_file import read_spec
+from tilesegd.regrid import Grid, resample_array, resample_ids, to_native
 from tilesegd.train.checkpoint import load_checkpoint
 from tilesegd.train.config import TrainConfig
 from tilesegd.train.data import PairStore
 from tilesegd.train.loop import train
-from tilesegd.train.resample import (
-    Grid,
-    plan_grids,
-    resample_array,
-    resample_ids,
-    to_native,
-    training_gsd,
-)
+from tilesegd.train.resample import plan_grids, training_gsd
 from tilesegd.train.setup import prepare
 
 VALUES = np.array([10, 120, 240], np.uint8)  # image value of class id 0, 1, 2

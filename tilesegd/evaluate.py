@@ -1,4 +1,4 @@
-"""``tilesegd eval``: score a model file against labelled images at full resolution.
+"""``tilesegd eval``: score a model file against labelled images.
 
 Each image goes through the deployed path (:class:`tilesegd.engine.Engine` and the tiled,
 stitched :func:`tilesegd.pipeline.predict_array`); the confusion matrix summed over all images
@@ -23,7 +23,8 @@ import numpy as np
 
 from tilesegd.errors import ConfigError, DatasetError, IncompatibleInputError
 from tilesegd.labels import IGNORE_INDEX, ClassMap, find_pairs, read_classes, read_raster
-from tilesegd.metrics import plot_confusion, scores
+from tilesegd.metrics import confusion_matrix, plot_confusion, scores
+from tilesegd.regrid import Grid, grid_for, read_image, to_native
 from tilesegd.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,30 @@ def _write_prediction(path: Path, ids: np.ndarray, cmap: ClassMap, lut: np.ndarr
             dst.write(values.astype(dtype)[None])
 
 
+def score_on_grid(
+    scorer: Any, image_path: Path, grid: Grid, bands: Sequence[int], target: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Predict an image on its model grid and score it at the mask's native resolution.
+
+    Args:
+        scorer: a :class:`tilesegd.scoring.Scorer` (its confusion matrix accumulates).
+        image_path: the image, read onto ``grid`` (:func:`tilesegd.regrid.read_image`: GDAL
+            average / bilinear; nodata where it covers half of a footprint).
+        grid: the image's :class:`~tilesegd.regrid.Grid` at the model's GSD or scale.
+        bands: 1-based model input bands.
+        target: (H, W) uint8 native class ids, 255 = ignore (native nodata included).
+
+    Returns:
+        ``(confusion (K, K) int64, prediction (H, W) uint8 on the native grid)``: the class ids
+        go back to the native grid by nearest neighbour (:func:`tilesegd.regrid.to_native`).
+    """
+    image, valid = read_image(image_path, grid, bands)
+    pred = to_native(scorer.predict(image, valid), target.shape)
+    cm = confusion_matrix(target, pred, len(scorer.names))
+    scorer.confusion += cm
+    return cm, pred
+
+
 def evaluate(
     model: str | os.PathLike[str],
     images: str | os.PathLike[str],
@@ -107,6 +132,10 @@ def evaluate(
         device, precision, batch_size: as for ``tilesegd run``.
         tile_size, overlap: tiling in pixels (default: as ``tilesegd run``, the model file's
             tile size and measured overlap).
+
+    A model trained at a chosen resolution (its file's ``gsd`` or ``scale``) predicts each image
+    resampled to it, as ``tilesegd run`` does, and is scored at the mask's native resolution
+    (:func:`score_on_grid`).
         save_predictions: also write ``pred/<stem>.png``.
 
     Returns:
@@ -136,7 +165,9 @@ def evaluate(
     names = [c.name for c in spec.classes]
     dtypes = spec.extra.get("dtypes")
     per_image: dict[str, Any] = {}
+    resampled = 0
     for pair in pairs:
+        grid = grid_for(pair.image, spec.extra.get("gsd"), spec.extra.get("scale"))
         image, valid = read_raster(pair.image, spec.bands)
         if dtypes and image.dtype.name not in dtypes:
             raise IncompatibleInputError(
@@ -151,7 +182,12 @@ def evaluate(
             )
         target = lut[cmap.encode(raw, pair.mask)]
         target[~valid] = IGNORE_INDEX
-        cm, pred = scorer.add(image, target, valid)
+        if grid.resampled:  # predicted at the model's resolution, scored at the mask's
+            del image
+            cm, pred = score_on_grid(scorer, pair.image, grid, spec.bands, target)
+            resampled += 1
+        else:
+            cm, pred = scorer.add(image, target, valid)
         per_image[pair.name] = {"miou": scores(cm, names)["miou"], "pixels": int(cm.sum())}
         if save_predictions:
             _write_prediction(out / "pred" / f"{pair.name}.png", pred, cmap, lut)
@@ -160,6 +196,8 @@ def evaluate(
     doc.update(
         model=str(Path(model).resolve()), images=str(images), masks=str(masks), per_image=per_image
     )
+    doc.update(model_gsd_m=spec.extra.get("gsd"), model_scale=spec.extra.get("scale"))
+    doc["resampled_images"] = resampled
     (out / "metrics.json").write_text(json.dumps(doc, indent=2))
     with open(out / "metrics.csv", "w", newline="") as f:
         w = csv.writer(f)

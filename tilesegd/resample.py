@@ -45,14 +45,14 @@ class GridResample:
     Attributes:
         scene_shape: (H, W) of the scene, pixels.
         model_shape: (H', W') of the model grid, pixels.
-        scene_gsd: (across, down) metres per scene pixel.
-        model_gsd: metres per model-grid pixel.
+        scene_gsd: (across, down) metres per scene pixel (``None``: a plain frame).
+        model_gsd: metres per model-grid pixel (``None``: resampled by the model's scale).
     """
 
     scene_shape: tuple[int, int]
     model_shape: tuple[int, int]
-    scene_gsd: GsdXY
-    model_gsd: float
+    scene_gsd: GsdXY | None
+    model_gsd: float | None
 
     @property
     def step(self) -> tuple[float, float]:
@@ -73,7 +73,7 @@ class GridResample:
         """``run.json`` fields: scene and model GSD (m), the factor and the model grid."""
         sy, sx = self.step
         return {
-            "scene_gsd_m": round(gsd_of(self.scene_gsd) or 0.0, 6),
+            "scene_gsd_m": None if self.scene_gsd is None else round(gsd_of(self.scene_gsd), 6),
             "model_gsd_m": self.model_gsd,
             "resample_factor": round(1 / math.sqrt(sx * sy), 6),
             "model_grid": list(self.model_shape),
@@ -87,15 +87,22 @@ def plan_resample(
     enabled: bool = True,
     tolerance: float = 0.1,
     scene_gsd: float | None = None,
+    model_scale: float | None = None,
 ) -> tuple[GridResample | None, dict[str, Any]]:
-    """Decide whether (and how) a scene is resampled to the model's GSD.
+    """Decide whether (and how) a scene is resampled to the model's resolution.
+
+    The model's GSD wins when both it and the scene's pixel size are known; otherwise the
+    model's ``scale`` (``tilesegd train --scale F`` on plain frames: every scene pixel becomes
+    ``F`` model-grid pixels per axis) applies, as it did to the training frames.
 
     Args:
         scene: the profiled scene.
         model_gsd: the model's GSD (metres; ``--gsd`` or the model file's ``gsd``), or ``None``.
         enabled: ``False`` with ``--resample off``.
-        tolerance: relative GSD difference that still runs the scene as it is.
+        tolerance: relative GSD difference (or ``|scale - 1|``) that still runs the scene as it
+            is.
         scene_gsd: ``--scene-gsd``: the GSD of plain frames (no georeferencing).
+        model_scale: the model file's ``scale``, or ``None``.
 
     Returns:
         ``(resample or None, run.json fields)``: the fields record the scene's and the model's
@@ -106,21 +113,24 @@ def plan_resample(
         size = (scene_gsd, scene_gsd)
     fields: dict[str, Any] = {"scene_gsd_m": None if size is None else round(gsd_of(size), 6)}
     fields["model_gsd_m"] = model_gsd
-    if model_gsd is None or not enabled:
+    if not enabled:
         return None, {**fields, "resample_factor": 1.0}
-    if size is None:
-        log.info("%s: a plain frame has no GSD; run as it is (give --scene-gsd M)", scene.path)
+    if model_gsd is not None and size is not None:
+        factors = resample_factors(size, model_gsd, tolerance)
+        why = f"{gsd_of(size):.3g} m pixels, the model's are {model_gsd:.3g} m"
+    elif model_scale is not None and abs(float(model_scale) - 1.0) > tolerance:
+        factors = (float(model_scale), float(model_scale))
+        why = f"the model was trained on frames resampled by {float(model_scale):g}"
+    else:
+        if model_gsd is not None:
+            log.info("%s: a plain frame has no GSD; run as it is (give --scene-gsd M)", scene.path)
         return None, {**fields, "resample_factor": 1.0}
-    factors = resample_factors(size, model_gsd, tolerance)
     if factors is None:
         return None, {**fields, "resample_factor": 1.0}
     fy, fx = factors
     shape = (max(1, round(scene.height * fy)), max(1, round(scene.width * fx)))
     plan = GridResample((scene.height, scene.width), shape, size, model_gsd)
-    log.info(
-        "%s: %.3g m pixels, the model's are %.3g m: segmenting on a %d x %d grid",
-        scene.path, gsd_of(size), model_gsd, shape[1], shape[0],
-    )  # fmt: skip
+    log.info("%s: %s: segmenting on a %d x %d grid", scene.path, why, shape[1], shape[0])
     return plan, plan.record()
 
 

@@ -67,6 +67,7 @@ def plan_scene(path: Path, name: str, run: RunSetup) -> ScenePlan:
         enabled=cfg.resample != "off",
         tolerance=cfg.gsd_tolerance,
         scene_gsd=cfg.scene_gsd,
+        model_scale=run.spec.extra.get("scale"),
     )
     shape = resample.model_shape if resample else (scene.height, scene.width)
     transform = resample.model_transform(scene.transform) if resample else scene.transform

@@ -1,4 +1,4 @@
-"""``tilesegd eval``: score a model against labelled images (tiled, full resolution)."""
+"""``tilesegd eval``: score a model against labelled images (tiled, at the model's resolution)."""
 
 from __future__ import annotations
 

@@ -19,7 +19,8 @@ import numpy as np
 
 from tilesegd.errors import DatasetError
 from tilesegd.labels import IGNORE_INDEX, ClassMap, Pair, read_raster
-from tilesegd.train.resample import Grid, plan_grids, read_image, read_valid, resample_ids
+from tilesegd.regrid import Grid, read_image, read_valid, resample_ids
+from tilesegd.train.resample import plan_grids
 from tilesegd.train.split import Region, as_region
 
 log = logging.getLogger(__name__)

@@ -31,102 +31,18 @@ aligned:
   is nodata are then ignored.
 
 Predictions made on a training grid go back to the native mask grid by nearest neighbour
-(:func:`to_native`), where validation scores them, as ``tilesegd eval`` does.
+(:func:`tilesegd.regrid.to_native`), where validation scores them, as ``tilesegd eval`` does.
+The grids and resampled reads live in :mod:`tilesegd.regrid`, shared with ``tilesegd eval``.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from tilesegd.errors import ConfigError
-from tilesegd.gsd import GsdXY, median_gsd, pixel_size_m, resample_factors
-from tilesegd.labels import open_raster, read_raster
-
-# Any CRS serves for a pure pixel-grid resample with GDAL's warper (source and destination share
-# it, so nothing is reprojected); rasterio.warp.reproject insists on one.
-_PIXEL_CRS = "EPSG:3857"
-
-
-@dataclass(frozen=True)
-class Grid:
-    """A pair's native grid and its training grid (pixels), and its native pixel size.
-
-    Attributes:
-        height, width: native size of the image (and of its mask).
-        out_height, out_width: the training grid.
-        pixel_size: native ``(across, down)`` metres per pixel; ``None`` without georeferencing.
-    """
-
-    height: int
-    width: int
-    out_height: int
-    out_width: int
-    pixel_size: GsdXY | None = None
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        """``(out_height, out_width)``: the training grid."""
-        return self.out_height, self.out_width
-
-    @property
-    def native_shape(self) -> tuple[int, int]:
-        """``(height, width)``: the native grid."""
-        return self.height, self.width
-
-    @property
-    def resampled(self) -> bool:
-        """Whether the training grid differs from the native one."""
-        return self.shape != self.native_shape
-
-    @property
-    def training_pixel_size(self) -> GsdXY | None:
-        """``(across, down)`` metres per training-grid pixel, if the image is georeferenced."""
-        if self.pixel_size is None:
-            return None
-        return (
-            self.pixel_size[0] * self.width / self.out_width,
-            self.pixel_size[1] * self.height / self.out_height,
-        )
-
-    def native_rows(self, rows: slice) -> slice:
-        """The native rows whose centres fall in training rows ``rows`` (a ``slice`` of
-        training rows, ``None`` ends allowed): where validation scores a row strip."""
-        r0 = rows.start or 0
-        r1 = self.out_height if rows.stop is None else rows.stop
-        f = self.out_height / self.height
-        first = max(0, math.ceil(r0 / f - 0.5))
-        last = min(self.height, math.ceil(r1 / f - 0.5))
-        return slice(first, max(first, last))
-
-
-def _factors(
-    size: GsdXY | None, gsd: float | None, scale: float | None
-) -> tuple[float, float] | None:
-    if gsd is not None and size is not None:
-        return resample_factors(size, gsd)
-    if scale is not None and scale != 1.0:
-        return scale, scale
-    return None
-
-
-def grid_for(path: str | Path, gsd: float | None = None, scale: float | None = None) -> Grid:
-    """The :class:`Grid` of one image (only its header is read).
-
-    Raises:
-        DatasetError: the file cannot be opened.
-    """
-    with open_raster(path) as ds:
-        h, w = int(ds.height), int(ds.width)
-        size = pixel_size_m(ds.crs, ds.transform, h, w) if ds.crs else None
-    f = _factors(size, gsd, scale)
-    if f is None:
-        return Grid(h, w, h, w, size)
-    return Grid(h, w, max(1, round(h * f[0])), max(1, round(w * f[1])), size)
+from tilesegd.gsd import median_gsd
+from tilesegd.regrid import Grid, grid_for
 
 
 def plan_grids(
@@ -158,94 +74,3 @@ def training_gsd(grids: Sequence[Grid], gsd: float | None) -> float | None:
     if not grids or any(g.pixel_size is None for g in grids):
         return None
     return median_gsd(g.training_pixel_size for g in grids)
-
-
-def read_valid(path: str | Path) -> np.ndarray:
-    """(H, W) bool native validity of an image (GDAL's dataset mask; no pixel is decoded when
-    the file declares every pixel valid).
-
-    Raises:
-        DatasetError: the file cannot be read.
-    """
-    from rasterio.enums import MaskFlags
-
-    with open_raster(path) as ds:
-        if all(MaskFlags.all_valid in f for f in ds.mask_flag_enums):
-            return np.ones((ds.height, ds.width), bool)
-        return ds.dataset_mask() > 0
-
-
-def read_image(path: str | Path, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
-    """Read an image onto its training grid.
-
-    Returns:
-        ``(image (C, h, w) native dtype, valid (h, w) bool)`` with ``(h, w) = grid.shape``:
-        GDAL average (shrinking, nodata excluded) or bilinear (enlarging); valid where nodata
-        covers less than half of the footprint.
-
-    Raises:
-        DatasetError: the file cannot be read.
-    """
-    from rasterio.enums import MaskFlags, Resampling
-
-    if not grid.resampled:
-        return read_raster(Path(path))
-    h, w = grid.shape
-    shrink = h * w < grid.height * grid.width
-    with open_raster(path) as ds:
-        how = Resampling.average if shrink else Resampling.bilinear
-        image = ds.read(out_shape=(ds.count, h, w), resampling=how)
-        if all(MaskFlags.all_valid in f for f in ds.mask_flag_enums):
-            return image, np.ones((h, w), bool)
-        native = (ds.dataset_mask() > 0).astype(np.float32)
-    return image, resample_array(native, (h, w), "average") >= 0.5
-
-
-def resample_array(array: np.ndarray, shape: tuple[int, int], how: str) -> np.ndarray:
-    """Resample a 2-D array onto an ``(h, w)`` grid over the same extent with GDAL's warper.
-
-    Args:
-        array: (H, W) numeric array.
-        shape: ``(h, w)`` target size, pixels.
-        how: a GDAL resampling name (``average``, ``mode``, ``nearest``...).
-
-    Returns:
-        (h, w) array of ``array``'s dtype.
-    """
-    from affine import Affine
-    from rasterio.crs import CRS
-    from rasterio.enums import Resampling
-    from rasterio.warp import reproject
-
-    h, w = shape
-    out = np.zeros((h, w), array.dtype)
-    crs = CRS.from_string(_PIXEL_CRS)
-    reproject(
-        np.ascontiguousarray(array),
-        out,
-        src_transform=Affine.identity(),
-        src_crs=crs,
-        dst_transform=Affine.scale(array.shape[1] / w, array.shape[0] / h),
-        dst_crs=crs,
-        resampling=Resampling[how],
-    )
-    return out
-
-
-def resample_ids(ids: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Class ids (H, W) uint8 onto an ``(h, w)`` grid: GDAL mode (majority of each footprint,
-    weighted by coverage) when shrinking, nearest when enlarging; 255 (ignore) is kept like
-    any class id."""
-    if ids.shape == tuple(shape):
-        return ids
-    shrink = shape[0] * shape[1] < ids.size
-    return resample_array(ids, shape, "mode" if shrink else "nearest")
-
-
-def to_native(ids: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Bring (h, w) class ids back to an ``(H, W)`` grid over the same extent by nearest
-    neighbour (the training pixel under each native pixel's centre)."""
-    h, w = ids.shape
-    rows = np.minimum(((np.arange(shape[0]) + 0.5) * h / shape[0]).astype(np.int64), h - 1)
-    cols = np.minimum(((np.arange(shape[1]) + 0.5) * w / shape[1]).astype(np.int64), w - 1)
-    return ids[rows[:, None], cols[None, :]]

@@ -18,10 +18,11 @@ import torch
 
 from tilesegd.errors import ConfigError
 from tilesegd.labels import ClassMap, Pair, find_pairs, read_classes
+from tilesegd.regrid import Grid
 from tilesegd.spec import ModelSpec
 from tilesegd.train.config import TrainConfig
 from tilesegd.train.data import DatasetStats, PairStore, scan
-from tilesegd.train.resample import Grid, plan_grids, training_gsd
+from tilesegd.train.resample import plan_grids, training_gsd
 from tilesegd.train.split import Region, make_split
 from tilesegd.train.tiles import TileSampler
 

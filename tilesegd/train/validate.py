@@ -10,11 +10,11 @@ from typing import Any
 import torch
 
 from tilesegd.metrics import confusion_matrix
+from tilesegd.regrid import to_native
 from tilesegd.scoring import Scorer
 from tilesegd.spec import ModelSpec
 from tilesegd.train.data import PairStore
 from tilesegd.train.model import TwoClassLogits
-from tilesegd.train.resample import to_native
 from tilesegd.train.split import Region, as_region
 
 
