@@ -47,21 +47,21 @@ HERE = Path(__file__).resolve().parent
 SHARED = HERE.parents[1] / "shared" / "data" / "labeled"
 BASE = dict(batch_size=8, tile_size=128, loss="ce+dice", class_weights="balanced")
 SETS: dict[str, dict[str, Any]] = {
-    "loveda": dict(  # one factor at a time around "tilesegd x0.5" (BASE at half resolution)
+    "loveda": dict(  # resolution and tile size, then one factor at a time around the winner
         src="loveda",
         cut=2,
         factor=1.0,
         recipes={
             "tilesegd native tile 256": dict(tile_size=256),  # the recipe, smaller tiles
             "tilesegd native": {},
+            "tilesegd native tile 512": dict(tile_size=512),  # a whole 512^2 frame per tile
             "tilesegd x0.5": dict(scale=0.5),
             "tilesegd x0.25": dict(scale=0.25),
-            "tilesegd x0.5 tile 256": dict(scale=0.5, tile_size=256),
-            "tilesegd x0.5 batch 4": dict(scale=0.5, batch_size=4),
-            "tilesegd x0.5 ce": dict(scale=0.5, loss="ce"),
-            "tilesegd x0.5 unweighted": dict(scale=0.5, class_weights=None),
-            "tilesegd x0.5 lr 3e-3": dict(scale=0.5, lr=0.003),
-            "tilesegd x0.5 fp32": dict(scale=0.5, amp=False),
+            "tilesegd native tile 256 ce": dict(tile_size=256, loss="ce"),
+            "tilesegd native tile 256 unweighted": dict(tile_size=256, class_weights=None),
+            "tilesegd native tile 256 batch 4": dict(tile_size=256, batch_size=4),
+            "tilesegd native tile 256 lr 3e-3": dict(tile_size=256, lr=0.003),
+            "tilesegd native tile 256 fp32": dict(tile_size=256, amp=False),
         },
     ),
     "spacenet": dict(
