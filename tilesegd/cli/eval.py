@@ -8,7 +8,9 @@ from tilesegd.cli.options import verbosity_options
 
 
 @click.command("eval", context_settings={"max_content_width": 100})
-@click.option("--model", "-m", required=True, type=click.Path(), help="Model file (.ts / .pt2).")
+@click.option(
+    "--model", "-m", required=True, type=click.Path(), help="Model file (.ts / .pt2 / .onnx)."
+)
 @click.option("--images", required=True, type=click.Path(), help="Folder of images.")
 @click.option("--masks", required=True, type=click.Path(), help="Folder of masks (same stems).")
 @click.option(
@@ -43,6 +45,10 @@ from tilesegd.cli.options import verbosity_options
 @verbosity_options
 def eval_cmd(ignore: tuple[str, ...], **opts: object) -> None:
     """Evaluate a model: writes metrics.json, metrics.csv and confusion.png into --output.
+
+    Images go through the same tiled inference as tilesegd run. A model trained at a chosen
+    resolution (the gsd or scale in its file) predicts each image resampled to it; scores are
+    always counted at the masks' native resolution.
 
     \b
     tilesegd eval --model model.ts --images data/images --masks data/masks \\
