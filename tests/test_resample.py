@@ -233,6 +233,7 @@ def test_a_model_trained_at_a_scale_runs_and_evaluates_plain_frames_at_it(tmp_pa
     """``train --scale F`` records ``scale``: ``run`` and ``eval`` resample plain frames by F
     (GDAL average / bilinear, like the training pairs) and report at the frame's own size."""
     from tilesegd.api import evaluate
+    from tilesegd.errors import DatasetError
     from tilesegd.regrid import Grid, read_image, to_native
 
     h, w = 41, 58
@@ -268,3 +269,9 @@ def test_a_model_trained_at_a_scale_runs_and_evaluates_plain_frames_at_it(tmp_pa
     pred = to_native(np.clip(image[0], 0, K - 1).astype(np.uint8), (h, w))
     assert got["pixel_accuracy"] == pytest.approx((pred == img[0]).mean())
     assert got["pixels"] == h * w
+    # a band the frames lack is a clear error on the resampled read too
+    bad = spec_for(K, 3, input_scale=1.0, multiple=1, tile_size=32, scale=scale, bands=[1, 2, 4])
+    m4 = save_model(IdentityNet(K), tmp_path / "bands.ts", bad)
+    with pytest.raises(DatasetError, match=r"f\.png: has 3 band\(s\)"):
+        evaluate(model=m4, images=d, masks=md, output=tmp_path / "ev4", device="cpu",
+                 tile_size=32, overlap=8)  # fmt: skip

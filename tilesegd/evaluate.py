@@ -24,7 +24,7 @@ import numpy as np
 from tilesegd.errors import ConfigError, DatasetError, IncompatibleInputError
 from tilesegd.labels import IGNORE_INDEX, ClassMap, find_pairs, read_classes, read_raster
 from tilesegd.metrics import confusion_matrix, plot_confusion, scores
-from tilesegd.regrid import Grid, grid_for, read_image, to_native
+from tilesegd.regrid import Grid, grid_for, read_image, read_valid, to_native
 from tilesegd.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -82,24 +82,55 @@ def _write_prediction(path: Path, ids: np.ndarray, cmap: ClassMap, lut: np.ndarr
             dst.write(values.astype(dtype)[None])
 
 
+def read_pair(
+    pair: Any, spec: ModelSpec, grid: Grid, cmap: ClassMap, lut: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Read one image/mask pair for scoring: the image on its model ``grid``, the mask native.
+
+    Returns:
+        ``(image (C, h, w) native dtype, valid (h, w) bool, target (H, W) uint8)``: ``(h, w)``
+        is ``grid.shape`` (:func:`tilesegd.regrid.read_image`: GDAL average / bilinear, nodata
+        where it covers half of a footprint); ``target`` holds the model's class ids on the
+        mask's native grid, 255 (ignore) where the mask says so or the image is nodata.
+
+    Raises:
+        IncompatibleInputError: imagery of a dtype the model was not trained on.
+        DatasetError: the mask is not pixel-aligned with its image, a band is out of range, an
+            unknown mask value.
+    """
+    image, valid = read_image(pair.image, grid, spec.bands)
+    dtypes = spec.extra.get("dtypes")
+    if dtypes and image.dtype.name not in dtypes:
+        raise IncompatibleInputError(
+            f"{pair.image}: {image.dtype.name} imagery, but the model was trained on "
+            f"{', '.join(dtypes)}; convert the images or use a model trained on this type"
+        )
+    raw, _ = read_raster(pair.mask)
+    if raw.shape[1:] != grid.native_shape:
+        raise DatasetError(
+            f"{pair.mask}: mask size {raw.shape[1:]} differs from image {grid.native_shape} "
+            "(H, W); masks must be pixel-aligned with their images"
+        )
+    target = lut[cmap.encode(raw, pair.mask)]
+    target[~(read_valid(pair.image) if grid.resampled else valid)] = IGNORE_INDEX
+    return image, valid, target
+
+
 def score_on_grid(
-    scorer: Any, image_path: Path, grid: Grid, bands: Sequence[int], target: np.ndarray
+    scorer: Any, image: np.ndarray, valid: np.ndarray, target: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Predict an image on its model grid and score it at the mask's native resolution.
 
     Args:
         scorer: a :class:`tilesegd.scoring.Scorer` (its confusion matrix accumulates).
-        image_path: the image, read onto ``grid`` (:func:`tilesegd.regrid.read_image`: GDAL
-            average / bilinear; nodata where it covers half of a footprint).
-        grid: the image's :class:`~tilesegd.regrid.Grid` at the model's GSD or scale.
-        bands: 1-based model input bands.
-        target: (H, W) uint8 native class ids, 255 = ignore (native nodata included).
+        image: (C, h, w) raw pixels on the model grid, model band order.
+        valid: (h, w) bool validity on the model grid.
+        target: (H, W) uint8 native class ids, 255 = ignore.
 
     Returns:
         ``(confusion (K, K) int64, prediction (H, W) uint8 on the native grid)``: the class ids
         go back to the native grid by nearest neighbour (:func:`tilesegd.regrid.to_native`).
     """
-    image, valid = read_image(image_path, grid, bands)
     pred = to_native(scorer.predict(image, valid), target.shape)
     cm = confusion_matrix(target, pred, len(scorer.names))
     scorer.confusion += cm
@@ -163,28 +194,13 @@ def evaluate(
     if save_predictions:
         (out / "pred").mkdir(exist_ok=True)
     names = [c.name for c in spec.classes]
-    dtypes = spec.extra.get("dtypes")
     per_image: dict[str, Any] = {}
     resampled = 0
     for pair in pairs:
         grid = grid_for(pair.image, spec.extra.get("gsd"), spec.extra.get("scale"))
-        image, valid = read_raster(pair.image, spec.bands)
-        if dtypes and image.dtype.name not in dtypes:
-            raise IncompatibleInputError(
-                f"{pair.image}: {image.dtype.name} imagery, but the model was trained on "
-                f"{', '.join(dtypes)}; convert the images or use a model trained on this type"
-            )
-        raw, _ = read_raster(pair.mask)
-        if raw.shape[1:] != image.shape[1:]:
-            raise DatasetError(
-                f"{pair.mask}: mask size {raw.shape[1:]} differs from image {image.shape[1:]} "
-                "(H, W); masks must be pixel-aligned with their images"
-            )
-        target = lut[cmap.encode(raw, pair.mask)]
-        target[~valid] = IGNORE_INDEX
+        image, valid, target = read_pair(pair, spec, grid, cmap, lut)
         if grid.resampled:  # predicted at the model's resolution, scored at the mask's
-            del image
-            cm, pred = score_on_grid(scorer, pair.image, grid, spec.bands, target)
+            cm, pred = score_on_grid(scorer, image, valid, target)
             resampled += 1
         else:
             cm, pred = scorer.add(image, target, valid)

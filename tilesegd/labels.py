@@ -303,6 +303,20 @@ def open_raster(path: str | Path):
         raise DatasetError(f"{path}: cannot read ({exc}); is it a valid image?") from None
 
 
+def band_indexes(path: str | Path, count: int, bands: Sequence[int] | None) -> list[int]:
+    """The 1-based band numbers to read from a raster of ``count`` bands (all when ``bands`` is
+    ``None`` or empty).
+
+    Raises:
+        DatasetError: a band number out of range, naming the file.
+    """
+    if not bands:
+        return list(range(1, count + 1))
+    if min(bands) < 1 or max(bands) > count:
+        raise DatasetError(f"{path}: has {count} band(s), bands {list(bands)} asked")
+    return list(bands)
+
+
 def read_raster(path: Path, bands: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Read a whole raster: ``(data (C, H, W) native dtype, valid (H, W) bool)``.
 
@@ -314,9 +328,7 @@ def read_raster(path: Path, bands: Sequence[int] | None = None) -> tuple[np.ndar
     from rasterio.enums import MaskFlags
 
     with open_raster(path) as ds:
-        if bands is not None and max(bands) > ds.count:
-            raise DatasetError(f"{path}: has {ds.count} band(s), bands {list(bands)} asked")
-        data = ds.read(list(bands) if bands else None)
+        data = ds.read(band_indexes(path, ds.count, bands))
         if all(MaskFlags.all_valid in f for f in ds.mask_flag_enums):
             valid = np.ones(data.shape[1:], bool)
         else:  # nodata value, alpha band or internal mask

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from tilesegd.gsd import GsdXY, pixel_size_m, resample_factors
-from tilesegd.labels import open_raster, read_raster
+from tilesegd.labels import band_indexes, open_raster, read_raster
 
 # Any CRS serves for a pure pixel-grid resample with GDAL's warper (source and destination share
 # it, so nothing is reprojected); rasterio.warp.reproject insists on one.
@@ -152,7 +152,7 @@ def read_image(
         covers less than half of the footprint.
 
     Raises:
-        DatasetError: the file cannot be read.
+        DatasetError: the file cannot be read, or a band number is out of range.
     """
     from rasterio.enums import MaskFlags, Resampling
 
@@ -162,7 +162,7 @@ def read_image(
     shrink = h * w < grid.height * grid.width
     with open_raster(path) as ds:
         how = Resampling.average if shrink else Resampling.bilinear
-        idx = list(bands) if bands else list(range(1, ds.count + 1))
+        idx = band_indexes(path, ds.count, bands)
         image = ds.read(indexes=idx, out_shape=(len(idx), h, w), resampling=how)
         if all(MaskFlags.all_valid in f for f in ds.mask_flag_enums):
             return image, np.ones((h, w), bool)
