@@ -25,6 +25,7 @@ from tilesegd.geometry import (
     min_seamless_tile,
     pixels_run,
     resolve_geometry,
+    warn_capped,
 )
 from tilesegd.halo import measure_activation_bytes
 from tilesegd.pipeline import predict_array
@@ -160,6 +161,39 @@ def test_user_options_win_and_unmeasured_models_keep_their_tile() -> None:
     assert (plain.tile_size, plain.overlap, plain.min_tile) == (512, 64, 0)
     with pytest.raises(ConfigError, match="multiple"):
         resolve_geometry(spec, tile_size=500)
+
+
+@given(
+    cap_units=st.integers(1, 12), halo_units=st.integers(0, 8), m=MULTIPLES,
+    user_tile=st.booleans(),
+)  # fmt: skip
+@settings(max_examples=60, deadline=None)
+def test_a_fixed_input_caps_the_tile_and_the_overlap_fits_inside(
+    cap_units, halo_units, m, user_tile
+) -> None:
+    """A model with a fixed input (``max_tile_size``, e.g. a fixed-size ONNX graph) never gets a
+    larger tile; the measured overlap is kept when it fits (``tile - multiple``), else cut to
+    the largest even overlap that does, with a warning: the same rule as a user's --tile-size."""
+    import logging
+
+    overlap = 2 * halo_units * m // 2 * 2
+    cap = cap_units * m
+    spec = spec_for(3, multiple=m, tile_size=cap, overlap=overlap, max_tile_size=cap)
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    log = logging.getLogger("tilesegd.geometry")
+    log.addHandler(handler)
+    warn_capped.cache_clear()  # it warns once per geometry and process
+    try:
+        g = resolve_geometry(spec, tile_size=cap if user_tile else None)
+    finally:
+        log.removeHandler(handler)
+    assert g.tile_size <= cap and g.tile_size % m == 0
+    expected = max(0, min(overlap, g.tile_size - m)) // 2 * 2
+    assert g.overlap == expected
+    warned = any("less than the" in r.getMessage() for r in records)
+    assert warned == (expected < overlap)
 
 
 def test_the_model_files_activation_bytes_and_the_device_budget() -> None:

@@ -100,6 +100,16 @@ class Geometry:
         return astuple(self)
 
 
+def fit_overlap(tile: int, overlap: int, multiple: int) -> int:
+    """The model's ``overlap`` (pixels, even) fitted into a ``tile``-px tile: at most
+    ``tile - multiple`` so every tile keeps a core, rounded down to even; warns
+    (:func:`warn_capped`) when that is less than the model needs to be seamless."""
+    fitted = max(0, min(overlap, tile - multiple)) // 2 * 2
+    if fitted < overlap:
+        warn_capped(tile, fitted, overlap, min_seamless_tile(overlap // 2, multiple))
+    return fitted
+
+
 @functools.cache
 def warn_capped(tile: int, overlap: int, needed: int, model_tile: int) -> None:
     """Warn, once per geometry, that the tile is too small for the model's measured overlap."""
@@ -270,11 +280,7 @@ def resolve_geometry(
         )
     tile = tile_size or spec.tile_size
     if overlap is None and spec.overlap is not None:
-        overlap = max(0, min(spec.overlap, tile - spec.multiple)) // 2 * 2
-        if overlap < spec.overlap:
-            warn_capped(
-                tile, overlap, spec.overlap, min_seamless_tile(spec.overlap // 2, spec.multiple)
-            )
+        overlap = fit_overlap(tile, spec.overlap, spec.multiple)
     if overlap is None:
         overlap = min(DEFAULT_OVERLAP, tile // 4) // 2 * 2
     geometry = Geometry(tile, overlap, spec.multiple, block_size, batch_size or default_batch(tile))
@@ -299,9 +305,7 @@ def _budget_geometry(
     cap = spec.extra.get("max_tile_size")  # e.g. an ONNX graph with a fixed input size
     if cap and tile > int(cap):
         tile = max(m, int(cap) // m * m)
-        if tile < min_seamless_tile(halo, m):
-            overlap = max(0, min(overlap, tile - m)) // 2 * 2
-            warn_capped(tile, overlap, 2 * halo, min_seamless_tile(halo, m))
+        overlap = fit_overlap(tile, overlap, m)
     batch = batch_size or max(1, min(default_batch(tile), int(call_pixels // (tile * tile))))
     lo = min(tile, min_seamless_tile(halo, m))
     return _checked(Geometry(tile, overlap, m, block_size, batch, min_tile=lo))
