@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import errno
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -201,3 +203,25 @@ def read_png(path: Path) -> np.ndarray:
     if rgba.dtype != np.uint8:
         rgba = np.round(rgba * 255).astype(np.uint8)
     return rgba[..., :3]
+
+
+@contextlib.contextmanager
+def disk_full_after(blocks: int) -> Iterator[None]:
+    """Within the block, the Zarr store "fills the disk": ``ZarrMaskStore.write_block`` writes
+    ``blocks`` blocks, then raises ``OSError(ENOSPC)`` (a context manager rather than a fixture,
+    so Hypothesis tests can use it once per example)."""
+    from tilesegd.writers.zarr_store import ZarrMaskStore
+
+    real, written = ZarrMaskStore.write_block, [0]
+
+    def write_some(self, block, ids):  # noqa: ANN001, ANN202
+        if written[0] >= blocks:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.path))
+        written[0] += 1
+        real(self, block, ids)
+
+    ZarrMaskStore.write_block = write_some  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        ZarrMaskStore.write_block = real  # type: ignore[method-assign]

@@ -15,7 +15,6 @@ ten times as many.
 from __future__ import annotations
 
 import csv
-import errno
 import json
 import tempfile
 from pathlib import Path
@@ -24,7 +23,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from conftest import make_raster, spec_for
+from conftest import disk_full_after, make_raster, spec_for
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -283,7 +282,6 @@ def check_outputs(out: Path, img: np.ndarray, valid: np.ndarray, k: int) -> None
 def check_run(case: dict, resume_after: int | None = None, scheduler: str | None = None) -> None:
     from tilesegd.api import run
     from tilesegd.errors import OutputError
-    from tilesegd.writers.zarr_store import ZarrMaskStore
 
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
@@ -293,20 +291,8 @@ def check_run(case: dict, resume_after: int | None = None, scheduler: str | None
         if scheduler:
             opts["scheduler"] = scheduler
         if resume_after is not None:  # the disk "fills" after N blocks: the run stops (exit 6)
-            real, n = ZarrMaskStore.write_block, {"blocks": 0}
-
-            def write_some(self, block, ids):
-                if n["blocks"] >= resume_after:
-                    raise OSError(errno.ENOSPC, "No space left on device")
-                n["blocks"] += 1
-                real(self, block, ids)
-
-            ZarrMaskStore.write_block = write_some
-            try:
-                with pytest.raises(OutputError):
-                    run(**opts)
-            finally:
-                ZarrMaskStore.write_block = real
+            with disk_full_after(resume_after), pytest.raises(OutputError):
+                run(**opts)
         run(**opts)
         check_outputs(d / "out", img, valid, case["classes"])
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import rasterio
 from click.testing import CliRunner
-from conftest import IdentityNet, make_raster, spec_for
+from conftest import IdentityNet, disk_full_after, make_raster, spec_for
 from rasterio.transform import from_origin
 
 from tilesegd.api import run
@@ -161,30 +161,16 @@ def test_gsd_option_overrides_the_model_and_frames_need_scene_gsd(tmp_path, mode
 
 
 def test_resampled_runs_resume_and_keep_nodata(tmp_path, model) -> None:
-    import errno
 
     from tilesegd.errors import OutputError
-    from tilesegd.writers.zarr_store import ZarrMaskStore
 
     img = blocks_image(120, 130, 6)
     img[:, 90:, :] = 250
     path = scene(tmp_path, img, 0.25, nodata=250)
     opts = dict(input=[str(path)], model=str(model(0.5)), progress=False, **GEOMETRY)
     run(output=str(tmp_path / "ref"), **opts)
-    real, n = ZarrMaskStore.write_block, {"blocks": 0}
-
-    def fill_up(self, block, ids):
-        if n["blocks"] >= 2:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        n["blocks"] += 1
-        real(self, block, ids)
-
-    ZarrMaskStore.write_block = fill_up
-    try:
-        with pytest.raises(OutputError):
-            run(output=str(tmp_path / "o"), **opts)
-    finally:
-        ZarrMaskStore.write_block = real
+    with disk_full_after(2), pytest.raises(OutputError):
+        run(output=str(tmp_path / "o"), **opts)
     doc = run(output=str(tmp_path / "o"), **opts)
     assert doc["scenes"]["s"]["blocks_resumed"] == 2
     a, b = read(tmp_path / "ref" / "s" / "mask.tif")[0], read(tmp_path / "o" / "s" / "mask.tif")[0]

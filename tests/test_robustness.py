@@ -26,7 +26,7 @@ import pytest
 import rasterio
 import torch
 from click.testing import CliRunner
-from conftest import TinyConvNet, make_raster, smooth_image, spec_for
+from conftest import TinyConvNet, disk_full_after, make_raster, smooth_image, spec_for
 from rasterio.transform import Affine
 
 from tilesegd.cli.main import cli
@@ -429,29 +429,16 @@ def test_model_sha256_pin(model, scenes, tmp_path) -> None:
 # ---------------------------------------------------------------- disk full, stale files
 
 
-def test_disk_full_in_a_block_write_stops_cleanly_and_resumes(
-    model, scenes, tmp_path, monkeypatch
-) -> None:
-    from tilesegd.writers.zarr_store import ZarrMaskStore
-
+def test_disk_full_in_a_block_write_stops_cleanly_and_resumes(model, scenes, tmp_path) -> None:
     inp = tmp_path / "in"
     inp.mkdir()
     for n in ("good.tif", "floats.tif"):
         shutil.copy(scenes / n, inp / n)
     ref = tmp_path / "ref"
     assert run_cli(inp, model, ref).exit_code == 0
-    real = ZarrMaskStore.write_block
-    calls = {"n": 0}
-
-    def full(self, block, ids):
-        calls["n"] += 1
-        if calls["n"] > 3:
-            raise OSError(errno.ENOSPC, "No space left on device", str(self.path))
-        real(self, block, ids)
-
-    monkeypatch.setattr(ZarrMaskStore, "write_block", full)
     out = tmp_path / "out"
-    r = run_cli(inp, model, out, "--workers", "1")
+    with disk_full_after(3):
+        r = run_cli(inp, model, out, "--workers", "1")
     assert r.exit_code == 6, r.output
     msg = [ln for ln in r.output.splitlines() if ln.startswith("Error:")]
     assert len(msg) == 1 and "disk full" in msg[0] and "rerun" in msg[0], r.output
@@ -463,7 +450,6 @@ def test_disk_full_in_a_block_write_stops_cleanly_and_resumes(
     assert not (out / "floats").exists() and not leftovers(out)
     done = (out / ".tilesegd" / "work" / "floats" / "blocks.done").read_text().splitlines()
     assert len(done) == 3
-    monkeypatch.setattr(ZarrMaskStore, "write_block", real)
     r = run_cli(inp, model, out)
     assert r.exit_code == 0, r.output
     assert read_run(out)["scenes"]["floats"]["blocks_resumed"] == 3

@@ -4,7 +4,6 @@ end to end on small generated scenes with a real CRS, against independent comput
 from __future__ import annotations
 
 import csv
-import errno
 import json
 from pathlib import Path
 
@@ -14,7 +13,15 @@ import rasterio
 import shapely
 import torch
 from click.testing import CliRunner
-from conftest import make_raster, smooth_image, spec_for, to_lonlat, to_map, write_polygons
+from conftest import (
+    disk_full_after,
+    make_raster,
+    smooth_image,
+    spec_for,
+    to_lonlat,
+    to_map,
+    write_polygons,
+)
 
 from tilesegd.api import run
 from tilesegd.cli.main import cli
@@ -210,7 +217,6 @@ def test_min_confidence_makes_unsure_pixels_nodata(tmp_path, scenes, model) -> N
 
 @pytest.mark.parametrize("option", ["aoi", "zones", "save_confidence", "min_confidence"])
 def test_a_stopped_run_resumes_to_the_same_outputs(tmp_path, scenes, model, option) -> None:
-    from tilesegd.writers.zarr_store import ZarrMaskStore
 
     extra = {
         "aoi": {"aoi": str(write_polygons(tmp_path / "a.gpkg", [to_map(aoi_px())]))},
@@ -219,20 +225,8 @@ def test_a_stopped_run_resumes_to_the_same_outputs(tmp_path, scenes, model, opti
         "min_confidence": {"min_confidence": 0.5},
     }[option]
     run(**run_opts(scenes, model, tmp_path / "ref", **extra))
-    real, n = ZarrMaskStore.write_block, {"blocks": 0}
-
-    def fill_up(self, block, ids):
-        if n["blocks"] >= 3:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        n["blocks"] += 1
-        real(self, block, ids)
-
-    ZarrMaskStore.write_block = fill_up
-    try:
-        with pytest.raises(OutputError):
-            run(**run_opts(scenes, model, tmp_path / "o", **extra))
-    finally:
-        ZarrMaskStore.write_block = real
+    with disk_full_after(3), pytest.raises(OutputError):
+        run(**run_opts(scenes, model, tmp_path / "o", **extra))
     doc = run(**run_opts(scenes, model, tmp_path / "o", **extra))
     assert doc["scenes"]["s"]["blocks_resumed"] >= 3
     for f in ("mask.tif", "confidence.tif"):
