@@ -27,7 +27,7 @@ from tilesegd.areas import AreaCounter, row_pixel_areas, write_areas_csv
 from tilesegd.ledger import input_stat, publish
 from tilesegd.plan import RunSetup, ScenePlan
 from tilesegd.products import ProductSinks
-from tilesegd.scene import Scene
+from tilesegd.scene import Scene, open_run_scene
 from tilesegd.spec import NODATA
 from tilesegd.stitch import BlockCheckError
 from tilesegd.tiling import TileGrid
@@ -294,16 +294,7 @@ def add_scene_products(path: Path, name: str, run: RunSetup, which: set[str]) ->
         InputError: the scene cannot be profiled (or zones on a plain frame). OutputError:
             a file cannot be written. FileNotFoundError: the published store is gone.
     """
-    from tilesegd.scene import open_scene
-
-    cfg = run.cfg
-    scene = open_scene(
-        path,
-        name,
-        max_megapixels=cfg.max_megapixels,
-        allow_vrt=cfg.allow_vrt,
-        allow_no_georef=cfg.allow_no_georef,
-    )
+    scene = open_run_scene(run.cfg, path, name)
     folder = run.output / name
     store = ZarrMaskStore.reopen(folder / "pred.zarr")
     plan = ScenePlan(scene, name, run.bands, run.geometry.grid(scene.height, scene.width),

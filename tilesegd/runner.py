@@ -28,7 +28,7 @@ from tilesegd.plan import RunSetup, ScenePlan
 from tilesegd.progress import progress_bar
 from tilesegd.reader import SceneSource, Source
 from tilesegd.resample import GrownRegion, ResampledSource, plan_resample
-from tilesegd.scene import Scene, check_compatible, open_scene
+from tilesegd.scene import Scene, check_compatible, open_run_scene
 from tilesegd.spec import NODATA
 from tilesegd.stitch import BlockCheckError
 from tilesegd.tiling import Block, Win
@@ -49,13 +49,7 @@ def plan_scene(path: Path, name: str, run: RunSetup) -> ScenePlan:
         InputError, IncompatibleInputError: bad scene, found before any inference.
     """
     cfg, spec = run.cfg, run.spec
-    scene = open_scene(
-        path,
-        name,
-        max_megapixels=cfg.max_megapixels,
-        allow_vrt=cfg.allow_vrt,
-        allow_no_georef=cfg.allow_no_georef,
-    )
+    scene = open_run_scene(cfg, path, name)
     check_compatible(scene, run.bands, spec.extra.get("dtypes"))
     if run.zones is not None:
         from tilesegd.pixelgrid import require_georeferenced

@@ -235,6 +235,23 @@ def open_scene(
         )
 
 
+def open_run_scene(cfg: Any, path: str | os.PathLike[str], name: str) -> Scene:
+    """:func:`open_scene` under a run's input checks: ``cfg`` is a
+    :class:`~tilesegd.config.RunConfig` (``max_megapixels``, ``allow_vrt``,
+    ``allow_no_georef``).
+
+    Raises:
+        InputError: as :func:`open_scene`.
+    """
+    return open_scene(
+        path,
+        name,
+        max_megapixels=cfg.max_megapixels,
+        allow_vrt=cfg.allow_vrt,
+        allow_no_georef=cfg.allow_no_georef,
+    )
+
+
 def scene_georeferencing(
     path: Path, ds: Any, not_georef: bool, allow_no_georef: bool
 ) -> tuple[Any, Any]:
