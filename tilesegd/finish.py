@@ -136,6 +136,29 @@ class MaskPass:
             self.low_confidence += int(np.count_nonzero((ids == NODATA) & (conf != NODATA)))
 
 
+def scene_cog(plan: ScenePlan, run: RunSetup, name: str, read: Any, **options: Any) -> None:
+    """Write ``plan.work / name`` as a COG of the scene's grid (CRS, transform, the run's tags
+    and compression) from ``read(block)`` arrays (:func:`tilesegd.writers.cog.write_cog`,
+    whose keyword ``options`` pass through).
+
+    Raises:
+        OSError / OutputError: the file cannot be written.
+    """
+    scene = plan.scene
+    write_cog(
+        plan.work / name,
+        plan.grid.blocks(),
+        read,
+        height=scene.height,
+        width=scene.width,
+        crs=scene.crs,
+        transform=scene.transform,
+        tags=mask_tags(plan, run),
+        compress=run.cfg.compress,
+        **options,
+    )
+
+
 def write_mask_and_products(plan: ScenePlan, run: RunSetup, which: set[str]) -> MaskPass:
     """Build ``mask.tif`` from the finished store, with ``areas.csv`` and the products
     ``which`` in the same pass.
@@ -149,19 +172,8 @@ def write_mask_and_products(plan: ScenePlan, run: RunSetup, which: set[str]) -> 
     sinks = ProductSinks(plan.work, scene, plan.grid, spec, run.cfg, which, run.zones)
     with sinks:
         done = MaskPass(plan, run, sinks)
-        write_cog(
-            plan.work / "mask.tif",
-            plan.grid.blocks(),
-            plan.store.read_block,
-            height=scene.height,
-            width=scene.width,
-            crs=scene.crs,
-            transform=scene.transform,
-            classes=spec.classes,
-            tags=mask_tags(plan, run),
-            compress=run.cfg.compress,
-            on_block=done,
-        )
+        scene_cog(plan, run, "mask.tif", plan.store.read_block, classes=spec.classes,
+                  on_block=done)  # fmt: skip
         counted = done.areas.valid_pixels
         if written is not None and written != counted:
             raise BlockCheckError(
@@ -190,18 +202,7 @@ def finish_scene(plan: ScenePlan, run: RunSetup) -> dict[str, Any]:
         plan = on_scene_grid(plan, run)
     done = write_mask_and_products(plan, run, set(run.products))
     if run.cfg.save_confidence:
-        write_cog(
-            plan.work / "confidence.tif",
-            plan.grid.blocks(),
-            plan.store.read_confidence,
-            height=scene.height,
-            width=scene.width,
-            crs=scene.crs,
-            transform=scene.transform,
-            tags=mask_tags(plan, run),
-            compress=run.cfg.compress,
-            kind="confidence",
-        )
+        scene_cog(plan, run, "confidence.tif", plan.store.read_confidence, kind="confidence")
     if run.cfg.preview_size > 0:
         write_preview(
             plan.work / "preview.png",
