@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 # pull another torch (pip's constraint file, where present, caps them too).
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv demo test test-slow test-all lint bench clean
+.PHONY: venv demo test test-explore test-slow test-all lint bench clean
 
 venv: $(VENV)/.installed
 
@@ -23,6 +23,10 @@ demo: venv
 
 test: venv
 	$(PY) -m pytest -q
+
+# property tests with new random examples on every run, ten times as many (tests/conftest.py)
+test-explore: venv
+	HYPOTHESIS_PROFILE=explore $(PY) -m pytest -q
 
 test-slow: venv
 	$(PY) -m pytest -q -m slow

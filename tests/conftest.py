@@ -4,14 +4,37 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import settings
 
 from tilesegd.model_file import ModelSpec, save_model
+
+# Hypothesis profiles (issue 26). "ci", the default (make test, .ci/run): derandomised, so a
+# submission's run draws the same examples every time and no run fails on a case unrelated to
+# its change; no example database in a clean clone. "explore" (make test-explore, or
+# HYPOTHESIS_PROFILE=explore): new random examples on every run, EXPLORE_FACTOR times as many,
+# the database kept in .hypothesis/ so a failure found replays until fixed. Every failure found
+# goes into its test as an explicit @example (tests/test_zones.py has one).
+EXPLORE_FACTOR = 10
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile(
+    "explore", derandomize=False, print_blob=True, max_examples=100 * EXPLORE_FACTOR
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def examples(n: int) -> int:
+    """``max_examples`` for a property test: ``n`` in the ci profile, ``EXPLORE_FACTOR * n``
+    in the explore profile."""
+    explore = os.environ.get("HYPOTHESIS_PROFILE") == "explore"
+    return n * EXPLORE_FACTOR if explore else n
+
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

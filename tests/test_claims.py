@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import rasterio
 from click.testing import CliRunner
-from conftest import IdentityNet, make_raster, read_png, smooth_image
+from conftest import IdentityNet, examples, make_raster, read_png, smooth_image
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rasterio.transform import from_origin
@@ -391,7 +391,7 @@ def test_preview_panel_longest_side_is_preview_size(tmp_path: Path, tiny_model) 
     ),
     n=st.integers(1, 5),
 )
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 def test_shards_are_every_nth_scene_of_the_sorted_list(files: list[tuple], n: int) -> None:
     """README: ``--shard I/N`` keeps scenes I, I+N, I+2N... of the list sorted by path, so the
     N shards of a job array partition the scenes, whatever order they were given in."""

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import TinyConvNet, smooth_image, spec_for
+from conftest import TinyConvNet, examples, smooth_image, spec_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -49,7 +49,7 @@ def ref_pixels(n: int, tile: int, halo: int, m: int) -> int:
     return math.ceil(n / (tile - 2 * halo)) * tile
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(
     halo=st.integers(0, 300),
     m=MULTIPLES,
@@ -66,7 +66,7 @@ def test_budget_tile_is_the_largest_fitting_multiple_never_below_4_halo(
     assert min_seamless_tile(halo, m) == ref_min_tile(halo, m)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(
     h=st.integers(1, 12_000),
     w=st.integers(1, 12_000),
@@ -86,7 +86,7 @@ def test_fit_tile_runs_the_fewest_pixels(h, w, halo_units, m, span) -> None:
     assert pixels_run(h, w, got, 2 * halo, m) == best
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=examples(30), deadline=None)
 @given(
     h=st.integers(1, 700),
     w=st.integers(1, 700),
@@ -101,7 +101,7 @@ def test_pixels_run_counts_every_tile_of_the_grid(h, w, tile_units, halo_units, 
     assert pixels_run(h, w, tile, 2 * halo, m) == sum(th * tw for _ in grid.iter_tiles())
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(
     halo_units=st.integers(1, 10),
     m=st.sampled_from([8, 16, 32]),
@@ -167,7 +167,7 @@ def test_user_options_win_and_unmeasured_models_keep_their_tile() -> None:
     cap_units=st.integers(1, 12), halo_units=st.integers(0, 8), m=MULTIPLES,
     user_tile=st.booleans(),
 )  # fmt: skip
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 def test_a_fixed_input_caps_the_tile_and_the_overlap_fits_inside(
     cap_units, halo_units, m, user_tile
 ) -> None:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import TinyConvNet, make_raster, smooth_image, spec_for
+from conftest import TinyConvNet, examples, make_raster, smooth_image, spec_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -243,7 +243,7 @@ probs_st = st.lists(
 )
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(p=probs_st, t=st.one_of(st.floats(0, 1), st.sampled_from([0.0, 1.0, 0.25, 0.5, 0.7])))
 def test_binary_logits_argmax_is_p_above_threshold(p: list[float], t: float) -> None:
     v = torch.tensor(p, dtype=torch.float32).view(1, 1, 1, -1)
@@ -254,7 +254,7 @@ def test_binary_logits_argmax_is_p_above_threshold(p: list[float], t: float) -> 
     assert torch.isfinite(torch.softmax(logits, 1)).all()
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(
     z=st.lists(st.floats(-30, 30, width=32), min_size=1, max_size=40),
     t=st.floats(0, 1),
@@ -268,7 +268,7 @@ def test_binary_logits_of_logits_is_sigmoid_above_threshold(z: list[float], t: f
     np.testing.assert_array_equal(ids, want)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(k=st.integers(2, 6), seed=st.integers(0, 10_000))
 def test_probabilities_become_log_probabilities(k: int, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)

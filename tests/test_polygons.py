@@ -11,6 +11,7 @@ import numpy as np
 import pyogrio
 import pytest
 import shapely
+from conftest import examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rasterio.crs import CRS
@@ -31,7 +32,7 @@ CLASSES = [
     ClassInfo(i, n, (i, i, i)) for i, n in enumerate(["background", "building", "tree", "water"])
 ]
 FAST = settings(
-    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from conftest import disk_full_after, make_raster, spec_for
+from conftest import disk_full_after, examples, make_raster, spec_for
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -183,7 +183,7 @@ def check_segment_matches_reference(case: dict) -> None:
     np.testing.assert_array_equal(got, reference_ids(img, valid, case["classes"]))
 
 
-@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(250), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cases())
 @example(strip_case())
 def test_segment_equals_the_whole_image_reference(case: dict) -> None:
@@ -191,7 +191,7 @@ def test_segment_equals_the_whole_image_reference(case: dict) -> None:
 
 
 @pytest.mark.slow
-@settings(max_examples=2500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(2500), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cases(max_side=400))
 def test_segment_equals_the_whole_image_reference_many(case: dict) -> None:
     check_segment_matches_reference(case)
@@ -209,7 +209,7 @@ def check_receptive_field_model(case: dict, depth: int) -> None:
     assert (got[~valid] == NODATA).all() and (got[valid] != NODATA).all()
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cases(max_side=120, min_halo=2), st.integers(1, 2))
 def test_a_receptive_field_model_equals_whole_image_inference_inside_the_border(
     case: dict, depth: int
@@ -218,7 +218,7 @@ def test_a_receptive_field_model_equals_whole_image_inference_inside_the_border(
 
 
 @pytest.mark.slow
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(600), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cases(max_side=250, min_halo=3), st.integers(1, 3))
 def test_a_receptive_field_model_equals_whole_image_inference_many(case: dict, depth: int) -> None:
     check_receptive_field_model(case, depth)
@@ -297,14 +297,14 @@ def check_run(case: dict, resume_after: int | None = None, scheduler: str | None
         check_outputs(d / "out", img, valid, case["classes"])
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cases(max_side=150))
 @example(strip_case())
 def test_run_writes_the_reference_mask_and_counts_every_valid_pixel(case: dict) -> None:
     check_run(case)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cases(max_side=150).filter(lambda c: c["grid"].n_blocks > 1), st.integers(0, 4))
 @example(strip_case(), 1)
 def test_a_run_stopped_after_n_blocks_then_rerun_equals_the_reference(case, n) -> None:
@@ -312,7 +312,7 @@ def test_a_run_stopped_after_n_blocks_then_rerun_equals_the_reference(case, n) -
 
 
 @pytest.mark.slow
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cases(max_side=300), st.one_of(st.none(), st.integers(0, 6)))
 def test_run_and_resume_equal_the_reference_many(case: dict, n: int | None) -> None:
     check_run(case, resume_after=None if n is None else min(n, case["grid"].n_blocks - 1))
@@ -327,7 +327,7 @@ def cluster():
         yield c
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(12), deadline=None, suppress_health_check=list(HealthCheck))
 @given(case=cases(max_side=150))
 @example(case=strip_case())
 def test_a_two_worker_cluster_writes_the_reference_mask(case: dict, cluster) -> None:
@@ -335,7 +335,7 @@ def test_a_two_worker_cluster_writes_the_reference_mask(case: dict, cluster) -> 
 
 
 @pytest.mark.slow
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=list(HealthCheck))
 @given(case=cases(max_side=300))
 def test_a_two_worker_cluster_writes_the_reference_mask_many(case: dict, cluster) -> None:
     check_run(case, scheduler=cluster.scheduler_address)

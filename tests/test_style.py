@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_raster
+from conftest import examples, make_raster
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rasterio.transform import from_origin
@@ -149,7 +149,7 @@ class_lists = st.lists(
 ).map(lambda cs: [ClassInfo(i, n.strip() or "x", c) for i, (n, c) in enumerate(cs)])
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(25), deadline=None)
 @given(classes=class_lists)
 def test_style_and_rat_match_any_classes(tmp_path_factory, classes: list[ClassInfo]) -> None:
     """Random names (any Unicode, XML-special characters) and colours survive the round trip

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_raster
+from conftest import examples, make_raster
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rasterio.transform import from_origin
@@ -38,7 +38,7 @@ def majority(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return counts.argmax(-1), (counts == best[..., None]).sum(-1) == 1
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(25), deadline=None)
 @given(
     h=st.integers(1, 6),
     w=st.integers(1, 6),
@@ -58,7 +58,7 @@ def test_mode_and_average_match_plain_block_references(h, w, k, seed, n) -> None
     np.testing.assert_array_equal(to_native(got, (h * k, w * k)), got.repeat(k, 0).repeat(k, 1))
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(25), deadline=None)
 @given(
     h=st.integers(1, 40),
     w=st.integers(1, 40),
@@ -72,7 +72,7 @@ def test_to_native_is_gdal_nearest(h, w, big_h, big_w, seed) -> None:
     np.testing.assert_array_equal(to_native(ids, (big_h, big_w)), ref)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=examples(30), deadline=None)
 @given(
     h=st.integers(2, 400),
     out=st.integers(1, 400),

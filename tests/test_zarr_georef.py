@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from affine import Affine
-from conftest import make_raster
+from conftest import examples, make_raster
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -73,7 +73,7 @@ def test_open_zarr_places_the_mask_like_the_geotiff(tmp_path: Path) -> None:
     assert (raw[:16] == 255).all() and np.isnan(ds.mask.values[:16]).all()
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=examples(20), deadline=None)
 @given(
     h=st.integers(1, 40),
     w=st.integers(1, 40),
