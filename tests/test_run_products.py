@@ -134,14 +134,13 @@ def test_a_scene_outside_the_aoi_is_all_nodata_with_a_note(tmp_path, scenes, mod
 
 
 def zone_reference(ids: np.ndarray, zones_px: list) -> dict[tuple[int, int], int]:
-    """{(zone index, class id): pixels}: each pixel in the first zone containing its centre."""
-    owner = np.full(ids.shape, -1)
-    for z in reversed(range(len(zones_px))):
-        owner[centres_inside(zones_px[z])] = z
+    """{(zone index, class id): pixels}: each zone on its own, every valid pixel whose centre it
+    contains (overlapping zones both count the shared pixels)."""
     out: dict[tuple[int, int], int] = {}
-    for z, k in zip(owner[ids != 255], ids[ids != 255], strict=True):
-        if z >= 0:
-            out[(int(z), int(k))] = out.get((int(z), int(k)), 0) + 1
+    for z, zone in enumerate(zones_px):
+        inside = centres_inside(zone) & (ids != 255)
+        for k, n in zip(*np.unique(ids[inside], return_counts=True), strict=True):
+            out[(z, int(k))] = int(n)
     return out
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import shapely
-from conftest import to_lonlat, to_map, write_polygons
+from conftest import examples, to_lonlat, to_map, write_polygons
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rasterio.crs import CRS
@@ -18,6 +18,7 @@ from rasterio.transform import from_origin
 
 from tilesegd.aoi import SceneAOI
 from tilesegd.errors import ConfigError, InputError
+from tilesegd.pixelgrid import centre_rule
 from tilesegd.tiling import TileGrid, Win
 from tilesegd.vectors import load_polygons
 
@@ -25,14 +26,12 @@ UTM = CRS.from_epsg(32633)
 T = from_origin(500000.0, 4650000.0, 2.0, 2.0)  # as make_raster
 
 
-def centres_inside(geom, win: Win) -> tuple[np.ndarray, np.ndarray]:
-    """Reference: (inside, on_boundary) for every pixel centre of ``win`` (shapely
-    point-in-polygon, independent of GDAL's scanline fill)."""
+def centres_inside(geom, win: Win) -> np.ndarray:
+    """Reference: whether each pixel centre of ``win`` is inside ``geom`` (shapely
+    point-in-polygon, independent of GDAL's scanline fill), centres exactly on an edge by the
+    documented tie rule (:func:`tilesegd.pixelgrid.centre_rule`)."""
     rr, cc = np.mgrid[win.row_off : win.row_off + win.height, win.col_off : win.col_off + win.width]
-    x, y = cc + 0.5, rr + 0.5
-    inside = shapely.contains_xy(geom, x, y)
-    tie = shapely.dwithin(geom.boundary, shapely.points(x, y), 1e-9) if not geom.is_empty else 0 * x
-    return inside, tie.astype(bool)
+    return centre_rule(geom, cc + 0.5, rr + 0.5)
 
 
 # --- reading -----------------------------------------------------------------------------
@@ -229,32 +228,32 @@ windows = st.builds(
 
 
 @settings(
-    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(30),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(polys=polygons(), wins=st.lists(windows, min_size=1, max_size=6))
 def test_aoi_mask_is_the_pixel_centre_rule(tmp_path: Path, polys, wins) -> None:
-    """mask(win) is True exactly where a pixel centre is inside the AOI (centres on an edge
-    may go either way), False outside the scene; intersects(win) is never False where
-    mask(win) has a True pixel; the blocks' masks tile into the scene's mask."""
+    """mask(win) is True exactly where a pixel centre is inside the AOI (centres on an edge by
+    the tie rule: the coordinates are eighths of a pixel, so many are), False outside the
+    scene; intersects(win) is never False where mask(win) has a True pixel; the blocks' masks
+    tile into the scene's mask, ties included (issue 26)."""
     h, w = 53, 61
     path = write_polygons(tmp_path / "aoi.gpkg", [to_map(p) for p in polys])
     aoi = SceneAOI(load_polygons(path, option="--aoi"), UTM, T, h, w)
     union = shapely.clip_by_rect(shapely.union_all(polys), 0, 0, w, h)
     for win in wins:
         m = aoi.mask(win)
-        inside, tie = centres_inside(union, win)
+        inside = centres_inside(union, win)
         assert m.shape == (win.height, win.width)
-        np.testing.assert_array_equal(m[~tie], inside[~tie])
+        np.testing.assert_array_equal(m, inside)
         if m.any():
             assert aoi.intersects(win)
     whole = aoi.mask(Win(0, 0, h, w))
     tiled = np.zeros_like(whole)
     for b in TileGrid(h, w, 20, 0, 1, 16).blocks():
         tiled[b.window.slices] = aoi.mask(b.window)
-    # a centre exactly on an edge may fall either side, and which side can depend on the
-    # window (GDAL's rounding after subtracting the window's origin): compare the others
-    _, tie = centres_inside(union, Win(0, 0, h, w))
-    np.testing.assert_array_equal(tiled[~tie], whole[~tie])
+    np.testing.assert_array_equal(tiled, whole)
     if aoi.empty:
         assert not whole.any()
     padded = np.pad(whole, 2)  # every 2x3 window, True pixels at any of its edges

@@ -1,6 +1,7 @@
 """Per-zone class areas (tilesegd.zones): block-by-block counts against a whole-scene
 point-in-polygon reference, against rasterstats and exactextract, geodesic areas, reprojected
-zones, overlapping zones, a zone spanning two scenes, and the written files."""
+zones, overlapping zones (each counted on its own), a zone spanning two scenes, and the written
+files."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import shapely
-from conftest import make_raster, to_lonlat, to_map, write_polygons
-from hypothesis import HealthCheck, given, settings
+from conftest import examples, make_raster, to_lonlat, to_map, write_polygons
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
@@ -22,6 +23,7 @@ from rasterio.transform import from_origin
 from tilesegd.areas import row_pixel_areas
 from tilesegd.errors import InputError, OutputError
 from tilesegd.model_file import ClassInfo
+from tilesegd.pixelgrid import centre_rule
 from tilesegd.tiling import TileGrid, Win
 from tilesegd.vectors import load_polygons
 from tilesegd.zones import ZONE_COLUMNS, ZoneCounter, class_columns, write_zones_summary
@@ -41,16 +43,16 @@ def count(counter: ZoneCounter, ids: np.ndarray, block: int = 16) -> ZoneCounter
 
 
 def reference(zones_px: list, ids: np.ndarray, num_classes: int = K) -> np.ndarray:
-    """(n_zones, K + 1) pixel counts by a plain loop: each pixel centre goes to the first zone
-    that contains it (shapely point-in-polygon); column K = nodata."""
+    """(n_zones, K + 1) pixel counts by a plain loop over the zones, each on its own: a pixel
+    counts in every zone that contains its centre (shapely point-in-polygon with the documented
+    tie rule for centres on an edge, :func:`tilesegd.pixelgrid.centre_rule`); column K = nodata."""
     h, w = ids.shape
     rr, cc = np.mgrid[0:h, 0:w]
-    owner = np.full((h, w), -1)
-    for z in range(len(zones_px) - 1, -1, -1):  # the first zone overwrites the later ones
-        owner[shapely.contains_xy(zones_px[z], cc + 0.5, rr + 0.5)] = z
     cls = np.where(ids < num_classes, ids, num_classes)
     out = np.zeros((len(zones_px), num_classes + 1), np.int64)
-    np.add.at(out, (owner[owner >= 0], cls[owner >= 0]), 1)
+    for z, zone in enumerate(zones_px):
+        inside = centre_rule(zone, cc + 0.5, rr + 0.5)
+        out[z] = np.bincount(cls[inside], minlength=num_classes + 1)
     return out
 
 
@@ -64,7 +66,7 @@ def by_zone(rows: list[dict]) -> dict:
 
 def test_hand_made_zones_with_known_areas_and_overlap(tmp_path: Path) -> None:
     """Column stripes of classes 0, 1, 2 (3 px each), top 4 rows nodata; zone A a 12x12 box,
-    zone B overlapping A's lower-right quarter (A wins there), zone C outside the scene."""
+    zone B overlapping A's lower-right quarter (both count it), zone C outside the scene."""
     h, w = 30, 36
     ids = (np.arange(w) // 3 % 3).astype(np.uint8)[None].repeat(h, 0)
     ids[:4] = 255
@@ -77,9 +79,8 @@ def test_hand_made_zones_with_known_areas_and_overlap(tmp_path: Path) -> None:
     assert set(got) == {"A", "B"}  # C never reaches the scene
     # A: rows 4..11 valid (8 rows); columns 0..11 hold classes 0 0 0 1 1 1 2 2 2 0 0 0
     assert [got["A"][c]["pixels"] for c in range(K)] == [8 * 6, 8 * 3, 8 * 3]
-    # B: rows 6..17 x columns 6..17 (classes 2 2 2 0 0 0 1 1 1 2 2 2) less A's rows 6..11 x
-    # columns 6..11: rows 6..11 keep columns 12..17, rows 12..17 keep all twelve
-    assert [got["B"][c]["pixels"] for c in range(K)] == [6 * 3, 6 * 3 + 6 * 3, 6 * 3 + 6 * 6]
+    # B: rows 6..17 x columns 6..17 (classes 2 2 2 0 0 0 1 1 1 2 2 2), A's quarter included
+    assert [got["B"][c]["pixels"] for c in range(K)] == [12 * 3, 12 * 3, 12 * 6]
     for z in got.values():
         for r in z.values():
             assert r["area_m2"] == pytest.approx(4.0 * r["pixels"])  # 2 m pixels
@@ -107,10 +108,29 @@ def zone_sets(draw):
     return out or [shapely.box(1.3, 1.3, 9.7, 9.7)]
 
 
+# A centre exactly on an edge: the triangle's edge from (0.000137, 0.000137) to
+# (0.500137, 0.500137) lies on y = x and passes through the centre (0.5, 0.5) of pixel (0, 0).
+# GDAL counts it (a centre on an edge with the polygon to its left is in); a plain
+# point-in-polygon reference did not (found by Hypothesis, issue 26).
+TIE_TRIANGLE = shapely.Polygon([(0.000137, 0.000137), (0.000137, 0.050137), (0.500137, 0.500137)])
+# The same tie, which GDAL alone lost to rounding (it left the centre out) until
+# rasterize_window moved the centres by the tie-breaking shift.
+TIE_TRIANGLE_2 = shapely.Polygon([(0.000137, 0.000137), (0.000137, 0.040137), (0.510137, 0.510137)])
+
+
 @settings(
-    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(30),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(zones=zone_sets(), block=st.sampled_from([7, 16, 40]), seed=st.integers(0, 2**16))
+@example(zones=[TIE_TRIANGLE], block=7, seed=0)
+@example(zones=[TIE_TRIANGLE_2], block=7, seed=0)
+@example(  # nested and overlapping zones, each counted on its own (issue 20)
+    zones=[shapely.box(2.3, 2.3, 30.7, 30.7), shapely.box(5.1, 5.1, 9.9, 9.9),
+           shapely.Point(20.2, 20.2).buffer(8.3), shapely.box(30.7, 2.3, 40.2, 30.7)],
+    block=16, seed=3,
+)  # fmt: skip
 def test_block_counts_equal_a_whole_scene_reference(tmp_path: Path, zones, block, seed) -> None:
     h, w = 37, 41
     ids = np.random.default_rng(seed).integers(0, K, (h, w)).astype(np.uint8)
@@ -124,7 +144,35 @@ def test_block_counts_equal_a_whole_scene_reference(tmp_path: Path, zones, block
     np.testing.assert_array_equal(got, want)
     np.testing.assert_allclose(counter.area, 4.0 * counter.pixels)
     rows = counter.rows(CLASSES)
-    assert {r["zone"] for r in rows} == {int(layer.keys[i]) for i in np.flatnonzero(want.sum(1))}
+    meets = shapely.intersects(np.array(zones, dtype=object), shapely.box(0, 0, w, h))
+    # a row per class for every zone that meets the scene, with zero pixels where none is in
+    assert len(rows) == K * int(meets.sum())
+    assert {r["zone"] for r in rows} == {int(layer.keys[i]) for i in np.flatnonzero(meets)}
+
+
+def test_the_tie_rule_is_gdals_and_holds_in_every_window(tmp_path: Path) -> None:
+    """Centres exactly on edges (a box with edges through pixel centres, the y = x triangle):
+    the counts follow the documented rule (a centre on a left / bottom edge is out, on a right /
+    top edge is in), which is what GDAL's scanline fill does, whatever the block size."""
+    from affine import Affine
+    from rasterio.features import rasterize
+
+    h, w = 9, 9
+    box = shapely.box(1.5, 1.5, 5.5, 6.5)  # centres on every edge
+    zones = [box, TIE_TRIANGLE, shapely.Polygon([(0, 0), (9, 9), (0, 9)])]
+    ids = np.zeros((h, w), np.uint8)
+    for block in (1, 2, 3, 4, 9):
+        counter = count(ZoneCounter(load_polygons(
+            write_polygons(tmp_path / f"z{block}.gpkg", [to_map(z) for z in zones])),
+            UTM, T, h, w, K), ids, block)  # fmt: skip
+        np.testing.assert_array_equal(counter.pixels, reference(zones, ids))
+    # the box keeps columns 2..5 (centre 1.5 on the left edge out, 5.5 on the right edge in)
+    # and rows 1..5 (centre 1.5 on the top edge in, 6.5 on the bottom edge out)
+    assert counter.pixels[0, 0] == 4 * 5
+    # GDAL itself, one whole-scene call with the plain identity transform, agrees
+    for z, zone in enumerate(zones):
+        plain = rasterize([(zone, 1)], out_shape=(h, w), transform=Affine.identity())
+        assert int(plain.sum()) == int(counter.pixels[z].sum()), z
 
 
 def test_against_rasterstats_and_exactextract(tmp_path: Path) -> None:
@@ -391,3 +439,49 @@ def test_a_huge_reprojected_zone_is_clipped_to_the_scene_first(tmp_path: Path) -
     counter = count(ZoneCounter(load_polygons(path), UTM, T, h, w, K), ids)
     assert counter.pixels.sum() == h * w
     assert shapely.get_num_coordinates(counter.geoms[0]) < 100
+
+
+def test_overlapping_and_nested_zones_match_rasterstats(tmp_path: Path) -> None:
+    """rasterstats counts every zone on its own (one GDAL rasterisation per feature): circles
+    overlapping each other, a zone nested in another, a zone covering an earlier one and a zone
+    whose pixel centres all miss the scene still get a row each (issue 20: a zone covered by
+    earlier zones had no row)."""
+    from rasterstats import zonal_stats
+
+    h, w = 47, 51
+    rng = np.random.default_rng(21)
+    ids = rng.integers(0, K, (h, w)).astype(np.uint8)
+    ids[rng.random((h, w)) < 0.05] = 255
+    tif = make_raster(tmp_path / "mask.tif", ids, nodata=255)
+    zones = [
+        shapely.Point(15.3, 17.1).buffer(12.7),
+        shapely.Point(24.6, 20.2).buffer(11.1),  # overlaps the first
+        shapely.box(10.2, 12.3, 20.1, 22.4),  # nested in the union of the first two
+        shapely.Point(16.1, 18.3).buffer(4.2),  # inside the first, listed after it
+        shapely.box(50.7, 3.3, 52.0, 9.1),  # meets the scene, no pixel centre inside
+    ]
+    path = write_polygons(tmp_path / "z.gpkg", [to_map(z) for z in zones])
+    counter = count(ZoneCounter(load_polygons(path), UTM, T, h, w, K), ids, 16)
+    assert list(counter.index) == list(range(len(zones)))
+    stats = zonal_stats([to_map(z) for z in zones], str(tif), categorical=True, nodata=255)
+    for i, s in enumerate(stats):
+        assert {c: int(counter.pixels[i, c]) for c in range(K) if counter.pixels[i, c]} == s
+    assert counter.pixels[4].sum() == 0
+    rows = by_zone(counter.rows(CLASSES))
+    assert set(rows) == {1, 2, 3, 4, 5} and all(r["pixels"] == 0 for r in rows[5].values())
+    np.testing.assert_array_equal(counter.pixels, reference(zones, ids))
+    assert counter.layer_of.max() >= 1  # the overlapping zones needed more than one layer
+
+
+def test_a_partition_of_touching_zones_is_one_layer(tmp_path: Path) -> None:
+    """A grid of zones that share edges through pixel centres: one rasterisation per block
+    suffices, and every valid pixel is counted exactly once."""
+    h, w = 30, 30
+    ids = np.random.default_rng(4).integers(0, K, (h, w)).astype(np.uint8)
+    grid = [shapely.box(x, y, x + 7.5, y + 5.5) for x in np.arange(-0.5, 30, 7.5)
+            for y in np.arange(-0.5, 30, 5.5)]  # fmt: skip
+    counter = count(ZoneCounter(load_polygons(
+        write_polygons(tmp_path / "g.gpkg", [to_map(g) for g in grid])), UTM, T, h, w, K), ids, 8)  # fmt: skip
+    assert counter.layer_of.max() == 0
+    assert counter.pixels.sum() == h * w
+    np.testing.assert_array_equal(counter.pixels, reference(grid, ids))

@@ -6,8 +6,21 @@ coordinates**: ``x`` = column, ``y`` = row, pixel ``(r, c)`` covering ``[c, c+1)
 with its centre at ``(c + 0.5, r + 0.5)``. AOI masks and zone rasters work in those
 coordinates, so rotated transforms and geographic scenes need no special case.
 :func:`rasterize_window` burns such polygons into one window with GDAL's pixel-centre rule
-(``rasterio.features.rasterize``, ``all_touched=False``). A pixel centre exactly on an edge
-(to floating-point rounding) may fall either side, and the side can depend on the window.
+(``rasterio.features.rasterize``, ``all_touched=False``).
+
+**Ties: a pixel centre exactly on an edge.** GDAL's scanline fill counts a centre that lies on
+an edge in one fixed way: on each row it fills the columns
+whose centre ``cx`` satisfies ``x_left < cx <= x_right`` (a centre on a left edge is out, on a
+right edge is in) and takes an edge for the rows with ``y_top <= cy < y_bottom`` (a centre on a
+top edge is in, on a bottom edge is out). Equivalently: **a centre on an edge belongs to the
+polygon when the point moved an infinitesimal step left (-x), and then a smaller step down
+(+y, rows grow downwards), is inside**. Left alone, floating-point rounding decides such ties
+(subtracting each window's origin rounds differently), so the same centre could fall either side
+in two windows. :func:`rasterize_window` therefore moves the centres by
+(-:data:`TIE_SHIFT_X`, +:data:`TIE_SHIFT_Y`) pixels before GDAL sees them: exact ties follow the
+rule above in every window, and any other centre moves by under 1e-6 px (a centre nearer
+than that to an edge is decided as if it were on it).
+:func:`centre_rule` is the same rule as a point-in-polygon test (for checks and references).
 """
 
 from __future__ import annotations
@@ -31,6 +44,28 @@ CLIP_VERTICES = 1000
 # Reprojected edges are densified to about this many pixels first, so that a straight edge in
 # the file's CRS stays (nearly) straight in that CRS after reprojection, as GIS software draws it.
 DENSIFY_PIXELS = 64.0
+# The tie-breaking move of the pixel centres (pixels; powers of two, so adding them to a window
+# origin is exact): far above GDAL's rounding (~1e-10 px at 10^5 px coordinates), far below
+# anything a user could see.
+TIE_SHIFT_X = 2.0**-20  # ~9.5e-7 px, to the left
+TIE_SHIFT_Y = 2.0**-27  # ~7.5e-9 px, downwards
+
+
+def centre_rule(geom: Any, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Whether points (pixel centres) are inside ``geom`` by the module's tie rule.
+
+    Args:
+        geom: a shapely polygon in pixel coordinates (x = column, y = row).
+        x, y: float arrays of the same shape (pixel coordinates, e.g. ``col + 0.5``).
+
+    Returns:
+        bool array of that shape: ``shapely.contains_xy`` at the points moved by
+        (-:data:`TIE_SHIFT_X`, +:data:`TIE_SHIFT_Y`), which is what :func:`rasterize_window`
+        burns.
+    """
+    import shapely
+
+    return shapely.contains_xy(geom, np.asarray(x) - TIE_SHIFT_X, np.asarray(y) + TIE_SHIFT_Y)
 
 
 def to_pyproj(crs: Any) -> Any:
@@ -74,7 +109,8 @@ def rasterize_window(geoms: list[Any], win: Win, dtype: Any, values: Any = None)
         (win.height, win.width) array of ``dtype``, 0 where no geometry's centre rule holds.
 
     Geometries over :data:`CLIP_VERTICES` vertices are first clipped to the
-    window plus one pixel (same pixels, fewer edges for GDAL's scanline fill).
+    window plus one pixel (same pixels, fewer edges for GDAL's scanline fill). Centres exactly
+    on an edge follow the module's tie rule, whatever the window (:func:`centre_rule`).
     """
     import shapely
     from affine import Affine
@@ -94,7 +130,8 @@ def rasterize_window(geoms: list[Any], win: Win, dtype: Any, values: Any = None)
     return rasterize(
         shapes,
         out_shape=(h, w),
-        transform=Affine(1.0, 0.0, c0, 0.0, 1.0, r0),
+        # the window's pixel centres, moved by the tie-breaking shift (see the module doc)
+        transform=Affine(1.0, 0.0, c0 - TIE_SHIFT_X, 0.0, 1.0, r0 + TIE_SHIFT_Y),
         fill=0,
         all_touched=False,
         dtype=dtype,

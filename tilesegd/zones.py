@@ -1,28 +1,34 @@
 """``--zones``: class areas per zone (parcels, districts, a grid), block by block.
 
-**Pixel-centre assignment.** Each pixel belongs to the zone that contains its centre
-(``rasterio.features.rasterize``, ``all_touched=False``). Where zones overlap, the **first**
-zone in the file wins (zones are drawn in reverse file order, so the first is drawn last). A
-pixel whose centre is in no zone is not counted.
+**Pixel-centre assignment.** A pixel belongs to a zone when its centre is inside the zone
+(``rasterio.features.rasterize``, ``all_touched=False``; a centre exactly on an edge follows the
+tie rule of :mod:`tilesegd.pixelgrid`). **Each zone is counted on its own**, as exactextract and
+rasterstats count them: where zones overlap, a pixel counts in every zone that contains its
+centre, so nested or overlapping zones each get their full figures. A pixel whose centre is in
+no zone is not counted.
 
-Per scene, a :class:`ZoneCounter` receives every finished block (``add(window, ids)``),
-rasterises only the zones whose bounds meet that block (``shapely.STRtree``) into an int32
-zone-index raster the size of the block, and accumulates a (zones x classes) table of pixel
-counts and areas with one ``np.bincount`` on ``zone * (K + 1) + class``. Memory: the zones'
-geometry, two (n_zones, K + 1) tables and a few block-sized arrays; never a whole-scene raster.
+Per scene, a :class:`ZoneCounter` sorts the zones once into **layers** of zones whose interiors
+do not overlap (greedy colouring, file order; a partition such as parcels or a grid is one
+layer, since zones that only touch cannot share a pixel centre under the tie rule). It then
+receives every finished block (``add(window, ids)``), rasterises, layer by layer, only the zones
+whose bounds meet that block (``shapely.STRtree``) into an int32 zone-index raster the size of
+the block, and accumulates a (zones x classes) table of pixel counts and areas with one
+``np.bincount`` on ``zone * (K + 1) + class`` per layer. Memory: the zones' geometry, two
+(n_zones, K + 1) tables and a few block-sized arrays; never a whole-scene raster.
 
 Areas follow ``areas.csv`` (:func:`tilesegd.areas.row_pixel_areas`): m2 per pixel per row,
 geodesic in a geographic CRS. ``percent`` is the class's share of the zone's valid (non-nodata)
 pixels in this scene. Outputs (written atomically: temporary name, then ``os.replace``):
 
-* ``zones.csv``: :data:`ZONE_COLUMNS`, one row per (zone, class) for every zone with at least
-  one pixel centre in the scene; ``zone`` is the ``--zone-field`` value or the feature id.
+* ``zones.csv``: :data:`ZONE_COLUMNS`, one row per (zone, class) for **every zone that meets
+  the scene's rectangle**, with zero pixels where no pixel centre of the scene is inside it;
+  ``zone`` is the ``--zone-field`` value or the feature id.
 * ``zones.gpkg``: the same zones with their **full geometry in the zones file's own CRS** (what
   a choropleth of the zones file expects; the figures cover only the part inside this scene),
   fields ``zone``, ``<class_name>_m2`` and ``<class_name>_pct`` per class, and ``valid_m2``.
 * ``zones_summary.csv`` (:func:`write_zones_summary`): zones summed over scenes, ``percent``
-  recomputed from the summed pixels, plus ``scenes`` (how many scenes the zone appears in).
-  Scenes are assumed not to overlap: ground seen by two scenes is counted twice.
+  recomputed from the summed pixels, plus ``scenes`` (how many scenes' ``zones.csv`` list the
+  zone). Scenes are assumed not to overlap: ground seen by two scenes is counted twice.
 """
 
 from __future__ import annotations
@@ -63,6 +69,7 @@ class ZoneCounter:
 
     Attributes:
         index: (m,) int64 positions in ``layer`` of the zones that meet the scene.
+        layer_of: (m,) int64 layer of each of those zones (:func:`zone_layers`).
         pixels: (m, K + 1) int64 pixel counts; column K is nodata.
         area: (m, K + 1) float64 areas in m2.
 
@@ -89,6 +96,7 @@ class ZoneCounter:
         self.layer, self.num_classes, self.scene = layer, num_classes, scene
         self.index, self.geoms = place(layer, crs, transform, height, width, scene=scene)
         self.tree = shapely.STRtree(self.geoms)
+        self.layer_of = zone_layers(self.geoms, self.tree)
         self.row_areas = row_pixel_areas(crs, transform, height, width)
         m, slots = len(self.index), num_classes + 1
         self.pixels = np.zeros((m, slots), np.int64)
@@ -124,20 +132,24 @@ class ZoneCounter:
         cand = np.sort(self.tree.query(box))
         if len(cand) == 0:
             return
-        m, slots = len(cand), self.num_classes + 1
-        # reversed drawing order: the first zone is drawn last and wins where zones overlap
-        key = rasterize_window(list(self.geoms[cand[::-1]]), window, np.int32, np.arange(m, 0, -1))
-        key *= slots
-        key += self._lut[ids]
-        flat = key.ravel()
-        n_bins = (m + 1) * slots
-        counts = np.bincount(flat, minlength=n_bins).reshape(m + 1, slots)[1:]
+        slots = self.num_classes + 1
+        cls = self._lut[ids].ravel()
         rows = self.row_areas[window.row_off : window.row_off + h]
-        if rows.min() == rows.max():
+        weights = None if rows.min() == rows.max() else np.repeat(rows, w)
+        layers = self.layer_of[cand]
+        counts = np.zeros((len(cand), slots), np.int64)
+        area = np.zeros((len(cand), slots), np.float64)
+        for lay in np.unique(layers):
+            sel = np.flatnonzero(layers == lay)  # zones of one layer never share a pixel
+            key = rasterize_window(list(self.geoms[cand[sel]]), window, np.int32, sel + 1)
+            flat = key.ravel() * slots + cls
+            n_bins = (len(cand) + 1) * slots
+            counts += np.bincount(flat, minlength=n_bins).reshape(-1, slots)[1:]
+            if weights is None:
+                continue
+            area += np.bincount(flat, weights=weights, minlength=n_bins).reshape(-1, slots)[1:]
+        if weights is None:
             area = counts * rows[0]
-        else:  # geographic CRS: each row has its own pixel area
-            weights = np.repeat(rows, w)
-            area = np.bincount(flat, weights=weights, minlength=n_bins).reshape(m + 1, slots)[1:]
         with self._lock:
             self.pixels[cand] += counts
             self.area[cand] += area
@@ -148,11 +160,11 @@ class ZoneCounter:
 
     def rows(self, classes: Sequence[ClassInfo]) -> list[dict[str, Any]]:
         """``zones.csv`` rows: one dict with :data:`ZONE_COLUMNS` per (zone, class), zones in
-        file order, for the zones with at least one pixel in the scene."""
+        file order, for every zone that meets the scene (zero pixels where none is inside)."""
         keys = self.layer.keys[self.index]
         valid = self.pixels[:, : self.num_classes].sum(axis=1)
         out = []
-        for i in np.flatnonzero(self.present()):
+        for i in range(len(self.index)):
             zone = _plain(keys[i])
             for c in classes:
                 px, a = int(self.pixels[i, c.id]), float(self.area[i, c.id])
@@ -179,7 +191,7 @@ class ZoneCounter:
         return atomic_write(Path(path), lambda tmp: _write_rows(tmp, ZONE_COLUMNS, rows))
 
     def write_gpkg(self, path: str | os.PathLike[str], classes: Sequence[ClassInfo]) -> Path:
-        """Write ``zones.gpkg`` atomically: one MultiPolygon per zone present in the scene, in
+        """Write ``zones.gpkg`` atomically: one MultiPolygon per zone that meets the scene, in
         the zones file's CRS, with ``zone``, ``<class>_m2``, ``valid_m2`` and ``<class>_pct``
         fields (m2; percent of the zone's valid pixels in this scene). Layer name ``zones``.
 
@@ -189,7 +201,7 @@ class ZoneCounter:
         import pyogrio.raw
         import shapely
 
-        sel = np.flatnonzero(self.present())
+        sel = np.arange(len(self.index))
         geoms = shapely.to_wkb(self.layer.geoms[self.index[sel]])
         valid_px = self.pixels[sel, : self.num_classes].sum(axis=1)
         names = class_columns(classes)
@@ -219,6 +231,32 @@ class ZoneCounter:
             )
 
         return atomic_write(Path(path), write, suffix=".gpkg")
+
+
+def zone_layers(geoms: np.ndarray, tree: Any) -> np.ndarray:
+    """Sort zones into layers whose members' interiors do not overlap (greedy colouring).
+
+    Args:
+        geoms: (m,) object array of valid shapely polygons (pixel coordinates).
+        tree: ``shapely.STRtree(geoms)``.
+
+    Returns:
+        (m,) int64 layer per zone, 0, 1, ...: each zone takes the lowest layer that holds no
+        zone whose interior meets its own (DE-9IM ``T********``). Zones that only touch share a
+        layer: under the tie rule of :mod:`tilesegd.pixelgrid` no pixel centre is inside both,
+        so one rasterisation of a layer gives every member its own pixels.
+    """
+    import shapely
+
+    layer_of = np.full(len(geoms), -1, np.int64)
+    for i, g in enumerate(geoms):
+        near = tree.query(g, predicate="intersects")
+        near = near[(near < i)]
+        if len(near):
+            near = near[shapely.relate_pattern(g, geoms[near], "T********")]
+        taken = set(layer_of[near].tolist())
+        layer_of[i] = next(k for k in range(len(taken) + 1) if k not in taken)
+    return layer_of
 
 
 def class_columns(classes: Sequence[ClassInfo]) -> list[str]:
