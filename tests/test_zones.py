@@ -94,16 +94,25 @@ coord = st.integers(-500, 4500).map(lambda v: v / 100 + 0.000137)  # never on a 
 
 @st.composite
 def zone_sets(draw):
-    """1-6 random boxes and triangles (pixel coordinates), overlapping, some leaving the scene."""
+    """1-6 random zones (pixel coordinates): boxes and triangles, overlapping, some leaving the
+    scene or outside it; zones nested in an earlier one; boxes touching an earlier box."""
     out = []
     for _ in range(draw(st.integers(1, 6))):
-        if draw(st.booleans()):
+        kind = draw(st.sampled_from(["box", "triangle", "nested", "touching"]))
+        if kind in ("nested", "touching") and out:
+            prev = out[draw(st.integers(0, len(out) - 1))]
+            if kind == "nested":
+                g = prev.buffer(-draw(st.sampled_from([0.5, 1.3, 3.7])), join_style="mitre")
+            else:
+                x0, y0, x1, y1 = prev.bounds
+                g = shapely.box(x1, y0, x1 + draw(st.integers(1, 12)), y1)
+        elif kind == "triangle":
+            g = shapely.Polygon([(draw(coord), draw(coord)) for _ in range(3)])
+        else:
             x0, x1 = sorted([draw(coord), draw(coord)])
             y0, y1 = sorted([draw(coord), draw(coord)])
             g = shapely.box(x0, y0, x1 + 0.5, y1 + 0.5)
-        else:
-            g = shapely.Polygon([(draw(coord), draw(coord)) for _ in range(3)])
-        if g.is_valid and g.area > 0.01:
+        if g.is_valid and g.geom_type == "Polygon" and g.area > 0.01:
             out.append(g)
     return out or [shapely.box(1.3, 1.3, 9.7, 9.7)]
 
