@@ -23,6 +23,8 @@ Rules:
 * **discard**: otherwise (or with ``--overwrite``) the work folder is removed first.
 * **atomic**: ``run.json`` and ``summary.csv`` are written through a temporary file and a
   rename; a scene's outputs appear in one directory rename (:func:`publish`).
+* **not an input**: a folder holding a run or a scene's outputs (:func:`holds_run`,
+  :func:`outputs_present`) is never searched for scenes (:func:`tilesegd.scene.discover`).
 """
 
 from __future__ import annotations
@@ -174,6 +176,18 @@ def clean_stale(output: Path) -> None:
 def outputs_present(final: Path) -> bool:
     """Whether a published scene folder holds its required outputs."""
     return all((final / f).exists() for f in REQUIRED_OUTPUTS)
+
+
+def holds_run(folder: Path) -> bool:
+    """Whether ``folder`` is a tilesegd run's output folder: it has the run's work folder
+    (``.tilesegd/``) or a ``run.json`` written by tilesegd (one with ``tilesegd_version``)."""
+    if (folder / WORK_DIR).is_dir():
+        return True
+    try:
+        with open(folder / RUN_JSON) as fh:
+            return "tilesegd_version" in json.load(fh)
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def prepare_work(output: Path, name: str, stat: list[int] | None, fp: str, overwrite: bool) -> Path:
