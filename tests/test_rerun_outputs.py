@@ -4,18 +4,25 @@ never read as scenes, and no file of a run describes a mask other than the one b
 from __future__ import annotations
 
 import csv
+import errno
 import json
+import os
 from pathlib import Path
 
 import pytest
+import shapely
 from click.testing import CliRunner
-from conftest import make_raster, smooth_image
+from conftest import make_raster, smooth_image, to_map, write_polygons
 
 from tilesegd.api import run
 from tilesegd.cli.main import cli
-from tilesegd.errors import InputError
+from tilesegd.errors import InputError, OutputError
 
 GEOM = ["--tile-size", "32", "--overlap", "8", "--block-size", "48"]
+SCENE_FILES = ("mask.tif", "mask.qml", "mask.tif.aux.xml", "pred.zarr", "areas.csv",
+               "confidence.tif", "confidence.qml", "polygons.gpkg", "zones.csv", "zones.gpkg",
+               "preview.png")  # fmt: skip
+PRODUCT_FILES = {"vector": {"polygons.gpkg"}, "zones": {"zones.csv", "zones.gpkg"}}
 
 
 def invoke(*args: str):
@@ -31,6 +38,28 @@ def opts(inp: Path, model: Path, out: Path, **extra) -> dict:
 def rows(path: Path) -> list[dict]:
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))
+
+
+def rewrite(path: Path, seed: int) -> None:
+    """A new version of an input scene (other pixels, a later mtime): it is recomputed."""
+    st = path.stat()
+    make_raster(path, smooth_image(60, 70, seed=seed))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**10))
+
+
+def assert_run_json_lists_what_is_there(out: Path) -> None:
+    """Each done scene's ``outputs`` are exactly its folder's files, its ``products`` are the
+    ones whose files are there; the run's ``outputs`` are its run-level files."""
+    doc = json.loads((out / "run.json").read_text())
+    for name, e in doc["scenes"].items():
+        if e["status"] != "done":
+            continue
+        present = {f for f in SCENE_FILES if (out / name / f).exists()}
+        assert set(e["outputs"]) == present, name
+        made = set().union(*(PRODUCT_FILES[p] for p in e.get("products") or {}))
+        assert made == present & {"polygons.gpkg", "zones.csv", "zones.gpkg"}, name
+    here = {f for f in ("summary.csv", "zones_summary.csv") if (out / f).exists()}
+    assert set(doc["outputs"]) == here
 
 
 # -- 1. input discovery never reads a run's outputs ------------------------------------------
@@ -76,3 +105,88 @@ def test_folders_holding_another_run_or_a_scenes_outputs_are_skipped(tmp_path, t
     assert set(again["scenes"]) == {"b"} and again["scenes"]["b"]["skipped"] is True
     with pytest.raises(InputError, match="skipped .*old"):
         run(**opts(inp / "old", model, tmp_path / "o2"))
+
+
+# -- 4. no file of a run describes another mask ----------------------------------------------
+
+
+def test_a_rerun_without_zones_removes_the_stale_zones_summary(tmp_path, tiny_model) -> None:
+    inp = tmp_path / "in"
+    inp.mkdir()
+    make_raster(inp / "a.tif", smooth_image(60, 70, seed=1))
+    make_raster(inp / "b.tif", smooth_image(60, 70, seed=2))
+    zones = write_polygons(tmp_path / "z.gpkg", [to_map(shapely.box(0, 0, 40, 30))])
+    model, out = tiny_model(), tmp_path / "out"
+    run(**opts(inp, model, out, zones=str(zones)))
+    rewrite(inp / "a.tif", seed=3)  # a's mask changes; b is skipped and keeps its zones
+    run(**opts(inp, model, out))
+    assert not (out / "a" / "zones.csv").exists()
+    summary = {
+        (r["zone"], r["class_id"]): int(r["pixels"]) for r in rows(out / "zones_summary.csv")
+    }
+    b = {(r["zone"], r["class_id"]): int(r["pixels"]) for r in rows(out / "b" / "zones.csv")}
+    assert summary == b  # only what matches the masks present
+    rewrite(inp / "b.tif", seed=4)
+    run(**opts(inp, model, out))
+    assert not (out / "zones_summary.csv").exists()  # no scene has zones any more
+    assert_run_json_lists_what_is_there(out)
+
+
+def test_a_recomputed_scene_keeps_no_product_of_an_older_mask(tmp_path, tiny_model) -> None:
+    inp = tmp_path / "in"
+    inp.mkdir()
+    make_raster(inp / "s.tif", smooth_image(60, 70, seed=1))
+    zones = write_polygons(tmp_path / "z.gpkg", [to_map(shapely.box(0, 0, 40, 30))])
+    model, out = tiny_model(), tmp_path / "out"
+    full = dict(zones=str(zones), vector=True, save_confidence=True, save_probs=True)
+    run(**opts(inp, model, out, **full))
+    assert_run_json_lists_what_is_there(out)
+    doc = run(**opts(inp, model, out, overwrite=True))
+    assert doc["scenes"]["s"]["products"] == {}
+    for f in ("polygons.gpkg", "zones.csv", "zones.gpkg", "confidence.tif", "pred.zarr/probs"):
+        assert not (out / "s" / f).exists(), f
+    assert_run_json_lists_what_is_there(out)
+
+
+def test_a_resumed_scene_drops_products_no_longer_asked_for(
+    tmp_path, tiny_model, monkeypatch
+) -> None:
+    import tilesegd.finish
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    make_raster(inp / "s.tif", smooth_image(60, 70, seed=1))
+    zones = write_polygons(tmp_path / "z.gpkg", [to_map(shapely.box(0, 0, 40, 30))])
+    model, out = tiny_model(), tmp_path / "out"
+
+    def disk_full(path, *a, **k):  # the products are written; the preview fills the disk
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    with monkeypatch.context() as m:
+        m.setattr(tilesegd.finish, "write_preview", disk_full)
+        with pytest.raises(OutputError):
+            run(**opts(inp, model, out, zones=str(zones), vector=True, preview_size=32))
+    doc = run(**opts(inp, model, out, preview_size=32))  # resumes the finished blocks
+    e = doc["scenes"]["s"]
+    assert e["status"] == "done" and e["blocks_resumed"] == e["blocks"] and e["products"] == {}
+    for f in ("polygons.gpkg", "zones.csv", "zones.gpkg"):
+        assert not (out / "s" / f).exists(), f
+    assert_run_json_lists_what_is_there(out)
+
+
+def test_run_json_lists_products_added_later_and_files_gone(tmp_path, tiny_model) -> None:
+    inp = tmp_path / "in"
+    inp.mkdir()
+    make_raster(inp / "s.tif", smooth_image(60, 70, seed=1))
+    zones = write_polygons(tmp_path / "z.gpkg", [to_map(shapely.box(0, 0, 40, 30))])
+    model, out = tiny_model(), tmp_path / "out"
+    run(**opts(inp, model, out))
+    doc = run(**opts(inp, model, out, zones=str(zones), vector=True))
+    assert doc["scenes"]["s"]["products_added"] == ["vector", "zones"]
+    assert_run_json_lists_what_is_there(out)
+    (out / "s" / "polygons.gpkg").unlink()  # removed by hand
+    doc = run(**opts(inp, model, out))
+    assert doc["scenes"]["s"]["skipped"] is True and set(doc["scenes"]["s"]["products"]) == {
+        "zones"
+    }
+    assert_run_json_lists_what_is_there(out)
