@@ -76,7 +76,7 @@ def run(
         raise ConfigError("run needs --input, --model and --output (flags or config file)")
     output = Path(cfg.output)
     make_output_dir(output)
-    paths = discover(cfg.input)
+    paths = discover(cfg.input, output)
     names = scene_names(paths)
     if cfg.shard:  # job arrays: scene i (by sorted path) goes to shard i % N
         paths, names = select_shard(paths, names, cfg.shard)

@@ -24,7 +24,7 @@ import numpy as np
 
 from tilesegd import __version__
 from tilesegd.areas import AreaCounter, row_pixel_areas, write_areas_csv
-from tilesegd.ledger import input_stat, publish
+from tilesegd.ledger import SCENE_OUTPUTS, input_stat, output_paths, publish
 from tilesegd.plan import RunSetup, ScenePlan
 from tilesegd.products import ProductSinks
 from tilesegd.scene import Scene, open_run_scene
@@ -36,19 +36,6 @@ from tilesegd.writers.preview import write_preview
 from tilesegd.writers.zarr_store import ZarrMaskStore
 
 log = logging.getLogger(__name__)
-SCENE_OUTPUTS = (
-    "mask.tif",
-    "mask.qml",
-    "mask.tif.aux.xml",
-    "pred.zarr",
-    "areas.csv",
-    "confidence.tif",
-    "confidence.qml",
-    "polygons.gpkg",
-    "zones.csv",
-    "zones.gpkg",
-    "preview.png",
-)
 
 
 def scene_attrs(scene: Scene, run: RunSetup, transform: Any = None) -> dict[str, Any]:
@@ -198,6 +185,7 @@ def finish_scene(plan: ScenePlan, run: RunSetup) -> dict[str, Any]:
             be written.
     """
     scene = plan.scene
+    clear_outputs(plan.work)
     if plan.resample is not None:
         plan = on_scene_grid(plan, run)
     done = write_mask_and_products(plan, run, set(run.products))
@@ -232,6 +220,16 @@ def finish_scene(plan: ScenePlan, run: RunSetup) -> dict[str, Any]:
     if done.low_confidence is not None:
         entry["low_confidence_pixels"] = done.low_confidence
     return entry
+
+
+def clear_outputs(work: Path) -> None:
+    """Remove every output file but the store from a scene's work folder before it is
+    finished: a resumed folder may hold products of a finish that was cut short, made for
+    options this run does not ask for (the finished folder must hold only what this finish
+    makes, as ``run.json`` lists)."""
+    for name in SCENE_OUTPUTS:
+        if name != "pred.zarr":
+            (work / name).unlink(missing_ok=True)
 
 
 def on_scene_grid(plan: ScenePlan, run: RunSetup) -> ScenePlan:
@@ -277,11 +275,6 @@ def add_products(plan: ScenePlan, run: RunSetup, which: set[str]) -> dict[str, A
             sinks.add(block, plan.store.read_block(block))
     log.info("%s: added %s from the stored mask", plan.name, ", ".join(sorted(which)))
     return sinks.entry()
-
-
-def output_paths(folder: Path) -> dict[str, str]:
-    """``{file name: path}`` of the outputs present in a scene folder."""
-    return {k: str(folder / k) for k in SCENE_OUTPUTS if (folder / k).exists()}
 
 
 def add_scene_products(path: Path, name: str, run: RunSetup, which: set[str]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ Output layout (``DIR`` = ``--output``)::
 
     DIR/run.json                    the run: model, device, config, one entry per scene
     DIR/summary.csv                 every finished scene's areas.csv rows, with a scene column
+    DIR/zones_summary.csv           their zones.csv added up (absent when no scene has zones)
     DIR/<scene>/                    a finished scene (published in one rename)
     DIR/.tilesegd/lock              flock held by the running process
     DIR/.tilesegd/work/<scene>/     a scene in progress: work.json, pred.zarr, blocks.done...
@@ -23,6 +24,10 @@ Rules:
 * **discard**: otherwise (or with ``--overwrite``) the work folder is removed first.
 * **atomic**: ``run.json`` and ``summary.csv`` are written through a temporary file and a
   rename; a scene's outputs appear in one directory rename (:func:`publish`).
+* **true**: a scene folder holds only what was made from its mask (a recomputed scene carries
+  no older product over); ``run.json`` lists the files present (:func:`list_outputs`).
+* **not an input**: a folder holding a run or a scene's outputs (:func:`holds_run`,
+  :func:`outputs_present`) is never searched for scenes (:func:`tilesegd.scene.discover`).
 """
 
 from __future__ import annotations
@@ -51,8 +56,23 @@ SUMMARY_CSV = "summary.csv"
 WORK_DIR = ".tilesegd"
 WORK_JSON = "work.json"
 DONE_LOG = "blocks.done"
+ZONES_SUMMARY_CSV = "zones_summary.csv"
 REQUIRED_OUTPUTS = ("mask.tif", "pred.zarr", "areas.csv")
 PRODUCT_FILES = {"vector": ("polygons.gpkg",), "zones": ("zones.csv", "zones.gpkg")}
+PRODUCT_FIELDS = {"vector": ("polygons", "polygons_per_class"), "zones": ("zones",)}
+SCENE_OUTPUTS = (
+    "mask.tif",
+    "mask.qml",
+    "mask.tif.aux.xml",
+    "pred.zarr",
+    "areas.csv",
+    "confidence.tif",
+    "confidence.qml",
+    "polygons.gpkg",
+    "zones.csv",
+    "zones.gpkg",
+    "preview.png",
+)
 
 
 def work_dir(output: Path, name: str) -> Path:
@@ -176,6 +196,36 @@ def outputs_present(final: Path) -> bool:
     return all((final / f).exists() for f in REQUIRED_OUTPUTS)
 
 
+def output_paths(folder: Path) -> dict[str, str]:
+    """``{file name: path}`` of the outputs present in a scene folder (:data:`SCENE_OUTPUTS`)."""
+    return {k: str(folder / k) for k in SCENE_OUTPUTS if (folder / k).exists()}
+
+
+def holds_run(folder: Path) -> bool:
+    """Whether ``folder`` is a tilesegd run's output folder: it has the run's work folder
+    (``.tilesegd/``) or a ``run.json`` written by tilesegd (one with ``tilesegd_version``)."""
+    if (folder / WORK_DIR).is_dir():
+        return True
+    try:
+        with open(folder / RUN_JSON) as fh:
+            return "tilesegd_version" in json.load(fh)
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def list_outputs(entry: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """``entry`` (a done scene's ``run.json`` entry) made true to ``folder``: ``outputs`` lists
+    the files there, and a product whose files are gone leaves ``products`` with its fields."""
+    entry = {**entry, "outputs": output_paths(folder)}
+    products = dict(entry.get("products") or {})
+    for p in [p for p in products if not all((folder / f).exists() for f in PRODUCT_FILES[p])]:
+        del products[p]
+        for k in PRODUCT_FIELDS[p]:
+            entry.pop(k, None)
+    entry["products"] = products
+    return entry
+
+
 def prepare_work(output: Path, name: str, stat: list[int] | None, fp: str, overwrite: bool) -> Path:
     """The scene's work folder, ready to resume or start: removed first on ``--overwrite`` or
     when its ``work.json`` records another fingerprint or another version of the input.
@@ -290,7 +340,9 @@ class RunLedger:
         if not self.finished(name, path) or self.products_to_add(name, products):
             return False
         log.info("%s: already done, skipping (use --overwrite to recompute)", name)
-        self.scenes[name] = {**self.previous[name], "skipped": True}
+        self.scenes[name] = list_outputs(
+            {**self.previous[name], "skipped": True}, self.output / name
+        )
         return True
 
     def finished(self, name: str, path: Path) -> bool:
@@ -325,7 +377,7 @@ class RunLedger:
         old["products"] = {**(old.get("products") or {}), **products}
         old.update(fields)
         old["products_added"] = sorted(products)
-        self.scenes[name] = old
+        self.scenes[name] = list_outputs(old, self.output / name)
 
     def start(self, name: str, path: Path) -> dict[str, Any]:
         """Begin a scene: its work folder is prepared (resumed or discarded) and a new entry
@@ -410,7 +462,8 @@ class RunLedger:
 
     def _zones_summary(self) -> None:
         """``DIR/zones_summary.csv``: the zones of every finished scene added up (zones that
-        span several scenes become one row per class)."""
+        span several scenes become one row per class); removed when no finished scene has
+        zones, so it never sums masks that are gone."""
         files = [
             self.output / n / "zones.csv"
             for n, e in self.scenes.items()
@@ -419,7 +472,9 @@ class RunLedger:
         if files:
             from tilesegd.zones import write_zones_summary
 
-            write_zones_summary(files, self.output / "zones_summary.csv")
+            write_zones_summary(files, self.output / ZONES_SUMMARY_CSV)
+        else:
+            (self.output / ZONES_SUMMARY_CSV).unlink(missing_ok=True)
 
     def _finish(self, status: str) -> None:
         from tilesegd.areas import AREA_COLUMNS
@@ -447,6 +502,10 @@ class RunLedger:
         finally:
             with contextlib.suppress(OSError):
                 tmp.unlink()
+        run_files = (SUMMARY_CSV, ZONES_SUMMARY_CSV)
+        self.doc["outputs"] = {
+            f: str(self.output / f) for f in run_files if (self.output / f).is_file()
+        }
         write_json_atomic(self.path, self.doc)
 
 

@@ -8,6 +8,7 @@ VRTs reaching the network, sizes over the pixel budget, and missing or corrupt g
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import warnings
@@ -16,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from tilesegd.errors import IncompatibleInputError, InputError
+from tilesegd.ledger import holds_run, outputs_present
 
+log = logging.getLogger(__name__)
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jpg", ".jpeg", ".png")
 PLAIN_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
@@ -77,37 +80,86 @@ class Scene:
         return self.width * self.height / 1e6
 
 
-def discover(inputs: list[str | os.PathLike[str]]) -> list[Path]:
+def discover(
+    inputs: list[str | os.PathLike[str]], output: str | os.PathLike[str] | None = None
+) -> list[Path]:
     """Expand files and directories into the list of raster files to process.
 
     Directories are searched recursively for ``.tif .tiff .vrt .jpg .jpeg .png`` (any case);
-    hidden files and folders (``.name``) are skipped. Order is sorted and stable.
+    hidden files and folders (``.name``) are skipped, and so are tilesegd's own outputs (see
+    :func:`output_folder`): the ``output`` folder, folders holding a run, and scene folders,
+    so a rerun into a folder inside its input never reads its masks and previews as scenes.
+    One warning names the folders skipped. Files named in ``inputs`` are always taken. Order
+    is sorted and stable.
 
     Raises:
         InputError: an input path does not exist, or nothing was found.
     """
     found: list[Path] = []
+    skipped: dict[Path, str] = {}
+    out = Path(output).resolve() if output is not None else None
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            for f in sorted(p.rglob("*")):
-                rel = f.relative_to(p).parts
-                if (
-                    f.is_file()
-                    and f.suffix.lower() in RASTER_SUFFIXES
-                    and not any(part.startswith(".") for part in rel)
-                ):
-                    found.append(f)
+            found += search_folder(p, out, skipped)
         elif p.is_file():
             found.append(p)
         else:
             raise InputError(f"{p}: no such file or directory; check the --input path")
+    said = "; ".join(f"{d} ({why})" for d, why in skipped.items())
     if not found:
-        raise InputError(
-            f"no raster files (.tif .tiff .vrt .jpg .jpeg .png) found in {', '.join(map(str, inputs))}"
+        where = ", ".join(map(str, inputs)) + (
+            f" (skipped tilesegd outputs: {said})" if said else ""
         )
+        raise InputError(f"no raster files (.tif .tiff .vrt .jpg .jpeg .png) found in {where}")
+    if skipped:
+        log.warning("searching the inputs for scenes, skipped tilesegd outputs: %s", said)
     seen: set[Path] = set()
     return [f for f in found if not (f.resolve() in seen or seen.add(f.resolve()))]
+
+
+def search_folder(root: Path, output: Path | None, skipped: dict[Path, str]) -> list[Path]:
+    """The raster files under ``root``, sorted; folders of tilesegd outputs are not entered
+    and are added to ``skipped`` (folder -> reason). ``root`` itself is searched unless it is
+    a scene folder: a run's folder named as input gives the scenes beside its outputs."""
+    found: list[Path] = []
+    why = output_folder(root, None, top=True)
+    if why:
+        skipped[root] = why
+        return found
+    for here, dirs, files in os.walk(root):
+        keep = []
+        for sub in (Path(here, d) for d in dirs if not d.startswith(".")):
+            why = output_folder(sub, output)
+            if why:
+                skipped[sub] = why
+            else:
+                keep.append(sub.name)
+        dirs[:] = keep  # os.walk enters only these
+        found += [
+            Path(here, f)
+            for f in files
+            if not f.startswith(".")
+            and Path(f).suffix.lower() in RASTER_SUFFIXES
+            and Path(here, f).is_file()
+        ]
+    return sorted(found)
+
+
+def output_folder(folder: Path, output: Path | None, *, top: bool = False) -> str | None:
+    """Why ``folder`` holds tilesegd outputs rather than scenes (``None``: it does not): it is
+    the run's ``output`` folder (resolved), a folder holding a tilesegd run (``run.json``, see
+    :func:`tilesegd.ledger.holds_run`), or a published scene folder (``mask.tif``,
+    ``pred.zarr``, ``areas.csv``). With ``top`` (a folder named as input) only the last."""
+    if outputs_present(folder):
+        return "a tilesegd scene's outputs"
+    if top:
+        return None
+    if output is not None and folder.resolve() == output:
+        return "the --output folder"
+    if holds_run(folder):
+        return "a tilesegd run's outputs, run.json"
+    return None
 
 
 def scene_names(paths: list[Path]) -> list[str]:
