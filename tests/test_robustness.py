@@ -482,7 +482,7 @@ def test_run_json_write_failure_is_an_output_error(model, scenes, tmp_path, monk
 
     monkeypatch.setattr(ledger, "write_json_atomic", full)
     r = run_cli(scenes / "good.tif", model, tmp_path / "o")
-    assert r.exit_code == 6 and "disk is full" in r.output and "Traceback" not in r.output
+    assert r.exit_code == 6 and "disk full" in r.output and "Traceback" not in r.output
 
 
 def _unshare_works() -> bool:

@@ -362,14 +362,14 @@ def test_a_failed_write_leaves_no_file(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(pyogrio.raw, "write", full)
     out = tmp_path / "out"
     out.mkdir()
-    with pytest.raises(OutputError, match=r"zones\.gpkg: could not be written.*No space left"):
+    with pytest.raises(OutputError, match=r"zones\.gpkg: disk full.*No space left.*rerun"):
         counter.write_gpkg(out / "zones.gpkg", CLASSES)
 
     def disk_full(self, rows) -> None:  # the temporary file is open and half-written
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(csv.DictWriter, "writerows", disk_full)
-    with pytest.raises(OutputError, match=r"zones\.csv: could not be written"):
+    with pytest.raises(OutputError, match=r"zones\.csv: disk full"):
         counter.write_csv(out / "zones.csv", CLASSES)
     assert list(out.iterdir()) == []
 

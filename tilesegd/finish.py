@@ -24,6 +24,7 @@ import numpy as np
 
 from tilesegd import __version__
 from tilesegd.areas import AreaCounter, row_pixel_areas, write_areas_csv
+from tilesegd.errors import writing
 from tilesegd.ledger import SCENE_OUTPUTS, input_stat, output_paths, publish
 from tilesegd.plan import RunSetup, ScenePlan
 from tilesegd.products import ProductSinks
@@ -169,7 +170,8 @@ def write_mask_and_products(plan: ScenePlan, run: RunSetup, which: set[str]) -> 
                 "tilesegd bug (or the work store was changed by hand): please report it"
             )
     done.entry = sinks.entry()
-    write_areas_csv(plan.work / "areas.csv", done.areas.rows(spec.classes))
+    with writing(plan.work / "areas.csv"):
+        write_areas_csv(plan.work / "areas.csv", done.areas.rows(spec.classes))
     return done
 
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import errno
 import fcntl
 import hashlib
 import json
@@ -47,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from tilesegd import __version__
-from tilesegd.errors import LockedError, OutputError, TilesegdError
+from tilesegd.errors import LockedError, OutputError, TilesegdError, output_failure, writing
 
 log = logging.getLogger(__name__)
 
@@ -116,20 +115,12 @@ def write_json_atomic(path: Path, data: Any) -> None:
             tmp.unlink()
 
 
-def is_disk_full(exc: BaseException) -> bool:
-    """True for "no space left" errors: ``OSError(ENOSPC / EDQUOT)`` or GDAL's messages."""
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    text = str(exc).lower()
-    return "no space left" in text or "free disk space" in text or "disk quota" in text
-
-
 def output_error(output: Path, exc: OSError) -> OutputError:
-    """The :class:`OutputError` (exit 6) for an output that could not be written."""
-    what = "the disk is full" if is_disk_full(exc) else "it cannot be written"
-    return OutputError(
-        f"{output}: {what} ({' '.join(str(exc).split())[:160]}); free space or fix permissions, "
-        "then rerun the same command to resume"
+    """The :class:`OutputError` (exit 6) for a file under ``output`` that could not be written
+    (:func:`tilesegd.errors.output_failure`)."""
+    return output_failure(exc, output, writing=True) or OutputError(
+        f"{output}: cannot be written ({' '.join(str(exc).split())[:160]}); check its "
+        "permissions and free space, then rerun the same command to resume"
     )
 
 
@@ -404,21 +395,13 @@ class RunLedger:
         """Record ``exc`` as the scene's failure and log it; return the error that must end the
         run (an output cannot be written, the disk is full), or ``None`` to go on with the next
         scene (a bad scene never stops the others)."""
-        fatal: TilesegdError | None = None
-        if is_disk_full(exc):
-            fatal = OutputError(
-                f"{self.output}: disk full while writing {Path(path).stem} "
-                f"({' '.join(str(exc).split())[:120]}); free space and rerun the same command "
-                "to resume"
-            )
+        fatal: TilesegdError | None = output_failure(exc, self.output)
+        if fatal is not None:
             error = str(fatal)
         elif isinstance(exc, TilesegdError):
             error = str(exc)
-            if isinstance(exc, OutputError):
-                fatal = exc
         elif isinstance(exc, OSError):
-            fatal = output_error(self.output, exc) if _is_output(exc, self.output) else None
-            error = str(fatal) if fatal else f"{path}: {' '.join(str(exc).split())}"
+            error = f"{path}: {' '.join(str(exc).split())}"
         else:
             log.debug("unexpected error", exc_info=exc)
             error = f"{path}: internal error {type(exc).__name__}: {exc}"
@@ -433,10 +416,8 @@ class RunLedger:
         Raises:
             OutputError: it cannot be written (exit 6).
         """
-        try:
+        with writing(self.path):
             write_json_atomic(self.path, self.doc)
-        except OSError as exc:
-            raise output_error(self.output, exc) from None
 
     def finish(self, interrupted: bool) -> str:
         """Write ``summary.csv`` and the final ``run.json``; return the run's status
@@ -494,11 +475,12 @@ class RunLedger:
         self._zones_summary()
         tmp = self.output / f".{SUMMARY_CSV}.tmp-{os.getpid()}"
         try:
-            with open(tmp, "w", newline="") as fh:
-                w = csv.DictWriter(fh, fieldnames=("scene", *AREA_COLUMNS, "polygons"))
-                w.writeheader()
-                w.writerows(rows)
-            os.replace(tmp, self.output / SUMMARY_CSV)
+            with writing(self.output / SUMMARY_CSV):
+                with open(tmp, "w", newline="") as fh:
+                    w = csv.DictWriter(fh, fieldnames=("scene", *AREA_COLUMNS, "polygons"))
+                    w.writeheader()
+                    w.writerows(rows)
+                os.replace(tmp, self.output / SUMMARY_CSV)
         finally:
             with contextlib.suppress(OSError):
                 tmp.unlink()
@@ -506,14 +488,5 @@ class RunLedger:
         self.doc["outputs"] = {
             f: str(self.output / f) for f in run_files if (self.output / f).is_file()
         }
-        write_json_atomic(self.path, self.doc)
-
-
-def _is_output(exc: OSError, output: Path) -> bool:
-    """Whether an OSError is about a path under the output directory (permissions, read-only
-    filesystem...), which no later scene could escape either."""
-    names = [getattr(exc, "filename", None), getattr(exc, "filename2", None)]
-    out = str(Path(output).resolve())
-    if any(n and str(Path(str(n)).resolve()).startswith(out) for n in names):
-        return True
-    return exc.errno in (errno.EACCES, errno.EROFS) and out in str(exc)
+        with writing(self.path):
+            write_json_atomic(self.path, self.doc)

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from tilesegd.areas import AREA_COLUMNS, row_pixel_areas
-from tilesegd.errors import OutputError
+from tilesegd.errors import writing
 from tilesegd.pixelgrid import place, rasterize_window
 from tilesegd.spec import ClassInfo
 from tilesegd.tiling import Win
@@ -329,25 +329,18 @@ def atomic_write(path: Path, write: Callable[[Path], None], suffix: str = "") ->
     appears at ``path``.
 
     Raises:
-        OutputError: ``write`` or the rename failed with an OSError or a GDAL error.
+        OutputError: ``write`` or the rename failed with an I/O error (an OSError, GDAL,
+            pyogrio: :func:`tilesegd.errors.output_failure`); other errors pass through.
     """
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}{suffix}")
     try:
-        write(tmp)
-        os.replace(tmp, path)
-    except Exception as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OutputError) or not _is_io_error(exc):
-            raise
-        raise OutputError(
-            f"{path}: could not be written ({str(exc)[:200]}); check free space and "
-            "permissions of the output directory, then rerun (finished scenes are kept)"
-        ) from exc
+        with writing(path):  # classified before the temporary file frees its space
+            write(tmp)
+            os.replace(tmp, path)
+    finally:
+        for p in (tmp, *(Path(f"{tmp}{side}") for side in ("-journal", "-wal", "-shm"))):
+            p.unlink(missing_ok=True)  # with SQLite's side files (GeoPackages)
     return path
-
-
-def _is_io_error(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) or type(exc).__module__.startswith("pyogrio")
 
 
 def _write_rows(path: Path, columns: Sequence[str], rows: list[dict[str, Any]]) -> None:

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from tilesegd.errors import writing
 from tilesegd.gdalenv import gdal_env
 from tilesegd.spec import NODATA, ClassInfo
 from tilesegd.tiling import Block
@@ -116,8 +117,9 @@ def write_cog(
 
     Raises:
         ValueError: an unknown ``kind``, or ``"mask"`` without classes.
-        rasterio.errors.RasterioIOError / OSError: a file cannot be written (disk full); no
-            partial file is left at ``path`` or its sidecars' paths.
+        OutputError: a file cannot be written (disk full, permissions: the message names
+            it); no partial file is left at ``path`` or its sidecars' paths. Errors of
+            ``read_block`` and ``on_block`` pass through.
     """
     import rasterio.shutil
 
@@ -133,17 +135,21 @@ def write_cog(
     staged = {p: p.with_name(f".{p.name}.tmp-style") for p in styles}
     comp = None if compress.lower() == "none" else compress.upper()
     placed: list[Path] = []
-    try:
+    try:  # each write names its file if it fails (a full disk: OutputError, exit 6)
         with gdal_env(GDAL_TIFF_INTERNAL_MASK=True):
-            _write_gtiff(tmp, blocks, read_block, height, width, crs, transform, on_block)
-            _decorate(tmp, spec, classes, tags)
-            rasterio.shutil.copy(tmp, tmp_cog, driver="COG", **_cog_options(comp, spec))
+            _write_gtiff(path, tmp, blocks, read_block, height, width, crs, transform, on_block)
+            with writing(path):
+                _decorate(tmp, spec, classes, tags)
+                rasterio.shutil.copy(tmp, tmp_cog, driver="COG", **_cog_options(comp, spec))
         for final, text in styles.items():
-            staged[final].write_text(text, encoding="utf-8")
+            with writing(final):
+                staged[final].write_text(text, encoding="utf-8")
         for final, tmp_style in staged.items():  # sidecars first: a raster has its sidecars
-            os.replace(tmp_style, final)
+            with writing(final):
+                os.replace(tmp_style, final)
             placed.append(final)
-        os.replace(tmp_cog, path)
+        with writing(path):
+            os.replace(tmp_cog, path)
     except BaseException:
         for p in placed:  # no sidecars without their raster
             p.unlink(missing_ok=True)
@@ -163,6 +169,7 @@ def _sidecar_texts(spec: RasterKind, classes: Sequence[ClassInfo]) -> list[str]:
 
 
 def _write_gtiff(
+    path: Path,
     tmp: Path,
     blocks: Iterable[Block],
     read_block: Callable[[Block], np.ndarray],
@@ -172,8 +179,8 @@ def _write_gtiff(
     transform: Any,
     on_block: Callable[[Block, np.ndarray], None] | None,
 ) -> None:
-    """Copy the blocks into a tiled, uncompressed GeoTIFF (the COG step compresses once:
-    DEFLATE twice cost ~2x here)."""
+    """Copy the blocks into ``tmp``, a tiled, uncompressed GeoTIFF (the COG step compresses
+    once: DEFLATE twice cost ~2x here); its write failures are those of ``path``."""
     import rasterio
 
     profile = dict(
@@ -190,12 +197,18 @@ def _write_gtiff(
     )
     if crs is not None:
         profile.update(crs=crs, transform=transform)
-    with rasterio.open(tmp, "w", **profile) as dst:
+    with writing(path):
+        dst = rasterio.open(tmp, "w", **profile)
+    try:
         for block in blocks:
             values = read_block(block)
-            dst.write(values, 1, window=block.window.to_rasterio())
+            with writing(path):  # GDAL flushes its block cache here: a full disk shows here
+                dst.write(values, 1, window=block.window.to_rasterio())
             if on_block is not None:
                 on_block(block, values)
+    finally:
+        with writing(path):  # ...or here
+            dst.close()
 
 
 def _decorate(

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from tilesegd.errors import ConfigError, OutputError
+from tilesegd.errors import ConfigError, OutputError, output_failure
 from tilesegd.spec import ClassInfo
 from tilesegd.tiling import Block
 from tilesegd.writers.regions import Region, RegionTracer
@@ -294,9 +294,8 @@ class PolygonWriter:
                     append=self._tmp.exists(),
                 )
         except (OSError, DataSourceError, DataLayerError) as e:
-            raise OutputError(
-                f"{self.path}: cannot write the polygons ({' '.join(str(e).split())[:160]}); "
-                "free disk space or fix permissions, then rerun"
+            raise output_failure(e, self.path, writing=True) or OutputError(
+                f"{self.path}: {e}"
             ) from e
 
     def _commit(self) -> None:
@@ -308,7 +307,9 @@ class PolygonWriter:
                 os.close(fd)
             os.replace(self._tmp, self.path)
         except OSError as e:
-            raise OutputError(f"{self.path}: cannot move the polygons into place ({e})") from e
+            raise output_failure(e, self.path, writing=True) or OutputError(
+                f"{self.path}: {e}"
+            ) from e
 
     def _remove_temporary(self) -> None:
         for p in (self._tmp, *(Path(f"{self._tmp}{s}") for s in SQLITE_SIDE_FILES)):

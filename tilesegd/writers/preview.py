@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from tilesegd.errors import writing
 from tilesegd.spec import NODATA, ClassInfo
 
 _preloading: threading.Thread | None = None
@@ -151,6 +152,10 @@ def write_preview(
         max_size: longest side of each panel in pixels (the data is decimated to at most
             this size, never enlarged; a smaller scene is drawn with nearest-neighbour pixels).
         sampled: the image collected while the scene was segmented (used when complete).
+
+    Raises:
+        OutputError: the PNG cannot be written (disk full, permissions); nothing is left at
+            ``path`` nor beside it.
     """
     import matplotlib
 
@@ -201,7 +206,11 @@ def write_preview(
     fig.suptitle(title, fontsize=10)
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with writing(path):
+            fig.savefig(tmp)
+            os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
     return path

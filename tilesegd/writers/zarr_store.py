@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from tilesegd.errors import writing
 from tilesegd.spec import NODATA
 from tilesegd.tiling import Block, Tile
 
@@ -46,6 +47,9 @@ class ZarrMaskStore:
             ``probs`` array.
         confidence: also hold ``confidence`` (H, W) uint8: the top class's probability x 100,
             255 = nodata.
+
+    Raises:
+        OutputError: a new store cannot be written (disk full, permissions: nothing is left).
     """
 
     def __init__(
@@ -65,10 +69,16 @@ class ZarrMaskStore:
         group = self._existing(attrs.get("fingerprint"), wanted)
         if group is None:
             self.log_path.unlink(missing_ok=True)
-            group = create_store(self.path, shape, chunks, attrs, num_classes, probs_chunks)
-            if confidence:
-                create_confidence(group, shape, chunks, attrs)
-            _consolidate(self.path)
+            try:
+                with writing(self.path):
+                    group = create_store(self.path, shape, chunks, attrs, num_classes,
+                                         probs_chunks)  # fmt: skip
+                    if confidence:
+                        create_confidence(group, shape, chunks, attrs)
+                    _consolidate(self.path)
+            except BaseException:  # no half-made store: the next run starts it afresh
+                shutil.rmtree(self.path, ignore_errors=True)
+                raise
         self._repair_log()
         self._bind(group)
 
@@ -125,23 +135,38 @@ class ZarrMaskStore:
 
     def write_block(self, block: Block, ids: np.ndarray) -> None:
         """Write one block's (h, w) uint8 ids, then record it as done with its count of
-        class-id (non-255) pixels (thread-safe)."""
-        self.mask[block.window.slices] = ids
+        class-id (non-255) pixels (thread-safe).
+
+        Raises:
+            OutputError: the chunk or the log cannot be written (disk full, permissions).
+        """
+        with writing(self.path):
+            self.mask[block.window.slices] = ids
         n = ids.size - int(np.count_nonzero(ids == NODATA))
-        with self._lock, open(self.log_path, "a") as f:
+        with writing(self.log_path), self._lock, open(self.log_path, "a") as f:
             f.write(f"{block.id} {n}\n")
             f.flush()
             os.fsync(f.fileno())
 
     def write_probs(self, tile: Tile, probs: np.ndarray) -> None:
-        """Write one tile core's (K, h, w) float16 probabilities."""
+        """Write one tile core's (K, h, w) float16 probabilities.
+
+        Raises:
+            OutputError: the chunks cannot be written.
+        """
         if self.probs is not None:
-            self.probs[(slice(None), *tile.core.slices)] = probs
+            with writing(self.path):
+                self.probs[(slice(None), *tile.core.slices)] = probs
 
     def write_confidence(self, block: Block, confidence: np.ndarray) -> None:
-        """Write one block's (h, w) uint8 confidence (before :meth:`write_block` logs it)."""
+        """Write one block's (h, w) uint8 confidence (before :meth:`write_block` logs it).
+
+        Raises:
+            OutputError: the chunk cannot be written.
+        """
         if self.confidence is not None:
-            self.confidence[block.window.slices] = confidence
+            with writing(self.path):
+                self.confidence[block.window.slices] = confidence
 
     def read_block(self, block: Block) -> np.ndarray:
         """(h, w) uint8 ids of one block."""
