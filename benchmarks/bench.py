@@ -14,7 +14,7 @@ Suites (scenes from ``make_scenes.py``; the smoke suite generates a tiny one):
   would need).
 * ``full`` = ``unet`` + ``scale``; ``gpu``: the trained LoveDA demo model (``trained.py``
   trains it once if missing) in fp16 on the 32768^2 scene (a gigapixel) and the 8192^2 one, at
-  tilesegd's default geometry rule for the device (``tilesegd.geometry``): model only on the
+  tilesegd's default geometry rule for the device (``tilesegd.inference.geometry``): model only on the
   same tiles vs tilesegd, plus peers at 8192^2.
 
 Results: ``<out>/results_<suite>.json`` and the tables in ``<out>/RESULTS.md`` (between the

@@ -83,8 +83,8 @@ def one(spec: dict[str, Any]) -> dict[str, Any]:
         "client_torch_threads": torch.get_num_threads(),
     }
     if spec["options"].get("cluster"):
+        from tilesegd.batch.cluster import open_client
         from tilesegd.config import RunConfig
-        from tilesegd.dask_cluster import open_client
 
         t0 = time.perf_counter()
         client, cluster = open_client(RunConfig(**spec["options"]))

@@ -61,8 +61,8 @@ class CheckTimer:
     """Wraps the three checks with timers (or no-ops) by monkeypatching their modules."""
 
     def __init__(self, disabled: bool) -> None:
-        import tilesegd.finish as runner
-        import tilesegd.stitch as stitch
+        import tilesegd.batch.finish as runner
+        import tilesegd.inference.stitch as stitch
 
         self.seconds = 0.0
         self.saved = [

@@ -43,7 +43,7 @@ def build(folder: Path) -> tuple[Path, Path]:
     """The TorchScript and ONNX files of the same random-weight Unet-mobilenet_v2."""
     import segmentation_models_pytorch as smp
 
-    from tilesegd.onnx_model import write_metadata
+    from tilesegd.model.onnx_model import write_metadata
 
     ts = models.build("unet", K, folder)
     torch.manual_seed(0)
@@ -83,8 +83,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     import onnxruntime
 
-    from tilesegd.engine import Engine
-    from tilesegd.model_file import load_model
+    from tilesegd.inference.engine import Engine
+    from tilesegd.model.model_file import load_model
 
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as d:

@@ -9,7 +9,7 @@ The mask is a generated land-cover scene written block by block into a Zarr stor
 whole scene. Fields and water from two octaves of value noise (classes water, background, tree,
 grass), buildings as rectangles on a jittered 32-px grid (about 55 % of the cells), and a
 nodata collar with a slanted edge: about 150,000 regions at 16384^2. The measured process
-opens the store and runs :class:`tilesegd.writers.polygons.PolygonWriter` over the blocks read
+opens the store and runs :class:`tilesegd.outputs.polygons.PolygonWriter` over the blocks read
 with ``ZarrMaskStore.read_block``, the default classes (all but background), then every class
 at the largest size (the background is one region spanning the scene, with every building as a
 hole: the largest region the frontier can hold). It reports wall and CPU seconds, peak RSS
@@ -92,8 +92,8 @@ def scene_window(r0: int, c0: int, h: int, w: int) -> np.ndarray:
 
 def make_store(size: int) -> Path:
     """``DATA/scene_<size>.zarr``: the generated mask, written block by block (cached)."""
-    from tilesegd.tiling import TileGrid
-    from tilesegd.writers.zarr_store import ZarrMaskStore
+    from tilesegd.outputs.zarr_store import ZarrMaskStore
+    from tilesegd.raster.tiling import TileGrid
 
     path = DATA / f"scene_{size}" / "pred.zarr"
     if (path.parent / "complete").exists():
@@ -112,10 +112,10 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     from rasterio.crs import CRS
     from rasterio.transform import from_origin
 
-    from tilesegd.model_file import ClassInfo
-    from tilesegd.tiling import TileGrid
-    from tilesegd.writers.polygons import PolygonWriter, resolve_keep
-    from tilesegd.writers.zarr_store import ZarrMaskStore
+    from tilesegd.model.model_file import ClassInfo
+    from tilesegd.outputs.polygons import PolygonWriter, resolve_keep
+    from tilesegd.outputs.zarr_store import ZarrMaskStore
+    from tilesegd.raster.tiling import TileGrid
 
     size = spec["size"]
     store = ZarrMaskStore.reopen(spec["store"])

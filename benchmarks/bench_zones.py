@@ -106,10 +106,10 @@ def bench_zones(size: int, n_zones: int, work: Path) -> dict[str, Any]:
     from rasterio.crs import CRS
     from rasterio.transform import from_origin
 
-    from tilesegd.model_file import ClassInfo
-    from tilesegd.tiling import TileGrid
-    from tilesegd.vectors import load_polygons
-    from tilesegd.zones import ZoneCounter
+    from tilesegd.model.model_file import ClassInfo
+    from tilesegd.outputs.zones import ZoneCounter
+    from tilesegd.raster.tiling import TileGrid
+    from tilesegd.vector.layers import load_polygons
 
     crs, transform = CRS.from_epsg(32633), from_origin(*ORIGIN, PIXEL, PIXEL)
     grid = TileGrid(size, size, 512, 64, 32, 2048)
@@ -163,9 +163,9 @@ def bench_aoi(size: int, work: Path) -> dict[str, Any]:
     from rasterio.crs import CRS
     from rasterio.transform import from_origin
 
-    from tilesegd.aoi import SceneAOI
-    from tilesegd.tiling import TileGrid
-    from tilesegd.vectors import load_polygons
+    from tilesegd.raster.tiling import TileGrid
+    from tilesegd.vector.aoi import SceneAOI
+    from tilesegd.vector.layers import load_polygons
 
     crs, transform = CRS.from_epsg(32633), from_origin(*ORIGIN, PIXEL, PIXEL)
     grid = TileGrid(size, size, 512, 64, 32, 2048)

@@ -7,7 +7,7 @@ tile the peak resident memory of a fresh process that runs three engine calls of
 does), above the memory it held before (model loaded): the budget's CPU peak, against the rule's
 prediction (``tile^2 x call_bytes_per_pixel``, with the file's own figure or the calibrated
 default) and against the bytes of tensors torch's profiler sees
-(:func:`tilesegd.halo.measure_activation_bytes`).
+(:func:`tilesegd.model.halo.measure_activation_bytes`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def one_call(model: str, tile: int) -> dict[str, float]:
     import numpy as np
     import torch
 
-    from tilesegd.engine import Engine
+    from tilesegd.inference.engine import Engine
 
     torch.set_num_threads(2)
     engine = Engine.from_file(model, device="cpu", batch_size=1)
@@ -55,9 +55,9 @@ def main() -> None:
     if a.one:
         print(json.dumps(one_call(a.model, a.one)))
         return
-    from tilesegd.geometry import CPU_BUDGET, call_bytes_per_pixel, resolve_geometry
-    from tilesegd.halo import measure_activation_bytes
-    from tilesegd.model_file import load_model
+    from tilesegd.inference.geometry import CPU_BUDGET, call_bytes_per_pixel, resolve_geometry
+    from tilesegd.model.halo import measure_activation_bytes
+    from tilesegd.model.model_file import load_model
 
     m = load_model(a.model)
     act = measure_activation_bytes(m.module, m.spec.in_channels, m.spec.multiple)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from tilesegd.model_file import ModelSpec, save_model
+from tilesegd.model.model_file import ModelSpec, save_model
 
 MEAN = [0.485, 0.456, 0.406]
 STD = [0.229, 0.224, 0.225]

@@ -4,7 +4,7 @@
 
 Runs every RGB uint8 scene of the folder through one engine (as one ``tilesegd run`` does),
 with the same geometry, twice: short batches padded to the batch size (the old engine) and
-trimmed where verified (:meth:`tilesegd.engine.Engine._call_padded`), and prints the real tiles,
+trimmed where verified (:meth:`tilesegd.inference.engine.Engine._call_padded`), and prints the real tiles,
 the tiles computed (``Engine.slots``: padding and verification calls included), the seconds,
 and whether the masks are identical. Geometries: ``--tile-size`` / ``--overlap`` / ``--batch``
 (a user's small tiles, where batches hold several tiles) and the default rule.
@@ -39,9 +39,9 @@ def run(
     """One pass over ``images`` with a fresh engine; counts, seconds and the masks."""
     import torch
 
-    from tilesegd.engine import Engine
-    from tilesegd.geometry import resolve_geometry
-    from tilesegd.pipeline import predict_array
+    from tilesegd.inference.engine import Engine
+    from tilesegd.inference.geometry import resolve_geometry
+    from tilesegd.inference.pipeline import predict_array
 
     torch.set_num_threads(2)
     engine = Engine.from_file(model, device="cpu")

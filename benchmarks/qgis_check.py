@@ -4,7 +4,7 @@ Two halves, one file:
 
 - ``python benchmarks/qgis_check.py --write DIR`` (the project's venv: it imports tilesegd)
   writes a small ``mask.tif`` (+ ``mask.qml``, ``mask.tif.aux.xml``) and ``confidence.tif``
-  (+ ``confidence.qml``) with :func:`tilesegd.writers.cog.write_cog`.
+  (+ ``confidence.qml``) with :func:`tilesegd.outputs.cog.write_cog`.
 - ``QT_QPA_PLATFORM=offscreen /usr/bin/python3 benchmarks/qgis_check.py [DIR]`` (the system
   Python with QGIS: ``apt-get install python3-qgis qgis-providers``) loads them as
   ``QgsRasterLayer`` objects, prints what QGIS and GDAL (QGIS's ``osgeo.gdal``) see, renders the
@@ -45,9 +45,9 @@ def write(folder: Path) -> None:
     import numpy as np
     from rasterio.transform import from_origin
 
-    from tilesegd.model_file import ClassInfo
-    from tilesegd.tiling import TileGrid
-    from tilesegd.writers.cog import write_cog
+    from tilesegd.model.model_file import ClassInfo
+    from tilesegd.outputs.cog import write_cog
+    from tilesegd.raster.tiling import TileGrid
 
     folder.mkdir(parents=True, exist_ok=True)
     mask = expected_mask()

@@ -20,10 +20,10 @@ matrix summed over the test frames: mIoU over classes present, pixel accuracy):
   noise, batch 3, cross-entropy, AdamW (lr 1e-3, weight decay 1e-4) + OneCycle, NCHW float32.
   It predicts a test frame resized the same way and brings the ids back to the frame by nearest.
   Inputs are normalised with the training frames' mean / std, as tilesegd does.
-* ``tilesegd ...``: :func:`tilesegd.train.loop.train` with the recipe's settings (4 epochs,
+* ``tilesegd ...``: :func:`tilesegd.training.loop.train` with the recipe's settings (4 epochs,
   validation on a 20 % row strip of the training frames, the best epoch's ``model.ts``),
   scored through the deployed tiled path at the model's resolution
-  (:func:`tilesegd.train.validate.score_store`).
+  (:func:`tilesegd.training.validate.score_store`).
 
 Results: ``benchmarks/results/recipes.json`` (appended run by run; finished runs are skipped on
 a rerun) and a Markdown table on stdout.
@@ -100,7 +100,7 @@ def make_frames(name: str, work: Path, seed: int = 0) -> tuple[Path, Path]:
 
     from rasterio.windows import Window
 
-    from tilesegd.labels import find_pairs, open_raster
+    from tilesegd.raster.labels import find_pairs, open_raster
 
     spec = SETS[name]
     src = SHARED / spec["src"]
@@ -160,8 +160,8 @@ def tutorial_augment(size: tuple[int, int]):
 
 def frames(folder: Path):
     """``(store, stats)`` of a frame folder at native resolution (tilesegd's reader and scan)."""
-    from tilesegd.labels import find_pairs, read_classes
-    from tilesegd.train.data import PairStore, scan
+    from tilesegd.raster.labels import find_pairs, read_classes
+    from tilesegd.training.data import PairStore, scan
 
     store = PairStore(
         find_pairs(folder / "images", folder / "masks"), read_classes(folder / "classes.csv")
@@ -209,7 +209,7 @@ def train_baseline(folder: Path, budget: float, seed: int) -> tuple[Any, dict[st
     def predict(image: np.ndarray) -> np.ndarray:
         import cv2
 
-        from tilesegd.regrid import to_native
+        from tilesegd.raster.regrid import to_native
 
         x = cv2.resize(
             image.transpose(1, 2, 0).astype(np.float32) / st.input_scale,
@@ -233,7 +233,7 @@ def train_baseline(folder: Path, budget: float, seed: int) -> tuple[Any, dict[st
 
 def score_baseline(predict, folder: Path) -> dict[str, Any]:
     """Confusion of the baseline's predictions on the test frames at native resolution."""
-    from tilesegd.metrics import confusion_matrix, scores
+    from tilesegd.evaluation.metrics import confusion_matrix, scores
 
     store, _ = frames(folder)
     k = store.classmap.num_classes
@@ -248,8 +248,8 @@ def train_tilesegd(
     folder: Path, out: Path, recipe: dict[str, Any], budget: float, seed: int
 ) -> dict[str, Any]:
     """``tilesegd train`` at ``budget`` megapixels; returns timing and validation info."""
-    from tilesegd.train.config import TrainConfig
-    from tilesegd.train.loop import train
+    from tilesegd.training.config import TrainConfig
+    from tilesegd.training.loop import train
 
     opts = {**BASE, **recipe}
     epochs = 4
@@ -269,7 +269,7 @@ def train_tilesegd(
         **opts,
     ).validate()
     train(cfg, progress=False)
-    from tilesegd.train.checkpoint import load_checkpoint
+    from tilesegd.training.checkpoint import load_checkpoint
 
     _, st = load_checkpoint(out / "best.ckpt")
     pixels = epochs * steps * opts["batch_size"] * opts["tile_size"] ** 2
@@ -283,12 +283,12 @@ def train_tilesegd(
 def score_model(model: Path, folder: Path) -> dict[str, Any]:
     """Score a model file on the test frames: predicted at its resolution (``gsd`` / ``scale``),
     scored at the masks' native resolution."""
-    from tilesegd.engine import Engine
-    from tilesegd.labels import find_pairs, read_classes
-    from tilesegd.scoring import Scorer
-    from tilesegd.train.data import PairStore
-    from tilesegd.train.resample import plan_grids
-    from tilesegd.train.validate import score_store
+    from tilesegd.evaluation.scoring import Scorer
+    from tilesegd.inference.engine import Engine
+    from tilesegd.raster.labels import find_pairs, read_classes
+    from tilesegd.training.data import PairStore
+    from tilesegd.training.resample import plan_grids
+    from tilesegd.training.validate import score_store
 
     engine = Engine.from_file(model, device="cpu", runtime="eager")
     pairs = find_pairs(folder / "images", folder / "masks")

@@ -4,7 +4,7 @@
         --crop 1536 --geometry 256/64 512/128 896/448
 
 Runs the network once on the whole crop (the reference), then
-:func:`tilesegd.pipeline.predict_array` with each ``tile/overlap`` (and with the model file's
+:func:`tilesegd.inference.pipeline.predict_array` with each ``tile/overlap`` (and with the model file's
 own default geometry), and prints the share of pixels whose class id matches the reference,
 over the whole crop and outside a ``--border`` (the scene edge, where tiles see padding that
 whole-image inference does not).
@@ -23,9 +23,9 @@ from rasterio.windows import Window
 def main() -> None:
     import rasterio
 
-    from tilesegd.engine import Engine
-    from tilesegd.model_file import load_model
-    from tilesegd.pipeline import predict_array
+    from tilesegd.inference.engine import Engine
+    from tilesegd.inference.pipeline import predict_array
+    from tilesegd.model.model_file import load_model
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model")

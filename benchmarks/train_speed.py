@@ -8,7 +8,7 @@ are what count; the 1-minute load average is recorded with each round). Every va
 the same initial weights and trains on the same batches of tiles, drawn once by tilesegd's
 sampler (``TileSampler``, with augmentation):
 
-* ``tilesegd``: :meth:`tilesegd.train.loop.TrainRun.step` as ``tilesegd train`` runs it (its
+* ``tilesegd``: :meth:`tilesegd.training.loop.TrainRun.step` as ``tilesegd train`` runs it (its
   defaults: channels-last, bf16 autocast where the CPU has native bf16), plus the sampling of
   the batch (crop, resample, augment, normalise), which the plain loops get for free;
 * ``tilesegd fp32``: the same with autocast off;
@@ -40,9 +40,9 @@ DATA = HERE.parents[1] / "shared" / "data" / "labeled" / "loveda"
 
 def make_run(data: Path, out: Path, tile: int, batch: int, decoder: str, loss: str):
     """A :class:`TrainRun` on ``data`` (a folder with images/, masks/, classes.csv)."""
-    from tilesegd.train.config import TrainConfig
-    from tilesegd.train.loop import TrainRun
-    from tilesegd.train.setup import prepare
+    from tilesegd.training.config import TrainConfig
+    from tilesegd.training.loop import TrainRun
+    from tilesegd.training.setup import prepare
 
     cfg = TrainConfig(
         images=str(data / "images"),
@@ -110,7 +110,7 @@ def sampling_times(
     run, rng: np.random.Generator, batch: int, clock=time.perf_counter
 ) -> dict[str, float]:
     """Seconds to draw a batch with and without augmentation (crop, resample, normalise)."""
-    from tilesegd.train.tiles import TileSampler
+    from tilesegd.training.tiles import TileSampler
 
     s = run.sampler
     bare = TileSampler(s.store, s.regions, s.p * 0 + 1, s.tile, 0.0, False, s.scale, s.mean, s.std)

@@ -142,7 +142,7 @@ def settings(halo: int, quick: bool) -> list[dict[str, Any]]:
 
 def predicted_ratio(s: dict[str, Any], size: int, multiple: int) -> float:
     """Network pixels / scene pixels a fixed-tile tilesegd or MONAI setting will run."""
-    from tilesegd.geometry import pixels_run
+    from tilesegd.inference.geometry import pixels_run
 
     if s["kind"] == "tilesegd" and s.get("tile"):
         return pixels_run(size, size, s["tile"], s["overlap"], multiple) / size**2
@@ -185,7 +185,7 @@ def plan_one(s: dict[str, Any], ctx: dict[str, Any]) -> tuple[dict[str, Any], bo
 
 def run_setting(s: dict[str, Any], ctx: dict[str, Any], rnd: int) -> dict[str, Any]:
     """Run one setting; add its agreement, pixel ratio and (crop runs) scaled seconds."""
-    from tilesegd.geometry import pixels_run
+    from tilesegd.inference.geometry import pixels_run
 
     spec, on_crop = plan_one(s, ctx)
     res = {"label": s["label"], "round": rnd, "on_crop": on_crop, **run_config(spec)}
@@ -237,8 +237,8 @@ def main(argv: list[str] | None = None) -> None:
     import trained_report
     from make_scenes import make_scenes, scene_path
 
-    from tilesegd.halo import measure_activation_bytes
-    from tilesegd.model_file import load_model
+    from tilesegd.model.halo import measure_activation_bytes
+    from tilesegd.model.model_file import load_model
 
     model = ensure_model(args.model)
     loaded = load_model(model)

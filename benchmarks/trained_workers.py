@@ -21,7 +21,7 @@ from common import load_net, peak_rss_mb, write_mask
 
 def model_norm(model: str) -> dict[str, Any]:
     """The model file's normalisation as :func:`common.normalise_` keywords."""
-    from tilesegd.model_file import load_model
+    from tilesegd.model.model_file import load_model
 
     sp = load_model(model).spec
     return {"mean": tuple(sp.mean), "std": tuple(sp.std), "scale": sp.input_scale}
@@ -40,12 +40,12 @@ def run_tilesegd(
 ) -> dict[str, Any]:
     """``tilesegd run`` on one scene through the runner's plan / compute / finish steps (as
     ``workers.run_tilesegd``), at ``tile`` / ``overlap`` (``None``: the default rule of
-    :func:`tilesegd.geometry.resolve_geometry`). ``activation_bytes`` stands in for the model
+    :func:`tilesegd.inference.geometry.resolve_geometry`). ``activation_bytes`` stands in for the model
     file's ``activation_bytes_per_pixel`` (what ``tilesegd train`` would record)."""
+    from tilesegd.batch.runner import RunSetup, compute_blocks, finish_scene, plan_scene
     from tilesegd.config import RunConfig
-    from tilesegd.engine import Engine
-    from tilesegd.geometry import ACTIVATION_KEY
-    from tilesegd.runner import RunSetup, compute_blocks, finish_scene, plan_scene
+    from tilesegd.inference.engine import Engine
+    from tilesegd.inference.geometry import ACTIVATION_KEY
 
     out_dir = Path(out)
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -103,7 +103,7 @@ def run_model_only(model: str, tile_shape: list[int], slots: int, batch: int) ->
     """The network alone (through the engine's path minus I/O: float32 NHWC tensors already
     in memory) on ``slots`` tiles of ``tile_shape`` in calls of ``batch``: the ceiling for the
     tilesegd run that ran those tiles."""
-    from tilesegd.engine import Engine
+    from tilesegd.inference.engine import Engine
 
     engine = Engine.from_file(model, device="cpu")
     net = engine.module

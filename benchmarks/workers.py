@@ -33,12 +33,12 @@ def geometry(
     overlap: int | None,
     batch: int | None,
 ) -> Any:
-    """The run's :class:`~tilesegd.geometry.Geometry`: ``tile`` / ``overlap`` / ``batch`` as
+    """The run's :class:`~tilesegd.inference.geometry.Geometry`: ``tile`` / ``overlap`` / ``batch`` as
     given, ``None`` = tilesegd's default rule for this model on this device (the budget of
-    :func:`~tilesegd.geometry.device_budget`, the precision's bytes per value)."""
-    from tilesegd.engine import resolve_device, resolve_precision
-    from tilesegd.geometry import device_budget, resolve_geometry
-    from tilesegd.model_file import load_model
+    :func:`~tilesegd.inference.geometry.device_budget`, the precision's bytes per value)."""
+    from tilesegd.inference.engine import resolve_device, resolve_precision
+    from tilesegd.inference.geometry import device_budget, resolve_geometry
+    from tilesegd.model.model_file import load_model
 
     dev = resolve_device(device)
     budget, _ = device_budget(dev)
@@ -70,14 +70,14 @@ def run_tilesegd(
     keep_mask: str | None = None,
 ) -> dict[str, Any]:
     """``tilesegd run`` on one scene through the runner's own plan / compute / finish steps
-    (the same calls as :func:`tilesegd.runner.run_scene`), timing each; outputs are removed
+    (the same calls as :func:`tilesegd.batch.runner.run_scene`), timing each; outputs are removed
     afterwards (the mask is first copied to ``keep_mask`` when given). ``tile`` / ``overlap`` /
     ``batch`` ``None``: tilesegd's default geometry rule on this device (:func:`geometry`)."""
     import dataclasses
 
+    from tilesegd.batch.runner import RunSetup, compute_blocks, finish_scene, plan_scene
     from tilesegd.config import RunConfig
-    from tilesegd.engine import Engine
-    from tilesegd.runner import RunSetup, compute_blocks, finish_scene, plan_scene
+    from tilesegd.inference.engine import Engine
 
     out_dir = Path(out)
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -163,7 +163,7 @@ def run_model_only(
     tilesegd runs for ``scene`` at the same geometry (:func:`geometry`; default 512-px tiles,
     64-px overlap), in batches of the same size (the last padded, as tilesegd may). After
     ``max_seconds`` the time is extrapolated per batch."""
-    from tilesegd.engine import resolve_device, resolve_precision
+    from tilesegd.inference.engine import resolve_device, resolve_precision
 
     dev = resolve_device(device)
     dtype = resolve_precision(precision, dev)
@@ -227,7 +227,7 @@ def run_codec(scene: str, out: str, *, workers: int = 2, window: int = 2048) -> 
     import rasterio
     from rasterio.windows import Window
 
-    from tilesegd.writers.cog import COMPRESSION_LEVEL
+    from tilesegd.outputs.cog import COMPRESSION_LEVEL
 
     h, w = _scene_size(scene)
     wins = [

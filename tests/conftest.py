@@ -13,14 +13,14 @@ import pytest
 import torch
 from hypothesis import settings
 
-from tilesegd.model_file import ModelSpec, save_model
+from tilesegd.model.model_file import ModelSpec, save_model
 
 # Hypothesis profiles (issue 26). "ci", the default (make test, .ci/run): derandomised, so a
 # submission's run draws the same examples every time and no run fails on a case unrelated to
 # its change; no example database in a clean clone. "explore" (make test-explore, or
 # HYPOTHESIS_PROFILE=explore): new random examples on every run, EXPLORE_FACTOR times as many,
 # the database kept in .hypothesis/ so a failure found replays until fixed. Every failure found
-# goes into its test as an explicit @example (tests/test_zones.py has one).
+# goes into its test as an explicit @example (tests/outputs/test_zones.py has one).
 EXPLORE_FACTOR = 10
 settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
 settings.register_profile(
@@ -233,7 +233,7 @@ def disk_full_after(blocks: int) -> Iterator[None]:
     """Within the block, the Zarr store "fills the disk": ``ZarrMaskStore.write_block`` writes
     ``blocks`` blocks, then raises ``OSError(ENOSPC)`` (a context manager rather than a fixture,
     so Hypothesis tests can use it once per example)."""
-    from tilesegd.writers.zarr_store import ZarrMaskStore
+    from tilesegd.outputs.zarr_store import ZarrMaskStore
 
     real, written = ZarrMaskStore.write_block, [0]
 

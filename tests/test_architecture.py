@@ -39,20 +39,33 @@ def test_the_import_graph_sees_imports_inside_functions() -> None:
     ``api.run`` imports ``local`` and ``distributed`` only inside the function."""
     grimp = pytest.importorskip("grimp")
     graph = grimp.build_graph("tilesegd")
-    assert graph.direct_import_exists(importer="tilesegd.api", imported="tilesegd.local")
-    assert graph.direct_import_exists(importer="tilesegd.api", imported="tilesegd.distributed")
+    assert graph.direct_import_exists(importer="tilesegd.api", imported="tilesegd.batch.local")
+    assert graph.direct_import_exists(
+        importer="tilesegd.api", imported="tilesegd.batch.distributed"
+    )
 
 
-def test_every_inference_module_is_covered_by_the_training_contract() -> None:
-    """A new module must be placed on one side of the inference / training line."""
+def layers() -> list[str]:
+    """The layers contract's package names, top-down (pyproject.toml)."""
     text = (ROOT / "pyproject.toml").read_text()
-    block = text.split('name = "Inference never imports training')[1].split("[[")[0]
-    listed = set(re.findall(r'"(tilesegd\.[\w.]+)"', block.split("forbidden_modules")[0]))
-    top = {f"tilesegd.{p.stem}" for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
-    top |= {f"tilesegd.{p.name}" for p in PACKAGE.iterdir() if (p / "__init__.py").exists()}
-    allowed_outside = {"tilesegd.api", "tilesegd.cli", "tilesegd.demo", "tilesegd.train"}
-    allowed_outside.add("tilesegd.__main__")
-    assert top - listed - allowed_outside == set(), "add new modules to the contract"
+    block = text.split('type = "layers"')[1].split("[[")[0]
+    return re.findall(r'^\s+"(\w+)",?$', block.split("layers = [")[1].split("]")[0], re.M)
+
+
+def test_every_package_and_module_sits_in_a_layer() -> None:
+    """A new top-level module or package must be placed in the layers contract."""
+    top = {p.stem for p in PACKAGE.glob("*.py")} | {
+        p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()
+    }
+    outside = {"__init__", "__main__", "demo", "version"}
+    assert top - set(layers()) - outside == set(), "add new packages to the layers contract"
+    assert set(layers()) - top == set(), "the layers contract names a package that is gone"
+
+
+def test_tests_mirror_the_packages() -> None:
+    """Every test folder is a package of the library (tests/<package>/test_*.py)."""
+    folders = {p.name for p in (ROOT / "tests").iterdir() if p.is_dir() and p.name[0] not in "._"}
+    assert folders - set(layers()) == set()
 
 
 def function_lengths(path: Path) -> list[tuple[int, str]]:
@@ -89,13 +102,30 @@ def test_no_private_name_is_imported_from_another_module() -> None:
     assert bad == [], "give these a public name in their home module: " + ", ".join(bad)
 
 
-def test_the_readme_module_map_matches_the_code() -> None:
-    """Every module is in the README's development section, and every entry there exists."""
+def readme_map() -> set[str]:
+    """The files the README's module map names, as paths inside ``tilesegd/`` (its tree is
+    indented two spaces per level; a name ending in ``/`` opens a package)."""
     readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Development")[1]
-    tree = section.split("```")[1]
-    named = set(re.findall(r"^\s+([\w/]+\.py)\s", tree, re.M))
+    tree = readme.split("## Development")[1].split("```")[1]
+    named, folders = set(), []
+    for line in tree.splitlines():
+        m = re.match(r"^( +)(\S+)(\s|$)", line)
+        if not m or not (m.group(2).endswith(".py") or m.group(2).endswith("/")):
+            continue
+        depth = len(m.group(1)) // 2 - 1
+        folders = folders[:depth]
+        if m.group(2).endswith("/"):
+            folders.append(m.group(2).rstrip("/"))
+        else:
+            named.add("/".join([*folders, m.group(2)]))
+    return named
+
+
+def test_the_readme_module_map_is_the_package_tree() -> None:
+    """Every module is in the README's development section at its place in the tree, and
+    every entry there exists."""
+    named = readme_map()
     files = {p.relative_to(PACKAGE).as_posix() for p in modules()}
-    files -= {f for f in files if f.endswith("__init__.py") or f == "__main__.py"}
+    files -= {f for f in files if f.endswith("/__init__.py") or f == "__main__.py"}
     assert files - named == set(), "modules missing from the README map"
     assert named - files == set(), "README map names modules that do not exist"

@@ -1,22 +1,26 @@
 """The Python API behind every command: :func:`run`, :func:`train`, :func:`export`,
 :func:`evaluate`.
 
->>> from tilesegd.api import run                                  # doctest: +SKIP
->>> report = run(input=["scenes/"], model="model.ts", output="out/")  # doctest: +SKIP
+>>> import tilesegd                                                        # doctest: +SKIP
+>>> report = tilesegd.run(input=["scenes/"], model="model.ts", output="out/")  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tilesegd.config import RunConfig, resolve
 from tilesegd.errors import ConfigError
+
+if TYPE_CHECKING:
+    from tilesegd.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +72,8 @@ def run(
         Interrupted: SIGTERM / SIGINT; finished work is kept, rerun to resume.
         Scene errors do not raise: they are recorded as ``failed`` in ``run.json``.
     """
-    from tilesegd.ledger import clean_stale, make_output_dir, output_lock
-    from tilesegd.scene import discover, scene_names, select_shard
+    from tilesegd.batch.discovery import discover, scene_names, select_shard
+    from tilesegd.batch.ledger import clean_stale, make_output_dir, output_lock
 
     cfg = config or resolve(RunConfig, config_file, options)
     if not cfg.input or not cfg.model or not cfg.output:
@@ -83,30 +87,139 @@ def run(
     with output_lock(output), stop_on_signals() as stop:
         clean_stale(output)
         if cfg.scheduler or cfg.cluster:  # blocks computed by Dask workers
-            from tilesegd.distributed import run_distributed
+            from tilesegd.batch.distributed import run_distributed
 
             return run_distributed(cfg, paths, names, output, stop=stop, progress=progress)
-        from tilesegd.local import run_local
+        from tilesegd.batch.local import run_local
 
         return run_local(cfg, paths, names, output, stop=stop, progress=progress)
 
 
-def train(*args: Any, **kwargs: Any) -> Path:
-    """Train a model (see :func:`tilesegd.train.loop.train`)."""
-    from tilesegd.train.loop import train as train_model
+def train(
+    config: TrainConfig | None = None,
+    *,
+    config_file: str | None = None,
+    progress: bool = True,
+    **options: Any,
+) -> Path:
+    """Train a segmentation network and write its run directory (``model.ts``, checkpoints,
+    ``metrics.csv``, ``config.yaml``).
 
-    return train_model(*args, **kwargs)
+    Args:
+        config: a resolved :class:`~tilesegd.training.config.TrainConfig`; or build one from
+            ``config_file`` (its ``train:`` section) + ``options`` (names as in ``TrainConfig``:
+            ``images``, ``masks``, ``classes``, ``output``, ``epochs``...).
+        progress: show progress per epoch (loss, tiles/s).
+
+    Returns:
+        The run directory.
+
+    Raises:
+        ConfigError: missing or invalid settings, or a resume with changed settings.
+        DatasetError: unmatched pairs, unknown mask values or colours, mixed image types.
+        DeviceError: the device is not available.
+    """
+    from tilesegd.training.config import TrainConfig
+    from tilesegd.training.loop import train as train_model
+
+    cfg = config or resolve(TrainConfig, config_file, options, section="train")
+    return train_model(cfg, progress=progress)
 
 
-def export(*args: Any, **kwargs: Any) -> Path:
-    """Export a checkpoint (see :func:`tilesegd.train.export.export_model`)."""
-    from tilesegd.train.export import export_model
+def export(
+    checkpoint: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    format: str = "torchscript",
+    precision: str = "fp32",
+    tile_size: int | None = None,
+    batch_size: int | None = None,
+    dynamic_size: bool = False,
+    report: dict[str, Any] | None = None,
+) -> Path:
+    """Export a checkpoint (or a run directory: its ``best.ckpt``) to a self-describing model
+    file, after a parity check against the eager network.
 
-    return export_model(*args, **kwargs)
+    Args:
+        checkpoint: ``RUNDIR/best.ckpt``, ``last.ckpt`` or RUNDIR.
+        output: the model file to write.
+        format: ``torchscript``, ``tensorrt`` or ``onnx``.
+        precision: ``fp32``; ``fp16`` for ``tensorrt`` only.
+        tile_size: the suggested (TensorRT, fixed-size ONNX: fixed) tile side in pixels.
+        batch_size: TensorRT's fixed batch size.
+        dynamic_size: ONNX only: dynamic input height / width.
+        report: if given, filled with the parity figures (``max_abs_diff``, ``diff_units``,
+            ``argmax_agreement``).
+
+    Returns:
+        The written path.
+
+    Raises:
+        ConfigError, ModelFileError, DeviceError: as
+        :func:`tilesegd.training.export.export_model`.
+    """
+    from tilesegd.training.export import export_model
+
+    return export_model(
+        checkpoint,
+        output,
+        format,
+        precision,
+        tile_size,
+        batch_size,
+        report=report,
+        dynamic_size=dynamic_size,
+    )
 
 
-def evaluate(*args: Any, **kwargs: Any) -> dict[str, Any]:
-    """Score a model against masks (see :func:`tilesegd.evaluate.evaluate`)."""
-    from tilesegd.evaluate import evaluate as evaluate_model
+def evaluate(
+    model: str | os.PathLike[str],
+    images: str | os.PathLike[str],
+    masks: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    classes: str | os.PathLike[str] | None = None,
+    *,
+    ignore: Sequence[str] = (),
+    device: str = "auto",
+    precision: str = "auto",
+    batch_size: int | None = None,
+    tile_size: int | None = None,
+    overlap: int | None = None,
+    save_predictions: bool = False,
+) -> dict[str, Any]:
+    """Score ``model`` on image / mask pairs (paired by file stem) and write ``metrics.json``,
+    ``per_class.csv`` and ``confusion_matrix.csv`` into ``output``.
 
-    return evaluate_model(*args, **kwargs)
+    Args:
+        model: a model file with its ``tilesegd.json`` spec.
+        images, masks: folders paired by file stem.
+        output: the report folder (created).
+        classes: the masks' classes CSV (default: the model's classes).
+        ignore: class names left out of the scores.
+        device, precision, batch_size, tile_size, overlap: as for :func:`run`.
+        save_predictions: also write ``pred/<stem>.png``.
+
+    Returns:
+        The ``metrics.json`` document (``miou``, ``mean_dice``, ``pixel_accuracy``, ``per_class``,
+        ``confusion_matrix``, ``per_image``).
+
+    Raises:
+        ModelFileError, DatasetError, IncompatibleInputError: as
+        :func:`tilesegd.evaluation.evaluate.evaluate`.
+    """
+    from tilesegd.evaluation.evaluate import evaluate as evaluate_model
+
+    return evaluate_model(
+        model,
+        images,
+        masks,
+        output,
+        classes,
+        ignore=ignore,
+        device=device,
+        precision=precision,
+        batch_size=batch_size,
+        tile_size=tile_size,
+        overlap=overlap,
+        save_predictions=save_predictions,
+    )

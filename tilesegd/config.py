@@ -14,17 +14,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tilesegd.errors import ConfigError
+from tilesegd.inference.runtimes import RUNTIMES
 
 if TYPE_CHECKING:  # pragma: no cover
-    from tilesegd.geometry import Geometry
-    from tilesegd.spec import ModelSpec
+    from tilesegd.inference.geometry import Geometry
+    from tilesegd.model.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 CLUSTERS = ("local", "local-cuda")
-RUNTIMES = ("auto", "eager", "compile", "cudagraph", "tensorrt")
 COMPRESSIONS = ("deflate", "zstd", "lzw", "none")
 
 
@@ -63,7 +63,7 @@ class RunConfig:
             ``None`` = the model file's measured ``overlap``, else 64, or a quarter of tiles
             smaller than 256 px.
         batch_size: tiles per network call (halved automatically on CUDA out-of-memory);
-            ``None`` = :func:`~tilesegd.geometry.default_batch` of the tile size.
+            ``None`` = :func:`~tilesegd.inference.geometry.default_batch` of the tile size.
         device: ``auto`` (CUDA if present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
         precision: ``auto`` (fp16 on CUDA, fp32 on CPU), ``fp32``, ``fp16``, ``bf16``.
         workers: reader / writer threads; with ``cluster: local``, the number of Dask worker
@@ -233,17 +233,17 @@ class RunConfig:
     def geometry(
         self, spec: ModelSpec, budget: int | None = None, dtype_bytes: int = 4
     ) -> Geometry:
-        """This run's tile geometry for a model (see :func:`~tilesegd.geometry.resolve_geometry`).
+        """This run's tile geometry for a model (see :func:`~tilesegd.inference.geometry.resolve_geometry`).
 
         Args:
             budget: the device's memory budget for one network call, bytes (``None``: the
-                CPU's; see :func:`~tilesegd.geometry.device_budget`).
+                CPU's; see :func:`~tilesegd.inference.geometry.device_budget`).
             dtype_bytes: bytes per activation value at the run's precision (2 for fp16/bf16).
 
         Raises:
             ConfigError: the tile size / overlap / block size cannot make a tile grid.
         """
-        from tilesegd.geometry import resolve_geometry
+        from tilesegd.inference.geometry import resolve_geometry
 
         return resolve_geometry(
             spec,

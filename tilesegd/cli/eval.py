@@ -54,7 +54,7 @@ def eval_cmd(ignore: tuple[str, ...], **opts: object) -> None:
     tilesegd eval --model model.ts --images data/images --masks data/masks \\
         --classes classes.csv --output eval/
     """
-    from tilesegd.evaluate import evaluate
+    from tilesegd.api import evaluate
 
     doc = evaluate(ignore=ignore, **opts)  # type: ignore[arg-type]
     click.echo(

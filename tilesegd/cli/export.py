@@ -51,16 +51,16 @@ def export(
     tilesegd export runs/a/best.ckpt --output model_trt.ts --format tensorrt --precision fp16
     tilesegd export runs/a/best.ckpt --output model.onnx --format onnx
     """
-    from tilesegd.train.export import export_model
+    from tilesegd.api import export as export_model
 
     report: dict = {}
     path = export_model(
         ckpt,
         output,
-        fmt,
-        precision,
-        tile_size,
-        batch_size,
+        format=fmt,
+        precision=precision,
+        tile_size=tile_size,
+        batch_size=batch_size,
         report=report,
         dynamic_size=dynamic_size,
     )

@@ -13,9 +13,9 @@ import traceback
 
 import click
 
-from tilesegd import __version__
 from tilesegd.cli.options import configure_logging, verbosity_options
 from tilesegd.errors import EXIT_INTERRUPTED, EXIT_USAGE, TilesegdError
+from tilesegd.version import __version__
 
 COMMANDS = {
     "run": "tilesegd.cli.run:run",

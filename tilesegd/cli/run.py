@@ -5,8 +5,9 @@ from __future__ import annotations
 import click
 
 from tilesegd.cli.options import is_quiet, verbosity_options
-from tilesegd.config import COMPRESSIONS, RUNTIMES
+from tilesegd.config import COMPRESSIONS
 from tilesegd.errors import EXIT_SCENES_FAILED
+from tilesegd.inference.runtimes import RUNTIMES
 
 
 def _bands(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:

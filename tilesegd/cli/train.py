@@ -83,14 +83,10 @@ def train(ctx: click.Context, config_file: str | None, **flags: object) -> None:
         --output runs/a --config configs/loveda_unet.yaml
     tilesegd train --resume runs/a
     """
-    from tilesegd.config import resolve
-    from tilesegd.train.loop import TrainConfig
-    from tilesegd.train.loop import train as run_training
+    from tilesegd.api import train as run_training
 
     flags["ignore"] = list(flags["ignore"]) or None  # type: ignore[arg-type]
     if flags.get("resume") and not config_file:
         config_file = str(Path(str(flags["resume"])) / "config.yaml")
-    cfg = resolve(TrainConfig, config_file, flags, section="train")
-    quiet = is_quiet(ctx)
-    out = run_training(cfg, progress=not quiet)
+    out = run_training(config_file=config_file, progress=not is_quiet(ctx), **flags)
     click.echo(f"model: {out / 'model.ts'}\nrun:   {out}")

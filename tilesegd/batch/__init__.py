@@ -1,0 +1,1 @@
+"""Runs of many scenes: discovery, plans, the ledger, local and Dask runners."""

@@ -1,0 +1,126 @@
+"""Input discovery: the raster files a run segments, their output names, and a job-array shard.
+
+Directories are searched recursively for raster suffixes; tilesegd's own outputs (a run's
+folder, scene folders, the ``--output`` folder) are never read as scenes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from tilesegd.batch.ledger import holds_run, outputs_present
+from tilesegd.config import parse_shard
+from tilesegd.errors import InputError
+
+log = logging.getLogger(__name__)
+RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jpg", ".jpeg", ".png")
+
+
+def discover(
+    inputs: list[str | os.PathLike[str]], output: str | os.PathLike[str] | None = None
+) -> list[Path]:
+    """Expand files and directories into the list of raster files to process.
+
+    Directories are searched recursively for ``.tif .tiff .vrt .jpg .jpeg .png`` (any case);
+    hidden files and folders (``.name``) are skipped, and so are tilesegd's own outputs (see
+    :func:`output_folder`): the ``output`` folder, folders holding a run, and scene folders,
+    so a rerun into a folder inside its input never reads its masks and previews as scenes.
+    One warning names the folders skipped. Files named in ``inputs`` are always taken. Order
+    is sorted and stable.
+
+    Raises:
+        InputError: an input path does not exist, or nothing was found.
+    """
+    found: list[Path] = []
+    skipped: dict[Path, str] = {}
+    out = Path(output).resolve() if output is not None else None
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found += search_folder(p, out, skipped)
+        elif p.is_file():
+            found.append(p)
+        else:
+            raise InputError(f"{p}: no such file or directory; check the --input path")
+    said = "; ".join(f"{d} ({why})" for d, why in skipped.items())
+    if not found:
+        where = ", ".join(map(str, inputs)) + (
+            f" (skipped tilesegd outputs: {said})" if said else ""
+        )
+        raise InputError(f"no raster files (.tif .tiff .vrt .jpg .jpeg .png) found in {where}")
+    if skipped:
+        log.warning("searching the inputs for scenes, skipped tilesegd outputs: %s", said)
+    seen: set[Path] = set()
+    return [f for f in found if not (f.resolve() in seen or seen.add(f.resolve()))]
+
+
+def search_folder(root: Path, output: Path | None, skipped: dict[Path, str]) -> list[Path]:
+    """The raster files under ``root``, sorted; folders of tilesegd outputs are not entered
+    and are added to ``skipped`` (folder -> reason). ``root`` itself is searched unless it is
+    a scene folder: a run's folder named as input gives the scenes beside its outputs."""
+    found: list[Path] = []
+    why = output_folder(root, None, top=True)
+    if why:
+        skipped[root] = why
+        return found
+    for here, dirs, files in os.walk(root):
+        keep = []
+        for sub in (Path(here, d) for d in dirs if not d.startswith(".")):
+            why = output_folder(sub, output)
+            if why:
+                skipped[sub] = why
+            else:
+                keep.append(sub.name)
+        dirs[:] = keep  # os.walk enters only these
+        found += [
+            Path(here, f)
+            for f in files
+            if not f.startswith(".")
+            and Path(f).suffix.lower() in RASTER_SUFFIXES
+            and Path(here, f).is_file()
+        ]
+    return sorted(found)
+
+
+def output_folder(folder: Path, output: Path | None, *, top: bool = False) -> str | None:
+    """Why ``folder`` holds tilesegd outputs rather than scenes (``None``: it does not): it is
+    the run's ``output`` folder (resolved), a folder holding a tilesegd run (``run.json``, see
+    :func:`tilesegd.batch.ledger.holds_run`), or a published scene folder (``mask.tif``,
+    ``pred.zarr``, ``areas.csv``). With ``top`` (a folder named as input) only the last."""
+    if outputs_present(folder):
+        return "a tilesegd scene's outputs"
+    if top:
+        return None
+    if output is not None and folder.resolve() == output:
+        return "the --output folder"
+    if holds_run(folder):
+        return "a tilesegd run's outputs, run.json"
+    return None
+
+
+def scene_names(paths: list[Path]) -> list[str]:
+    """Output names: each file's stem, with ``__2``, ``__3``... added to repeated stems."""
+    counts: dict[str, int] = {}
+    names = []
+    for p in paths:
+        n = counts.get(p.stem, 0) + 1
+        counts[p.stem] = n
+        names.append(p.stem if n == 1 else f"{p.stem}__{n}")
+    return names
+
+
+def select_shard(paths: list[Path], names: list[str], shard: str) -> tuple[list[Path], list[str]]:
+    """Keep this shard's scenes: sorted by path, scene ``i`` goes to shard ``i % N``.
+
+    Deterministic and scheduler-free, for job arrays (``--shard $SLURM_ARRAY_TASK_ID/N``).
+    Output names are the ones the full list gives, so shards never rename a scene.
+
+    Raises:
+        ConfigError: ``shard`` is not ``I/N`` with ``0 <= I < N``.
+    """
+    i, n = parse_shard(shard)
+    pairs = sorted(zip(paths, names, strict=True), key=lambda pn: str(pn[0]))
+    kept = [pn for k, pn in enumerate(pairs) if k % n == i]
+    return [p for p, _ in kept], [nm for _, nm in kept]

@@ -1,0 +1,165 @@
+"""What a run's scenes share (:class:`RunSetup`), and what one scene's work needs
+(:class:`ScenePlan`): plain data, resolved once, passed to the runner, the finish step and
+the Dask workers (both pickle).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tilesegd.batch.ledger import fingerprint, input_stat
+from tilesegd.config import RunConfig
+from tilesegd.inference.geometry import Geometry
+from tilesegd.model.spec import ModelSpec
+from tilesegd.outputs.preview import PreviewSampler
+from tilesegd.outputs.zarr_store import ZarrMaskStore
+from tilesegd.raster.scene import Scene
+from tilesegd.raster.tiling import Block, TileGrid
+
+
+@dataclass(frozen=True)
+class RunSetup:
+    """What every scene of a run shares, resolved once per run.
+
+    Attributes:
+        cfg: the resolved configuration.
+        spec: the model's metadata.
+        geometry: tile size, overlap, block size and batch size (pixels / tiles).
+        bands: 1-based raster bands fed to the network, in model input order.
+        output: the run's output directory.
+        fingerprint: identifies model + settings + device (what may be resumed or skipped).
+        model: the model file's path (recorded in the masks' tags).
+        aoi: the area of interest's polygons, or ``None``.
+        zones: the zones' polygons, or ``None``.
+        products: the optional products asked for (:func:`tilesegd.batch.products.requested_products`).
+    """
+
+    cfg: RunConfig
+    spec: ModelSpec
+    geometry: Geometry
+    bands: tuple[int, ...]
+    output: Path
+    fingerprint: str
+    model: str
+    aoi: Any = None
+    zones: Any = None
+    products: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def model_gsd(self) -> float | None:
+        """The model's GSD in metres (``--gsd``, else the model file's ``gsd``), or ``None``."""
+        gsd = self.cfg.gsd or self.spec.extra.get("gsd")
+        return None if gsd is None else float(gsd)
+
+    @property
+    def confidence(self) -> bool:
+        """Whether the engine computes the top-class confidence (stored in pred.zarr)."""
+        return self.cfg.save_confidence or self.cfg.min_confidence is not None
+
+    @classmethod
+    def resolve(
+        cls,
+        cfg: RunConfig,
+        spec: ModelSpec,
+        output: Path,
+        model_sha: str,
+        device: str,
+        dtype: str,
+        budget: int | None = None,
+        dtype_bytes: int = 4,
+    ) -> RunSetup:
+        """Resolve geometry and bands against the model, read the AOI and zones files, check
+        the vector options, and compute the fingerprint.
+
+        Raises:
+            ConfigError: the tile geometry cannot work, ``--bands`` does not list the model's
+                number of input channels, an AOI / zones file is unusable, or
+                ``--vector-classes`` names a class the model does not have.
+        """
+        from tilesegd.batch.products import requested_products
+
+        geometry, bands = cfg.geometry(spec, budget, dtype_bytes), cfg.bands_for(spec)
+        aoi, zones = load_layers(cfg)
+        if cfg.vector:
+            from tilesegd.outputs.polygons import resolve_keep
+
+            resolve_keep(spec.classes, cfg.vector_classes)  # unknown names: fail now
+        aoi_id = (str(Path(cfg.aoi).resolve()), input_stat(cfg.aoi), cfg.aoi_crs) if aoi else None
+        confidence = (cfg.save_confidence, cfg.min_confidence)
+        gsd = (cfg.resample, cfg.gsd or spec.extra.get("gsd"), cfg.gsd_tolerance, cfg.scene_gsd)
+        settings = (*geometry.settings(), bands, cfg.save_probs, *confidence, aoi_id, *gsd)
+        fp = fingerprint(model_sha, settings, device, dtype)
+        return cls(
+            cfg,
+            spec,
+            geometry,
+            bands,
+            Path(output),
+            fp,
+            str(cfg.model or ""),
+            aoi,
+            zones,
+            requested_products(cfg),
+        )
+
+
+def load_layers(cfg: RunConfig) -> tuple[Any, Any]:
+    """The AOI and zones polygon layers of a run (``None`` when not asked for), read once.
+
+    Raises:
+        ConfigError: a file cannot be read, has no polygons, no CRS (and no override), or
+            lacks the zone field.
+    """
+    from tilesegd.vector.layers import load_polygons
+
+    aoi = load_polygons(cfg.aoi, option="--aoi", crs=cfg.aoi_crs) if cfg.aoi else None
+    zones = None
+    if cfg.zones:
+        zones = load_polygons(cfg.zones, option="--zones", crs=cfg.zones_crs, field=cfg.zone_field)
+    return aoi, zones
+
+
+@dataclass
+class ScenePlan:
+    """Everything needed to compute and finish one scene (see :func:`plan_scene`).
+
+    Attributes:
+        scene: the profiled input.
+        name: output folder name.
+        bands: 1-based bands fed to the network.
+        grid: tile / block geometry.
+        work: the scene's work folder; ``store`` lives in it.
+        store: the (possibly half-done) ``pred.zarr``.
+        todo: blocks still to compute.
+        preview: the preview image sampled from the blocks decoded by :func:`compute_blocks`.
+        aoi: the area of interest on the grid the tiles run on (:class:`tilesegd.vector.aoi.SceneAOI`),
+            or ``None``.
+        blocks_outside: blocks outside the area of interest (written as nodata, never read).
+        resample: how the scene maps onto its model grid (:class:`tilesegd.raster.resample.GridResample`)
+            when it runs at the model's GSD, else ``None``; ``grid``, ``store`` and ``aoi`` are
+            then on the model grid, and the finish step writes the scene-grid outputs.
+        resample_fields: ``run.json`` fields of the GSDs and the factor.
+        store_path: where ``store`` lives (workers reopen it by path).
+    """
+
+    scene: Scene
+    name: str
+    bands: tuple[int, ...]
+    grid: TileGrid
+    work: Path
+    store: ZarrMaskStore | None
+    todo: list[Block]
+    preview: PreviewSampler | None = None
+    aoi: Any = None
+    blocks_outside: int = 0
+    resample: Any = None
+    resample_fields: dict[str, Any] = field(default_factory=dict)
+    store_path: Path | None = None
+
+    @property
+    def done_pixels(self) -> int:
+        """Pixels of the blocks already finished."""
+        todo = {b.id for b in self.todo}
+        return sum(b.window.height * b.window.width for b in self.grid.blocks() if b.id not in todo)

@@ -1,0 +1,258 @@
+"""One scene, end to end: profile, check, segment block by block, then COG, areas, preview.
+
+Work happens in ``DIR/.tilesegd/work/<scene>/``; only when every output is complete does that
+folder become ``DIR/<scene>/``, in one directory rename (:func:`tilesegd.batch.ledger.publish`), so
+nothing at a final path ever claims a success that did not happen. A killed scene resumes from
+the blocks listed in its work folder's ``blocks.done``.
+
+Everything a run's scenes share (the model's spec, the resolved tile geometry, the bands, the
+fingerprint) is resolved once into a :class:`RunSetup`; planning reads only the spec, so a Dask
+client plans scenes without loading the network.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from tilesegd.batch.finish import finish_scene, open_store, scene_attrs
+from tilesegd.batch.ledger import work_dir
+from tilesegd.batch.plan import RunSetup, ScenePlan
+from tilesegd.batch.progress import progress_bar
+from tilesegd.inference.pipeline import SegmentStats, segment
+from tilesegd.inference.stitch import BlockCheckError
+from tilesegd.model.spec import NODATA
+from tilesegd.outputs.preview import PreviewSampler, preload
+from tilesegd.raster.gdalenv import gdal_env
+from tilesegd.raster.reader import SceneSource, Source
+from tilesegd.raster.resample import GrownRegion, ResampledSource, plan_resample
+from tilesegd.raster.scene import Scene, check_compatible, open_run_scene
+from tilesegd.raster.tiling import Block, Win
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tilesegd.inference.engine import Engine
+
+log = logging.getLogger(__name__)
+
+
+def plan_scene(path: Path, name: str, run: RunSetup) -> ScenePlan:
+    """Profile and check a scene, open (or resume) its work store, list the blocks to do.
+
+    The work folder must have been prepared (:meth:`tilesegd.batch.ledger.RunLedger.start`).
+
+    Raises:
+        InputError, IncompatibleInputError: bad scene, found before any inference.
+    """
+    cfg, spec = run.cfg, run.spec
+    scene = open_run_scene(cfg, path, name)
+    check_compatible(scene, run.bands, spec.extra.get("dtypes"))
+    if run.zones is not None:
+        from tilesegd.vector.pixelgrid import require_georeferenced
+
+        require_georeferenced(scene.crs, scene.transform, str(scene.path), "--zones")
+    resample, fields = plan_resample(
+        scene,
+        run.model_gsd,
+        enabled=cfg.resample != "off",
+        tolerance=cfg.gsd_tolerance,
+        scene_gsd=cfg.scene_gsd,
+        model_scale=run.spec.extra.get("scale"),
+    )
+    shape = resample.model_shape if resample else (scene.height, scene.width)
+    transform = resample.model_transform(scene.transform) if resample else scene.transform
+    aoi = scene_aoi(run, scene, shape, transform)
+    if aoi is not None and resample is not None:
+        aoi = GrownRegion(aoi)  # the scene grid applies the AOI exactly at the end
+    grid = run.geometry.grid(*shape)
+    work = work_dir(run.output, name)
+    path = work / "model_grid" / "pred.zarr" if resample else work / "pred.zarr"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    store = open_store(path, shape, grid, scene_attrs(scene, run, transform), run)
+    done = store.done_blocks()
+    todo = [b for b in grid.blocks() if b.id not in done]
+    if done:
+        log.info("%s: resuming, %d of %d blocks already done", name, len(done), grid.n_blocks)
+    plan = ScenePlan(scene, name, run.bands, grid, work, store, todo, aoi=aoi)
+    plan.resample, plan.resample_fields, plan.store_path = resample, fields, path
+    if aoi is not None:
+        skip_outside(plan)
+    return plan
+
+
+def scene_aoi(run: RunSetup, scene: Scene, shape: tuple[int, int], transform: Any) -> Any:
+    """The run's AOI placed on a ``shape`` grid of the scene with ``transform`` (``None``
+    without an AOI).
+
+    Raises:
+        InputError: the scene is not georeferenced.
+    """
+    if run.aoi is None:
+        return None
+    from tilesegd.vector.aoi import SceneAOI
+
+    return SceneAOI(run.aoi, scene.crs, transform, *shape, scene=str(scene.path))
+
+
+def skip_outside(plan: ScenePlan) -> None:
+    """Write the blocks outside the area of interest as nodata without reading them, and take
+    them off ``plan.todo``."""
+    outside = [b for b in plan.grid.blocks() if not plan.aoi.intersects(b.window)]
+    plan.blocks_outside = len(outside)
+    ids = {b.id for b in outside}
+    for b in (b for b in plan.todo if b.id in ids):
+        plan.store.write_block(b, np.full((b.window.height, b.window.width), NODATA, np.uint8))
+    plan.todo = [b for b in plan.todo if b.id not in ids]
+    log.info(
+        "%s: %d of %d blocks outside the AOI (never read); %.1f%% of the scene inside it",
+        plan.name,
+        len(outside),
+        plan.grid.n_blocks,
+        100 * plan.aoi.fraction,
+    )
+
+
+class PreviewSampling:
+    """A :class:`~tilesegd.raster.reader.Source` that also hands each decoded window to a
+    :class:`~tilesegd.outputs.preview.PreviewSampler` (so the preview never decodes the scene
+    a second time)."""
+
+    def __init__(self, source: SceneSource, sampler: PreviewSampler) -> None:
+        self.source, self.sampler = source, sampler
+        self.height, self.width = source.height, source.width
+
+    def read(self, win: Win) -> tuple[np.ndarray, np.ndarray]:
+        """See :class:`~tilesegd.raster.reader.Source`."""
+        data, valid = self.source.read(win)
+        self.sampler.add(win.row_off, win.col_off, data)
+        return data, valid
+
+    def close(self) -> None:
+        """Close the underlying source."""
+        self.source.close()
+
+
+def compute_blocks(
+    plan: ScenePlan,
+    engine: Engine,
+    run: RunSetup,
+    blocks: list[Block] | None = None,
+    *,
+    stop: threading.Event | None = None,
+    progress: bool = True,
+    sample_preview: bool = True,
+) -> SegmentStats:
+    """Segment ``blocks`` (default: ``plan.todo``) of a planned scene into its store.
+
+    With ``sample_preview`` (and a preview asked for), the decoded windows also fill
+    ``plan.preview``, which :func:`finish_scene` uses instead of reading the scene again.
+
+    Raises:
+        InputError: the scene cannot be decoded. BlockCheckError: a block failed its check.
+        Interrupted: ``stop`` was set.
+    """
+    cfg, scene = run.cfg, plan.scene
+    blocks = plan.todo if blocks is None else blocks
+    source: Source = SceneSource(scene, plan.bands)
+    if plan.resample is not None:
+        source = ResampledSource(scene, plan.bands, plan.resample)
+    if cfg.preview_size > 0 and sample_preview:
+        preload()  # matplotlib, in the background
+        if plan.preview is None:
+            plan.preview = PreviewSampler(
+                source.height, source.width, len(plan.bands), scene.dtype, cfg.preview_size
+            )
+        source = PreviewSampling(source, plan.preview)
+    bar = progress_bar(
+        progress,
+        total=round(scene.megapixels, 2),
+        initial=plan.done_pixels / 1e6,
+        unit="MP",
+        desc=plan.name[:30],
+        leave=False,
+        dynamic_ncols=True,
+        mininterval=0.5,
+        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f}"
+        " MP [{elapsed}<{remaining}, {rate_noinv_fmt}]",
+    )
+    try:
+        with gdal_env():  # a bounded GDAL block cache: memory flat in the scene size
+            return segment(
+                source,
+                plan.grid,
+                engine,
+                plan.store.write_block,
+                on_probs=plan.store.write_probs if cfg.save_probs else None,
+                blocks=blocks,
+                workers=cfg.workers,
+                progress=lambda px: bar.update(px / 1e6),
+                stop=stop,
+                region=plan.aoi,
+                on_confidence=plan.store.write_confidence if run.confidence else None,
+            )
+    except BlockCheckError as exc:
+        raise BlockCheckError(f"{scene.path}: {exc}") from None
+    finally:
+        bar.close()
+        source.close()
+
+
+def run_scene(
+    path: Path,
+    name: str,
+    engine: Engine,
+    run: RunSetup,
+    *,
+    stop: threading.Event | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Segment one scene into ``output/<name>/`` and return its ``run.json`` entry.
+
+    Returns:
+        ``{"status": "done", "seconds", "megapixels", "megapixels_per_s", "tiles_run",
+        "tiles_skipped", "blocks", "blocks_resumed", "outputs": {...}, ...}``.
+
+    Raises:
+        InputError, IncompatibleInputError: bad scene (before any inference).
+        ModelFileError: the network disagrees with its metadata.
+        Interrupted: ``stop`` was set.
+        BlockCheckError: a block failed its check (a bug; nothing is published).
+        OutputError / OSError: an output could not be written.
+    """
+    t0 = time.perf_counter()
+    plan = plan_scene(path, name, run)
+    resumed = plan.grid.n_blocks - len(plan.todo)
+    stats = compute_blocks(plan, engine, run, stop=stop, progress=progress)
+    t_seg = time.perf_counter() - t0
+    entry = finish_scene(plan, run)
+    entry.update(aoi_fields(plan, stats))
+    return {
+        "status": "done",
+        "seconds": round(time.perf_counter() - t0, 3),
+        "megapixels_per_s": round(stats.pixels / 1e6 / t_seg, 3) if t_seg > 0 else None,
+        "tiles_run": stats.tiles_run,
+        "tiles_skipped": stats.tiles_skipped,
+        "blocks_resumed": resumed,
+        "tile_size": plan.grid.tile_size,
+        **entry,
+        **plan.resample_fields,
+    }
+
+
+def aoi_fields(plan: ScenePlan, stats: SegmentStats | None) -> dict[str, Any]:
+    """``run.json`` fields of the area of interest (empty without one)."""
+    if plan.aoi is None:
+        return {}
+    out: dict[str, Any] = {
+        "aoi_fraction": round(plan.aoi.fraction, 6),
+        "blocks_outside_aoi": plan.blocks_outside,
+    }
+    if stats is not None:
+        out["tiles_outside_aoi"] = stats.tiles_outside_aoi
+    if plan.aoi.empty:
+        out["note"] = "the scene is outside the AOI: nothing was computed, every pixel is nodata"
+    return out

@@ -1,0 +1,1 @@
+"""Scores: confusion-matrix metrics, deployed-path scoring, tilesegd eval."""

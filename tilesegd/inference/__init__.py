@@ -1,0 +1,1 @@
+"""Tiles through a network: geometry, engine, runtimes, pipeline, stitching."""

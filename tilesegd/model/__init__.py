@@ -1,0 +1,1 @@
+"""Model files: their spec, TorchScript / ONNX loading, the measured halo."""

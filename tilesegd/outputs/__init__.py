@@ -1,0 +1,1 @@
+"""Writers (COG, Zarr, polygons, preview, styles), areas and zones; no torch."""

@@ -1,0 +1,1 @@
+"""Rasters: scenes, windowed reads, GSD, resampling, labels, tile geometry."""

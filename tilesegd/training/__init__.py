@@ -1,0 +1,1 @@
+"""Training smp U-Nets, and exporting self-describing model files."""

@@ -1,0 +1,1 @@
+"""Vector files (AOI, zones) placed on a scene's pixel grid."""
