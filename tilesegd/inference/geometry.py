@@ -2,7 +2,9 @@
 
 Every part of a run (the engine's batch size, each scene's tile grid, the distributed workers,
 the fingerprint that decides what may be resumed) receives the same :class:`Geometry`, made by
-:func:`resolve_geometry`; nothing else picks a tile size, an overlap or a batch size.
+:func:`geometry_for` from the user's :class:`TilingOptions` and the device's
+:class:`DeviceBudget`; ``tilesegd eval`` and training's validation resolve theirs the same way,
+and nothing else picks a tile size, an overlap or a batch size.
 
 **The default rule** (a model file with a measured ``overlap`` = 2 x halo, which
 ``tilesegd train`` writes; :mod:`tilesegd.model.halo`). Exact ("crop the halo") stitching runs about
@@ -163,6 +165,77 @@ def device_budget(device: object) -> tuple[int, int]:
         return memory_budget("cpu"), 4
     total = torch.cuda.get_device_properties(dev).total_memory
     return memory_budget("cuda", total), 2
+
+
+@dataclass(frozen=True)
+class DeviceBudget:
+    """What one network call may use on a device (the budget half of :func:`geometry_for`).
+
+    Attributes:
+        bytes: bytes one network call may use (:func:`memory_budget`).
+        dtype_bytes: bytes per activation value at the engine's precision (4 fp32, 2 fp16 /
+            bf16).
+    """
+
+    bytes: int = CPU_BUDGET
+    dtype_bytes: int = 4
+
+    @classmethod
+    def of(cls, device: object, dtype: object) -> DeviceBudget:
+        """The budget of a ``torch.device`` (:func:`device_budget`) at a ``torch.dtype``'s
+        precision (``dtype.itemsize`` bytes per value)."""
+        budget, _ = device_budget(device)
+        return cls(budget, int(dtype.itemsize))  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class TilingOptions:
+    """The user's tiling options, before they meet a model and a device (``None``: the default
+    rule of the module docstring).
+
+    Attributes:
+        tile_size: network input side, pixels (used as is for every scene).
+        overlap: pixels shared by neighbouring tiles.
+        block_size: approximate block side, pixels.
+        batch_size: tiles per network call.
+    """
+
+    tile_size: int | None = None
+    overlap: int | None = None
+    block_size: int = DEFAULT_BLOCK
+    batch_size: int | None = None
+
+
+DEFAULT_TILING = TilingOptions()
+"""No tiling options: the default rule (a frozen instance, shared)."""
+
+
+def geometry_for(
+    spec: ModelSpec, tiling: TilingOptions, budget: DeviceBudget, *, save_probs: bool = False
+) -> Geometry:
+    """The tile geometry for a model on a device: the one function ``tilesegd run`` (local and
+    distributed), ``tilesegd eval`` and training's validation resolve their geometry with, so
+    the three tile alike for the same model, device and options.
+
+    Args:
+        spec: the model's metadata.
+        tiling: the user's options (:class:`TilingOptions`).
+        budget: the device's memory budget and precision (:meth:`DeviceBudget.of`).
+        save_probs: probabilities are kept (more bytes per pixel).
+
+    Raises:
+        ConfigError: the options cannot make a tile grid (:func:`resolve_geometry`).
+    """
+    return resolve_geometry(
+        spec,
+        tile_size=tiling.tile_size,
+        overlap=tiling.overlap,
+        block_size=tiling.block_size,
+        batch_size=tiling.batch_size,
+        budget=budget.bytes,
+        dtype_bytes=budget.dtype_bytes,
+        save_probs=save_probs,
+    )
 
 
 def call_bytes_per_pixel(
