@@ -32,7 +32,9 @@ CLASSES = [
     ClassInfo(i, n, (i, i, i)) for i, n in enumerate(["background", "building", "tree", "water"])
 ]
 FAST = settings(
-    max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(25),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 
 

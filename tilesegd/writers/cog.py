@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from tilesegd import atomic
 from tilesegd.errors import writing
 from tilesegd.gdalenv import gdal_env
 from tilesegd.spec import NODATA, ClassInfo
@@ -146,10 +147,10 @@ def write_cog(
                 staged[final].write_text(text, encoding="utf-8")
         for final, tmp_style in staged.items():  # sidecars first: a raster has its sidecars
             with writing(final):
-                os.replace(tmp_style, final)
+                atomic.replace(tmp_style, final)
             placed.append(final)
         with writing(path):
-            os.replace(tmp_cog, path)
+            atomic.replace(tmp_cog, path)
     except BaseException:
         for p in placed:  # no sidecars without their raster
             p.unlink(missing_ok=True)

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from tilesegd import atomic
 from tilesegd.errors import writing
 from tilesegd.spec import NODATA, ClassInfo
 
@@ -209,7 +210,7 @@ def write_preview(
     try:
         with writing(path):
             fig.savefig(tmp)
-            os.replace(tmp, path)
+            atomic.replace(tmp, path)
     finally:
         plt.close(fig)
         tmp.unlink(missing_ok=True)
