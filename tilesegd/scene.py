@@ -258,9 +258,10 @@ def open_scene(
         if h < 1 or w < 1 or ds.count < 1:
             raise InputError(f"{path}: the raster has no pixels or no bands")
         if h * w / 1e6 > max_megapixels:
+            declared, budget = megapixel_figures(h * w / 1e6, max_megapixels)
             raise InputError(
-                f"{path}: declares {w} x {h} pixels ({h * w / 1e6:,.0f} megapixels), over the "
-                f"pixel budget of {max_megapixels:,.0f}; raise --max-megapixels if it is real"
+                f"{path}: declares {w} x {h} pixels ({declared} megapixels), over the pixel "
+                f"budget of {budget} megapixels; raise --max-megapixels if it is real"
             )
         dtype = ds.dtypes[0]
         if dtype not in SUPPORTED_DTYPES:
@@ -285,6 +286,23 @@ def open_scene(
             driver=ds.driver,
             colorinterp=[c.name for c in ds.colorinterp],
         )
+
+
+def megapixel_figures(value: float, budget: float) -> tuple[str, str]:
+    """``value`` and ``budget`` (megapixels) as text with thousands separators and the fewest
+    significant digits (at least 3) that tell them apart: ``(0.42, 0.1) -> ("0.42", "0.1")``,
+    ``(20000.4, 20000) -> ("20,000.4", "20,000")``."""
+
+    def text(v: float, digits: int) -> str:
+        magnitude = math.floor(math.log10(abs(v))) if v else 0
+        out = f"{v:,.{max(0, digits - 1 - magnitude)}f}"
+        return out.rstrip("0").rstrip(".") if "." in out else out
+
+    for digits in range(3, 16):
+        figures = text(value, digits), text(budget, digits)
+        if figures[0] != figures[1]:
+            return figures
+    return repr(value), repr(budget)
 
 
 def open_run_scene(cfg: Any, path: str | os.PathLike[str], name: str) -> Scene:
