@@ -28,7 +28,7 @@ from tilesegd.plan import RunSetup, ScenePlan
 from tilesegd.progress import progress_bar
 from tilesegd.reader import SceneSource, Source
 from tilesegd.resample import GrownRegion, ResampledSource, plan_resample
-from tilesegd.scene import Scene, check_compatible, open_run_scene
+from tilesegd.scene import Scene, check_compatible, exif_orientation_note, open_run_scene
 from tilesegd.spec import NODATA
 from tilesegd.stitch import BlockCheckError
 from tilesegd.tiling import Block, Win
@@ -51,6 +51,7 @@ def plan_scene(path: Path, name: str, run: RunSetup) -> ScenePlan:
     cfg, spec = run.cfg, run.spec
     scene = open_run_scene(cfg, path, name)
     check_compatible(scene, run.bands, spec.extra.get("dtypes"))
+    say_what_scene_is(scene, run)
     if run.zones is not None:
         from tilesegd.pixelgrid import require_georeferenced
 
@@ -82,6 +83,22 @@ def plan_scene(path: Path, name: str, run: RunSetup) -> ScenePlan:
     if aoi is not None:
         skip_outside(plan)
     return plan
+
+
+def say_what_scene_is(scene: Scene, run: RunSetup) -> None:
+    """Warn about what the outputs of ``scene`` will be that a user might not expect: an EXIF
+    orientation the outputs do not follow (once per scene), and, once per run, that inputs
+    without georeferencing get pixel coordinates."""
+    note = exif_orientation_note(scene)
+    if note:
+        log.warning("%s", note)
+    if not scene.georeferenced:
+        run.warn_once(
+            "no-georef",
+            f"{scene.path} has no georeferencing: its outputs are in pixel coordinates (x = "
+            "column, y = row; no CRS) and areas.csv counts pixels without m2; so are those of "
+            "every other input without georeferencing in this run (said once)",
+        )
 
 
 def scene_aoi(run: RunSetup, scene: Scene, shape: tuple[int, int], transform: Any) -> Any:

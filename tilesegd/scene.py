@@ -11,12 +11,12 @@ from __future__ import annotations
 import logging
 import math
 import os
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tilesegd.errors import IncompatibleInputError, InputError
+from tilesegd.gdalenv import quiet_georef
 from tilesegd.ledger import holds_run, outputs_present
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,10 @@ class Scene:
         has_mask: True when some pixels may be invalid (nodata value, alpha band, internal
             mask) so the reader must fetch the mask.
         driver: GDAL driver short name.
+        colorinterp: GDAL colour interpretation of each band.
+        orientation: the EXIF ``Orientation`` tag (1-8; 1 = as stored, also when absent): how
+            a photo viewer turns the stored pixels for display. tilesegd never turns them: the
+            outputs follow the stored pixel order (:func:`exif_orientation_note`).
     """
 
     path: Path
@@ -68,6 +72,7 @@ class Scene:
     has_mask: bool = False
     driver: str = ""
     colorinterp: list[str] = field(default_factory=list)
+    orientation: int = 1
 
     @property
     def georeferenced(self) -> bool:
@@ -229,7 +234,7 @@ def open_scene(
     """
     import rasterio
     from rasterio.enums import MaskFlags
-    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+    from rasterio.errors import RasterioIOError
 
     path = Path(path)
     if not path.is_file():
@@ -238,8 +243,7 @@ def open_scene(
         raise InputError(f"{path}: the file is empty (0 bytes); re-copy or remove it")
     _check_vrt(path, allow_vrt)
     _check_png_complete(path)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with quiet_georef() as caught:
         try:
             ds = rasterio.open(path)
         except RasterioIOError as exc:
@@ -253,7 +257,7 @@ def open_scene(
                 f"{path}: this {path.suffix} file is really a GDAL VRT that points at other "
                 "files; refused by default (pass --allow-vrt, or name it .vrt, if you trust it)"
             )
-        not_georef = any(issubclass(w.category, NotGeoreferencedWarning) for w in caught)
+        not_georef = bool(caught)
         h, w = ds.height, ds.width
         if h < 1 or w < 1 or ds.count < 1:
             raise InputError(f"{path}: the raster has no pixels or no bands")
@@ -285,7 +289,46 @@ def open_scene(
             has_mask=has_mask,
             driver=ds.driver,
             colorinterp=[c.name for c in ds.colorinterp],
+            orientation=exif_orientation(ds.tags()),
         )
+
+
+EXIF_TURNS = {
+    2: "mirror it left to right",
+    3: "turn it 180 degrees",
+    4: "mirror it top to bottom",
+    5: "mirror it and turn it 90 degrees counter-clockwise",
+    6: "turn it 90 degrees clockwise",
+    7: "mirror it and turn it 90 degrees clockwise",
+    8: "turn it 90 degrees counter-clockwise",
+}
+"""What photo viewers do to the stored pixels for each EXIF ``Orientation`` (1: nothing)."""
+
+
+def exif_orientation(tags: dict[str, str]) -> int:
+    """The EXIF ``Orientation`` (1-8) from a dataset's default-domain metadata (GDAL's JPEG
+    driver gives ``EXIF_Orientation``); 1 when absent or not a valid value."""
+    try:
+        value = int(str(tags.get("EXIF_Orientation", "1")).strip())
+    except ValueError:
+        return 1
+    return value if value in EXIF_TURNS else 1
+
+
+def exif_orientation_note(scene: Scene) -> str | None:
+    """What to tell the user about ``scene``'s EXIF orientation, or ``None`` (1: as stored):
+    viewers show the photo turned or mirrored, the outputs follow the stored pixels."""
+    if scene.orientation not in EXIF_TURNS:
+        return None
+    w, h = scene.width, scene.height
+    shown = f"{h} x {w}" if scene.orientation >= 5 else f"{w} x {h}"
+    return (
+        f"{scene.path}: EXIF Orientation {scene.orientation}: photo viewers "
+        f"{EXIF_TURNS[scene.orientation]} and show {shown} pixels (width x height), but the mask "
+        f"and every output follow the stored pixels, {w} x {h}; turn the image itself first "
+        "(e.g. exiftran -ai, or ImageMagick -auto-orient) if the outputs must match the photo "
+        "as viewers show it"
+    )
 
 
 def megapixel_figures(value: float, budget: float) -> tuple[str, str]:
