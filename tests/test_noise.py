@@ -105,6 +105,35 @@ def test_mask_overviews_equal_a_gdal_mode_build_and_keep_the_palette(tmp_path) -
             assert o.colorinterp[0].name == "palette" and o.colormap(1)[3][3] == 255
 
 
+def test_quiet_georef_silences_only_the_not_georeferenced_warning(tmp_path) -> None:
+    import warnings
+
+    from tilesegd.gdalenv import quiet_georef
+
+    p = make_raster(tmp_path / "f.png", smooth_image(20, 30), crs=None)
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        with quiet_georef() as caught:
+            rasterio.open(p).close()
+            warnings.warn("something else", UserWarning, stacklevel=1)
+    assert [w.category.__name__ for w in caught] == ["NotGeoreferencedWarning"]
+    assert [str(w.message) for w in shown] == ["something else"]
+
+
+def test_a_preview_read_from_a_jpeg_says_nothing(tmp_path, caplog) -> None:
+    """Reading the scene again for the preview (a Dask run has no sampled image) passed the
+    NUM_THREADS open option, which GDAL's JPEG driver warned it does not support."""
+    from tilesegd.spec import ClassInfo
+    from tilesegd.writers.preview import write_preview
+
+    scene = make_raster(tmp_path / "f.jpg", smooth_image(60, 80), crs=None)
+    mask = make_raster(tmp_path / "mask.tif", np.zeros((60, 80), np.uint8), crs=None)
+    classes = [ClassInfo(0, "a", (10, 20, 30))]
+    with caplog.at_level("WARNING"):
+        write_preview(tmp_path / "p.png", scene, mask, [1, 2, 3], classes, max_size=32)
+    assert caplog.records == [] and (tmp_path / "p.png").is_file()
+
+
 # 2. EXIF orientation ----------------------------------------------------------------------
 
 
