@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tilesegd.exif import orientation_note
 from tilesegd.finish import finish_scene, open_store, scene_attrs
 from tilesegd.gdalenv import gdal_env
 from tilesegd.ledger import work_dir
@@ -28,7 +29,7 @@ from tilesegd.plan import RunSetup, ScenePlan
 from tilesegd.progress import progress_bar
 from tilesegd.reader import SceneSource, Source
 from tilesegd.resample import GrownRegion, ResampledSource, plan_resample
-from tilesegd.scene import Scene, check_compatible, exif_orientation_note, open_run_scene
+from tilesegd.scene import Scene, check_compatible, open_run_scene
 from tilesegd.spec import NODATA
 from tilesegd.stitch import BlockCheckError
 from tilesegd.tiling import Block, Win
@@ -89,7 +90,7 @@ def say_what_scene_is(scene: Scene, run: RunSetup) -> None:
     """Warn about what the outputs of ``scene`` will be that a user might not expect: an EXIF
     orientation the outputs do not follow (once per scene), and, once per run, that inputs
     without georeferencing get pixel coordinates."""
-    note = exif_orientation_note(scene)
+    note = orientation_note(scene)
     if note:
         log.warning("%s", note)
     if not scene.georeferenced:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tilesegd.errors import IncompatibleInputError, InputError
+from tilesegd.exif import exif_orientation
 from tilesegd.gdalenv import quiet_georef
 from tilesegd.ledger import holds_run, outputs_present
 
@@ -24,17 +25,8 @@ RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jpg", ".jpeg", ".png")
 PLAIN_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 _NETWORK_PREFIXES = (
-    "/vsicurl",
-    "/vsis3",
-    "/vsigs",
-    "/vsiaz",
-    "/vsihttp",
-    "http://",
-    "https://",
-    "ftp://",
-    "/vsiadls",
-    "/vsioss",
-    "/vsiswift",
+    *("/vsicurl", "/vsis3", "/vsigs", "/vsiaz", "/vsihttp", "/vsiadls", "/vsioss", "/vsiswift"),
+    *("http://", "https://", "ftp://"),
 )
 
 
@@ -57,7 +49,7 @@ class Scene:
         colorinterp: GDAL colour interpretation of each band.
         orientation: the EXIF ``Orientation`` tag (1-8; 1 = as stored, also when absent): how
             a photo viewer turns the stored pixels for display. tilesegd never turns them: the
-            outputs follow the stored pixel order (:func:`exif_orientation_note`).
+            outputs follow the stored pixel order (:func:`tilesegd.exif.orientation_note`).
     """
 
     path: Path
@@ -291,44 +283,6 @@ def open_scene(
             colorinterp=[c.name for c in ds.colorinterp],
             orientation=exif_orientation(ds.tags()),
         )
-
-
-EXIF_TURNS = {
-    2: "mirror it left to right",
-    3: "turn it 180 degrees",
-    4: "mirror it top to bottom",
-    5: "mirror it and turn it 90 degrees counter-clockwise",
-    6: "turn it 90 degrees clockwise",
-    7: "mirror it and turn it 90 degrees clockwise",
-    8: "turn it 90 degrees counter-clockwise",
-}
-"""What photo viewers do to the stored pixels for each EXIF ``Orientation`` (1: nothing)."""
-
-
-def exif_orientation(tags: dict[str, str]) -> int:
-    """The EXIF ``Orientation`` (1-8) from a dataset's default-domain metadata (GDAL's JPEG
-    driver gives ``EXIF_Orientation``); 1 when absent or not a valid value."""
-    try:
-        value = int(str(tags.get("EXIF_Orientation", "1")).strip())
-    except ValueError:
-        return 1
-    return value if value in EXIF_TURNS else 1
-
-
-def exif_orientation_note(scene: Scene) -> str | None:
-    """What to tell the user about ``scene``'s EXIF orientation, or ``None`` (1: as stored):
-    viewers show the photo turned or mirrored, the outputs follow the stored pixels."""
-    if scene.orientation not in EXIF_TURNS:
-        return None
-    w, h = scene.width, scene.height
-    shown = f"{h} x {w}" if scene.orientation >= 5 else f"{w} x {h}"
-    return (
-        f"{scene.path}: EXIF Orientation {scene.orientation}: photo viewers "
-        f"{EXIF_TURNS[scene.orientation]} and show {shown} pixels (width x height), but the mask "
-        f"and every output follow the stored pixels, {w} x {h}; turn the image itself first "
-        "(e.g. exiftran -ai, or ImageMagick -auto-orient) if the outputs must match the photo "
-        "as viewers show it"
-    )
 
 
 def megapixel_figures(value: float, budget: float) -> tuple[str, str]:
