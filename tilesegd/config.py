@@ -59,7 +59,10 @@ class RunConfig:
         input: raster files or directories (searched recursively).
         model: the model file (``.ts`` TorchScript or ``.pt2`` torch.export).
         output: output directory.
-        tile_size: network input side, pixels; ``None`` = the model's suggested ``tile_size``.
+        tile_size: network input side, pixels, for every scene; ``None`` = chosen per scene
+            from the model's measured halo and the memory budget
+            (:func:`~tilesegd.inference.geometry.resolve_geometry`), or the model's ``tile_size``
+            when its file has no measured overlap.
         overlap: pixels shared by neighbouring tiles (a halo of ``overlap / 2`` each side);
             ``None`` = the model file's measured ``overlap``, else 64, or a quarter of tiles
             smaller than 256 px.

@@ -27,7 +27,7 @@ Rules:
 * **true**: a scene folder holds only what was made from its mask (a recomputed scene carries
   no older product over); ``run.json`` lists the files present (:func:`list_outputs`).
 * **not an input**: a folder holding a run or a scene's outputs (:func:`holds_run`,
-  :func:`outputs_present`) is never searched for scenes (:func:`tilesegd.batch.discovery.discover`).
+  :func:`outputs_present`) is never searched for scenes (:func:`tilesegd.raster.scene.discover`).
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from tilesegd import atomic
 from tilesegd.errors import LockedError, OutputError, TilesegdError, output_failure, writing
 from tilesegd.version import __version__
 
@@ -109,7 +110,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
             json.dump(data, f, indent=2, default=str)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic.replace(tmp, path)
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -151,7 +152,7 @@ def output_lock(output: Path) -> Iterator[None]:
     lock_dir = output / WORK_DIR
     try:
         lock_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock_dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(lock_dir / "lock", os.O_RDWR | os.O_CREAT, 0o666)  # less the umask
     except OSError as exc:
         raise output_error(output, exc) from None
     try:
@@ -480,7 +481,7 @@ class RunLedger:
                     w = csv.DictWriter(fh, fieldnames=("scene", *AREA_COLUMNS, "polygons"))
                     w.writeheader()
                     w.writerows(rows)
-                os.replace(tmp, self.output / SUMMARY_CSV)
+                atomic.replace(tmp, self.output / SUMMARY_CSV)
         finally:
             with contextlib.suppress(OSError):
                 tmp.unlink()

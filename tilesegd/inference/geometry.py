@@ -126,13 +126,17 @@ def warn_capped(tile: int, overlap: int, needed: int, model_tile: int) -> None:
 
 
 @functools.cache
-def warn_over_budget(tile: int, budget_tile: int) -> None:
-    """Warn, once, that the smallest seamless tile is larger than the memory budget allows."""
+def warn_over_budget(tile: int, budget_tile: int, budget: int, call_bytes: float) -> None:
+    """Warn, once, that the smallest seamless tile is larger than the memory budget allows
+    (``budget`` bytes per call at ``call_bytes`` bytes per input pixel)."""
     log.warning(
         "the model's measured halo needs %d-px tiles, more than the %d px the memory budget "
-        "allows; running %d-px tiles (pass --tile-size to choose)",
+        "allows (%.0f MiB per network call at %.0f bytes per input pixel); running %d-px "
+        "tiles (pass --tile-size to choose)",
         tile,
         budget_tile,
+        budget / 2**20,
+        call_bytes,
         tile,
     )
 
@@ -352,6 +356,8 @@ def resolve_geometry(
             budget=budget or CPU_BUDGET,
         )
     tile = tile_size or spec.tile_size
+    if tile_size is not None:
+        check_tile_size(tile_size, spec)
     if overlap is None and spec.overlap is not None:
         overlap = fit_overlap(tile, spec.overlap, spec.multiple)
     if overlap is None:
@@ -374,7 +380,7 @@ def _budget_geometry(
     call_pixels = budget / call_bytes
     tile = budget_tile(halo, m, call_pixels)
     if tile * tile > call_pixels:
-        warn_over_budget(tile, math.isqrt(int(call_pixels)) // m * m)
+        warn_over_budget(tile, math.isqrt(int(call_pixels)) // m * m, budget, call_bytes)
     cap = spec.extra.get("max_tile_size")  # e.g. an ONNX graph with a fixed input size
     if cap and tile > int(cap):
         tile = max(m, int(cap) // m * m)
@@ -382,6 +388,30 @@ def _budget_geometry(
     batch = batch_size or max(1, min(default_batch(tile), int(call_pixels // (tile * tile))))
     lo = min(tile, min_seamless_tile(halo, m))
     return _checked(Geometry(tile, overlap, m, block_size, batch, min_tile=lo))
+
+
+def check_tile_size(tile: int, spec: ModelSpec) -> None:
+    """Check a ``--tile-size`` against the model's ``multiple`` before anything is said about
+    its overlap, suggesting a tile the model can use: with a measured overlap, the smallest
+    seamless tile (:func:`min_seamless_tile`, as :func:`warn_capped` says) when ``tile`` is
+    below it, else the two nearest multiples.
+
+    Raises:
+        ConfigError: ``tile`` is not a positive multiple of ``spec.multiple``.
+    """
+    m = max(1, int(spec.multiple))
+    if tile >= m and tile % m == 0:
+        return
+    what = f"--tile-size {tile} must be a positive multiple of the model's multiple ({m})"
+    if spec.overlap is not None:
+        need = min_seamless_tile(spec.overlap // 2, m)
+        if tile < need:
+            raise ConfigError(
+                f"{what}; use {need} or more, the smallest tile with room for the model's "
+                f"measured {spec.overlap}-px overlap (smaller multiples run, but not seamlessly)"
+            )
+    below = max(m, tile // m * m)
+    raise ConfigError(f"{what}; try {below} or {below + m}")
 
 
 def _checked(geometry: Geometry) -> Geometry:
