@@ -22,7 +22,7 @@ from rasterio.crs import CRS
 from rasterio.transform import from_origin
 from test_polygons import CLASSES, grid, random_mask, read, shared_edges
 
-from tilesegd.writers import polygons as P
+from tilesegd.outputs import polygons as P
 
 NEON_CRS = CRS.from_epsg(32611)
 NEON_T = from_origin(315000.0, 4091000.0, 0.1, 0.1)  # NEON AOP orthophotos: 10 cm pixels
@@ -50,7 +50,7 @@ def write(path: Path, mask: np.ndarray, block: int, simplify: float) -> P.Polygo
 
 def check_simplified(mask: np.ndarray, block: int, tol: float, folder: Path) -> None:
     """The GeoPackage written with ``--simplify tol`` against the exact one (the plain
-    reference: the whole-scene GDAL outlines, tests/test_polygons.py)."""
+    reference: the whole-scene GDAL outlines, tests/outputs/test_polygons.py)."""
     write(folder / "exact.gpkg", mask, block, 0.0)
     write(folder / "simple.gpkg", mask, block, tol)
     _, exact, fe = read(folder / "exact.gpkg")
