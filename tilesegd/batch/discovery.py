@@ -1,7 +1,10 @@
 """Input discovery: the raster files a run segments, their output names, and a job-array shard.
 
 Directories are searched recursively for raster suffixes; tilesegd's own outputs (a run's
-folder, scene folders, the ``--output`` folder) are never read as scenes.
+folder, scene folders, the ``--output`` folder) are never read as scenes. Object-storage
+prefixes (``s3://bucket/scenes/``, ``gs://``, ``az://``) are listed the same way, and objects and
+URLs are taken as files (:mod:`tilesegd.storage`): they become
+:class:`~tilesegd.storage.urls.RemotePath` entries, read by GDAL with range requests.
 """
 
 from __future__ import annotations
@@ -10,9 +13,10 @@ import logging
 import os
 from pathlib import Path
 
-from tilesegd.batch.ledger import holds_run, outputs_present
+from tilesegd.batch.ledger import REQUIRED_OUTPUTS, RUN_JSON, WORK_DIR, holds_run, outputs_present
 from tilesegd.config import parse_shard
 from tilesegd.errors import InputError
+from tilesegd.storage.urls import RemotePath, parse_location
 
 log = logging.getLogger(__name__)
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jpg", ".jpeg", ".png")
@@ -20,7 +24,7 @@ RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jpg", ".jpeg", ".png")
 
 def discover(
     inputs: list[str | os.PathLike[str]], output: str | os.PathLike[str] | None = None
-) -> list[Path]:
+) -> list[Path | RemotePath]:
     """Expand files and directories into the list of raster files to process.
 
     Directories are searched recursively for ``.tif .tiff .vrt .jpg .jpeg .png`` (any case);
@@ -28,15 +32,22 @@ def discover(
     :func:`output_folder`): the ``output`` folder, folders holding a run, and scene folders,
     so a rerun into a folder inside its input never reads its masks and previews as scenes.
     One warning names the folders skipped. Files named in ``inputs`` are always taken. Order
-    is sorted and stable.
+    is sorted and stable. Object-storage prefixes follow the same rules
+    (:func:`search_prefix`); objects, HTTP(S) URLs and GDAL ``/vsi`` paths are files.
 
     Raises:
-        InputError: an input path does not exist, or nothing was found.
+        InputError: an input path does not exist, or nothing was found; a remote location is
+            wrong (missing bucket or object, access denied, unreachable endpoint), named with
+            its fix.
     """
-    found: list[Path] = []
-    skipped: dict[Path, str] = {}
+    found: list[Path | RemotePath] = []
+    skipped: dict[Path | RemotePath, str] = {}
     out = Path(output).resolve() if output is not None else None
     for item in inputs:
+        remote = parse_location(item)
+        if remote is not None:
+            found += search_location(remote, skipped)
+            continue
         p = Path(item)
         if p.is_dir():
             found += search_folder(p, out, skipped)
@@ -52,8 +63,71 @@ def discover(
         raise InputError(f"no raster files (.tif .tiff .vrt .jpg .jpeg .png) found in {where}")
     if skipped:
         log.warning("searching the inputs for scenes, skipped tilesegd outputs: %s", said)
-    seen: set[Path] = set()
-    return [f for f in found if not (f.resolve() in seen or seen.add(f.resolve()))]
+    seen: set[Path | RemotePath] = set()
+    return [f for f in found if not (same(f) in seen or seen.add(same(f)))]
+
+
+def same(found: Path | RemotePath) -> Path | RemotePath:
+    """What makes two inputs the same file: a local path resolved, a location as it is."""
+    return found if isinstance(found, RemotePath) else found.resolve()
+
+
+def is_raster_name(name: str) -> bool:
+    """A visible file name with one of the :data:`RASTER_SUFFIXES` (any case)."""
+    return not name.startswith(".") and Path(name).suffix.lower() in RASTER_SUFFIXES
+
+
+def search_location(
+    location: RemotePath, skipped: dict[Path | RemotePath, str]
+) -> list[RemotePath]:
+    """An object or URL as one file; a prefix searched as :func:`search_prefix` does.
+
+    Raises:
+        InputError: the location is wrong (:func:`tilesegd.storage.listing.expand`).
+    """
+    from tilesegd.storage.listing import expand
+
+    is_prefix, objects = expand(location)
+    if not is_prefix:
+        return objects
+    return search_prefix(location.as_prefix(), objects, skipped)
+
+
+def search_prefix(
+    root: RemotePath, objects: list[RemotePath], skipped: dict[Path | RemotePath, str]
+) -> list[RemotePath]:
+    """The raster objects among ``objects`` (every object under the prefix ``root``), by the
+    local folder's rules: raster suffixes only, nothing under a hidden ``.name`` folder, and no
+    tilesegd output folder entered (a scene's outputs, a run's folder with ``run.json`` and
+    its ``.tilesegd/`` work folder), each one added to ``skipped``; ``root`` itself is skipped
+    only when it holds a scene's outputs."""
+    keys = [o.key[len(root.key) :] for o in objects if o.key.startswith(root.key)]
+    folders: dict[str, set[str]] = {}  # folder (relative, "" = root) -> names directly in it
+    for key in keys:
+        parts = key.split("/")
+        for depth in range(len(parts)):
+            folders.setdefault("/".join(parts[:depth]), set()).add(parts[depth])
+    out_folders = {}
+    for folder, names in folders.items():
+        if all(n in names for n in REQUIRED_OUTPUTS):
+            out_folders[folder] = "a tilesegd scene's outputs"
+        elif folder and RUN_JSON in names and WORK_DIR in names:
+            out_folders[folder] = "a tilesegd run's outputs, run.json"
+    if "" in out_folders:
+        skipped[root] = out_folders[""]
+        return []
+    found = []
+    for key, obj in zip(keys, objects, strict=True):
+        parts = key.split("/")
+        within = ["/".join(parts[:d]) for d in range(1, len(parts))]
+        if any(p.startswith(".") for p in parts[:-1]) or not is_raster_name(parts[-1]):
+            continue
+        hit = next((f for f in within if f in out_folders), None)
+        if hit is not None:
+            skipped[root.child(root.key + hit + "/")] = out_folders[hit]
+            continue
+        found.append(obj)
+    return sorted(found)
 
 
 def search_folder(root: Path, output: Path | None, skipped: dict[Path, str]) -> list[Path]:
@@ -100,7 +174,7 @@ def output_folder(folder: Path, output: Path | None, *, top: bool = False) -> st
     return None
 
 
-def scene_names(paths: list[Path]) -> list[str]:
+def scene_names(paths: list[Path | RemotePath]) -> list[str]:
     """Output names: each file's stem, with ``__2``, ``__3``... added to repeated stems."""
     counts: dict[str, int] = {}
     names = []
@@ -111,7 +185,9 @@ def scene_names(paths: list[Path]) -> list[str]:
     return names
 
 
-def select_shard(paths: list[Path], names: list[str], shard: str) -> tuple[list[Path], list[str]]:
+def select_shard(
+    paths: list[Path | RemotePath], names: list[str], shard: str
+) -> tuple[list[Path | RemotePath], list[str]]:
     """Keep this shard's scenes: sorted by path, scene ``i`` goes to shard ``i % N``.
 
     Deterministic and scheduler-free, for job arrays (``--shard $SLURM_ARRAY_TASK_ID/N``).

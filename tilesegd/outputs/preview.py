@@ -13,7 +13,7 @@ import numpy as np
 from tilesegd import atomic
 from tilesegd.errors import writing
 from tilesegd.model.spec import NODATA, ClassInfo
-from tilesegd.raster.gdalenv import gdal_env, quiet_georef
+from tilesegd.raster.gdalenv import gdal_env, open_raster, quiet_georef
 
 _preloading: threading.Thread | None = None
 
@@ -186,7 +186,7 @@ def write_preview(
             img = sampled.image[: len(show)]
         else:
             with quiet_georef():  # ...and image
-                s = rasterio.open(scene_path)
+                s = open_raster(scene_path)  # a remote scene too
             with s:
                 img = s.read(show, out_shape=(len(show), *shape), resampling=Resampling.average)
     valid = mask != NODATA

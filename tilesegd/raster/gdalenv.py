@@ -1,5 +1,6 @@
-"""GDAL settings for tilesegd's own raster I/O (a bounded block cache), and opens of plain
-frames without rasterio's not-georeferenced warning."""
+"""GDAL settings for tilesegd's own raster I/O (a bounded block cache), opens of scenes local
+or remote (:func:`open_raster`), and opens of plain frames without rasterio's
+not-georeferenced warning."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import threading
 import warnings
 from collections.abc import Iterator
 from typing import Any
+
+from tilesegd.storage.env import OPEN_SETTINGS, configure_gdal
+from tilesegd.storage.urls import parse_location
 
 # GDAL's block cache defaults to 5 % of RAM and fills up as a large scene streams through it:
 # peak RSS at 16384^2 and 32768^2 was 2.2 GB with the default (24 GB machine) and 1.0-1.3 GB
@@ -25,6 +29,46 @@ def gdal_env(**options: Any):
     if "GDAL_CACHEMAX" not in os.environ:
         options.setdefault("GDAL_CACHEMAX", GDAL_CACHE_MB)
     return rasterio.Env(**options)
+
+
+_OPEN_LOCK = threading.Lock()  # GDAL_DISABLE_READDIR_ON_OPEN is process-wide
+
+
+def open_raster(path: Any) -> Any:
+    """``rasterio.open(path)`` for reading a scene: a local file, or a location
+    (:class:`~tilesegd.storage.urls.RemotePath`, ``s3://``, ``/vsis3/``...) read by range
+    requests with the COG settings of :mod:`tilesegd.storage.env`.
+
+    A remote scene is opened with ``GDAL_DISABLE_READDIR_ON_OPEN=EMPTY_DIR`` (GDAL lists no
+    "directory" and probes no side-car file: one or two requests per open), set only while it
+    opens: a local scene keeps its ``.tfw`` / ``.aux.xml`` side-cars. That setting is
+    process-wide, so scene opens take turns (a lock; an open is short).
+
+    Raises:
+        rasterio.errors.RasterioIOError: GDAL cannot open it.
+    """
+    import rasterio
+    from rasterio._env import del_gdal_config
+    from rasterio.env import get_gdal_config, set_gdal_config
+
+    location = parse_location(path)
+    if location is None:
+        with _OPEN_LOCK:
+            return rasterio.open(path)
+    configure_gdal()
+    own = {k: v for k, v in OPEN_SETTINGS.items() if k not in os.environ}
+    with _OPEN_LOCK:
+        before = {k: get_gdal_config(k, normalize=False) for k in own}
+        for k, v in own.items():
+            set_gdal_config(k, v)
+        try:
+            return rasterio.open(location)
+        finally:
+            for k, v in before.items():
+                if v is None:
+                    del_gdal_config(k)
+                else:
+                    set_gdal_config(k, v)
 
 
 _WARNINGS_LOCK = threading.RLock()  # warnings.catch_warnings swaps process-wide state

@@ -16,9 +16,11 @@ from typing import Protocol
 import numpy as np
 
 from tilesegd.errors import InputError
-from tilesegd.raster.gdalenv import quiet_georef
+from tilesegd.raster.gdalenv import open_raster, quiet_georef
 from tilesegd.raster.scene import Scene
 from tilesegd.raster.tiling import Win, clip_window
+from tilesegd.storage.redact import redact
+from tilesegd.storage.urls import is_remote
 
 
 class Source(Protocol):
@@ -41,7 +43,7 @@ def finite(data: np.ndarray, valid: np.ndarray) -> None:
 
 def _gdal_detail(exc: BaseException) -> str:
     """GDAL's own message (rasterio's is often "Read failed. See previous exception"), one line."""
-    text = str(exc.__cause__ or exc)
+    text = redact(exc.__cause__ or exc)  # a presigned URL's signature never shows
     return " ".join(text.split())[:160]
 
 
@@ -89,10 +91,8 @@ class SceneSource:
     def _ds(self):
         ds = getattr(self._local, "ds", None)
         if ds is None:
-            import rasterio
-
             with quiet_georef():  # a plain frame: the run said so once
-                ds = rasterio.open(self.scene.path)
+                ds = open_raster(self.scene.path)
             self._local.ds = ds
             with self._lock:
                 self._handles.append(ds)
@@ -150,11 +150,16 @@ class SceneSource:
         try:
             yield
         except RasterioError as exc:
+            why = (
+                "the network failed after GDAL's retries, or the object is corrupt: rerun the "
+                "same command to resume"
+                if is_remote(self.scene.path)
+                else "the file is probably truncated or corrupt: re-copy it"
+            )
             raise InputError(
                 f"{self.scene.path}: cannot decode pixels at rows {inner.row_off}-"
                 f"{inner.row_off + inner.height}, cols {inner.col_off}-"
-                f"{inner.col_off + inner.width} ({_gdal_detail(exc)}); the file is probably "
-                "truncated or corrupt: re-copy it"
+                f"{inner.col_off + inner.width} ({_gdal_detail(exc)}); {why}"
             ) from None
 
     def close(self) -> None:

@@ -17,7 +17,9 @@ from typing import Any
 
 from tilesegd.errors import IncompatibleInputError, InputError
 from tilesegd.raster.exif import exif_orientation
-from tilesegd.raster.gdalenv import quiet_georef
+from tilesegd.raster.gdalenv import open_raster, quiet_georef
+from tilesegd.storage.redact import redact
+from tilesegd.storage.urls import RemotePath, parse_location
 
 log = logging.getLogger(__name__)
 PLAIN_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -33,7 +35,8 @@ class Scene:
     """One input raster.
 
     Attributes:
-        path: the file.
+        path: the file, or a :class:`~tilesegd.storage.urls.RemotePath` (an object or URL
+            GDAL reads with range requests).
         name: output folder name (the file stem, de-duplicated across inputs).
         width, height: pixels.
         count: number of bands.
@@ -50,7 +53,7 @@ class Scene:
             outputs follow the stored pixel order (:func:`tilesegd.raster.exif.orientation_note`).
     """
 
-    path: Path
+    path: Path | RemotePath
     name: str
     width: int
     height: int
@@ -119,7 +122,9 @@ def open_scene(
     """Profile one raster without reading its pixels.
 
     Args:
-        path: the raster file.
+        path: the raster file, or a location (``s3://...``, ``https://...``, ``/vsi...``):
+            the local file checks (0 bytes, a VRT in disguise, a cut PNG) need the whole file,
+            so a remote one is only opened; a VRT there is refused without ``allow_vrt``.
         name: output name (default: the file stem).
         max_megapixels: pixel budget; larger declared sizes are refused before reading.
         allow_vrt: accept VRTs disguised as ``.tif`` and VRTs that reach the network.
@@ -129,26 +134,32 @@ def open_scene(
         InputError: 0-byte file, not a raster, truncated PNG, VRT refused, too large,
             unsupported dtype, corrupt georeferencing.
     """
-    import rasterio
     from rasterio.enums import MaskFlags
     from rasterio.errors import RasterioIOError
 
-    path = Path(path)
-    if not path.is_file():
+    remote = parse_location(path)  # None for a local file
+    path = remote or Path(path)
+    if not remote and not path.is_file():
         raise InputError(f"{path}: no such file")
-    if path.stat().st_size == 0:
+    if not remote and path.stat().st_size == 0:
         raise InputError(f"{path}: the file is empty (0 bytes); re-copy or remove it")
-    _check_vrt(path, allow_vrt)
-    _check_png_complete(path)
+    if not remote:  # these read the file's head and tail
+        _check_vrt(path, allow_vrt)
+        _check_png_complete(path)
     with quiet_georef() as caught:
         try:
-            ds = rasterio.open(path)
+            ds = open_raster(path)
         except RasterioIOError as exc:
             raise InputError(
-                f"{path}: not a readable raster ({str(exc)[:200]}); is it truncated or not an "
-                "image?"
+                f"{path}: not a readable raster ({redact(exc)[:200]}); "
+                + (remote_hint(path) if remote else "is it truncated or not an image?")
             ) from None
     with ds:
+        if ds.driver == "VRT" and remote is not None and not allow_vrt:
+            raise InputError(
+                f"{path}: a GDAL VRT from a remote location may point at any file; refused by "
+                "default (pass --allow-vrt if you trust it)"
+            )
         if ds.driver == "VRT" and path.suffix.lower() != ".vrt" and not allow_vrt:
             raise InputError(
                 f"{path}: this {path.suffix} file is really a GDAL VRT that points at other "
@@ -188,6 +199,16 @@ def open_scene(
             colorinterp=[c.name for c in ds.colorinterp],
             orientation=exif_orientation(ds.tags()),
         )
+
+
+def remote_hint(location: RemotePath) -> str:
+    """How to fix a remote scene GDAL could not open (the fault is in GDAL's words before)."""
+    if location.scheme == "s3":
+        return (
+            "check the URL, the credentials (AWS_ACCESS_KEY_ID / AWS_PROFILE, or "
+            "AWS_NO_SIGN_REQUEST=YES) and AWS_ENDPOINT_URL"
+        )
+    return "check the URL, the credentials and the network"
 
 
 def megapixel_figures(value: float, budget: float) -> tuple[str, str]:
