@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -47,6 +48,27 @@ def stop_on_signals() -> Iterator[threading.Event]:
             signal.signal(s, h)
 
 
+def with_local_model(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with a model URL (``s3://``, ``gs://``, ``az://``, ``https://``) replaced by its
+    copy in the model cache, fetched now if the cache lacks it
+    (:func:`tilesegd.storage.fetch.fetch_model`, checked against ``--model-sha256``): every
+    later step, and each worker, reads that local file.
+
+    Raises:
+        ModelFileError: the model cannot be fetched, or its SHA-256 is not the pinned one.
+    """
+    from tilesegd.storage.urls import parse_location
+
+    location = parse_location(cfg.model)
+    if location is None:
+        return cfg
+    from tilesegd.storage.fetch import fetch_model
+
+    local = fetch_model(location, cfg.model_sha256)
+    log.info("model %s: %s", location, local)
+    return dataclasses.replace(cfg, model=str(local))
+
+
 def run(
     config: RunConfig | None = None,
     *,
@@ -82,6 +104,7 @@ def run(
     make_output_dir(output)
     paths = discover(cfg.input, output)
     names = scene_names(paths)
+    cfg = with_local_model(cfg)
     if cfg.shard:  # job arrays: scene i (by sorted path) goes to shard i % N
         paths, names = select_shard(paths, names, cfg.shard)
     with output_lock(output), stop_on_signals() as stop:

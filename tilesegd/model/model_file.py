@@ -46,6 +46,7 @@ from tilesegd.model.spec import (
     Runtime,
     check_file,
 )
+from tilesegd.storage.urls import parse_location
 
 __all__ = [
     "DEFAULT_PALETTE",
@@ -186,16 +187,21 @@ def load_model(
     never loaded: they are not model files (export them with ``tilesegd export``).
 
     Args:
-        path: the model file.
+        path: the model file, or its URL (``s3://``, ``gs://``, ``az://``, ``https://``),
+            fetched once into the model cache (:func:`tilesegd.storage.fetch.fetch_model`).
         device: where to put the weights.
         sha256: if given, the file's SHA-256 must equal it (a pin against a swapped model).
 
     Raises:
         ModelFileError: missing, empty, truncated or corrupt file; missing or invalid metadata;
-            SHA-256 mismatch.
+            SHA-256 mismatch; a model URL that cannot be fetched.
     """
     import torch
 
+    if parse_location(path) is not None:  # s3:// gs:// az:// http(s)://: the cached copy
+        from tilesegd.storage.fetch import fetch_model
+
+        path = fetch_model(path, sha256)
     path = Path(path)
     check_file(path)
     if sha256 is not None:
