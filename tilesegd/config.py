@@ -294,8 +294,15 @@ class RunConfig:
         return tuple(self.bands)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable copy (what goes into outputs' metadata)."""
-        return dataclasses.asdict(self)
+        """A JSON-serialisable copy (what goes into outputs' metadata): input and model
+        locations with their secrets masked (a presigned URL's signature, ``user:password@``;
+        :func:`tilesegd.storage.redact.redact`)."""
+        from tilesegd.storage.redact import redact
+
+        out = dataclasses.asdict(self)
+        out["input"] = [redact(i) for i in out["input"] or []]
+        out["model"] = redact(out["model"]) if out["model"] is not None else None
+        return out
 
 
 def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import click
 
 from tilesegd.cli.options import configure_logging, verbosity_options
 from tilesegd.errors import EXIT_INTERRUPTED, EXIT_USAGE, TilesegdError
+from tilesegd.storage.redact import redact
 from tilesegd.version import __version__
 
 COMMANDS = {
@@ -50,7 +51,7 @@ class LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except TilesegdError as exc:
-            click.echo(f"Error: {exc}", err=True)
+            click.echo(f"Error: {redact(exc)}", err=True)
             ctx.exit(exc.exit_code)
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
             raise
@@ -59,9 +60,9 @@ class LazyGroup(click.Group):
             ctx.exit(EXIT_INTERRUPTED)
         except Exception as exc:
             if logging.getLogger().isEnabledFor(logging.DEBUG):
-                traceback.print_exc()
+                click.echo(redact(traceback.format_exc()), err=True)
             click.echo(
-                f"Error: internal error {type(exc).__name__}: {exc} (rerun with -vv for the "
+                f"Error: internal error {type(exc).__name__}: {redact(exc)} (rerun with -vv for the "
                 "traceback, and report it)",
                 err=True,
             )

@@ -12,14 +12,22 @@ from typing import Any
 
 import click
 
-NOISY = ("rasterio", "matplotlib", "PIL", "numcodecs", "zarr", "asyncio", "fiona", "pyogrio")
+from tilesegd.storage.redact import RedactingFilter
+
+NOISY = (
+    *("rasterio", "matplotlib", "PIL", "numcodecs", "zarr", "asyncio", "fiona", "pyogrio"),
+    *("botocore", "aiobotocore", "s3fs", "fsspec", "urllib3", "gcsfs", "adlfs", "azure"),
+)
 
 
 def configure_logging(verbose: int, quiet: bool) -> None:
     """INFO by default, DEBUG with ``-vv``, WARNING with ``-q``; third-party loggers stay at
-    WARNING unless ``-vv``."""
+    WARNING unless ``-vv``; every record's secrets masked
+    (:class:`tilesegd.storage.redact.RedactingFilter`)."""
     level = logging.WARNING if quiet else logging.DEBUG if verbose >= 2 else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
+    for handler in logging.getLogger().handlers:  # no credential or signed URL in a log line
+        handler.addFilter(RedactingFilter())
     for noisy in NOISY:
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
