@@ -272,3 +272,178 @@ def engine_from(path, *, batch_size: int | None = None, **options):  # noqa: ANN
 
     opts = EngineOptions(**{"device": "cpu", **options})
     return open_engine(path, opts, TilingOptions(batch_size=batch_size))
+
+
+# ------------------------------------------------------------------ object storage (issue 22)
+# A real S3 server on 127.0.0.1 (moto in server mode) and a loopback HTTP server honouring
+# Range: GDAL, s3fs and urllib talk HTTP to them, as they would to S3 or a web server.
+
+#: credentials the S3 fixtures put in the environment; no test output may contain them
+TEST_ACCESS_KEY_ID = "AKIATILESEGDTESTKEY0"
+TEST_SECRET_ACCESS_KEY = "tilesegd-test-secret-Zq8wX1vN"
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """moto's S3 server on 127.0.0.1 (a free port) for the whole session: its endpoint URL.
+    Skipped, with the reason, where moto[server] cannot be imported."""
+    import logging
+
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError as exc:
+        pytest.skip(f"moto[server] is not installed ({exc}); pip install 'moto[server]'")
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+class S3Bucket:
+    """A bucket on the test server, and boto3 to fill it (not what tilesegd uses to read)."""
+
+    def __init__(self, endpoint: str, name: str) -> None:
+        import boto3
+
+        self.endpoint, self.name = endpoint, name
+        self.client = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=TEST_ACCESS_KEY_ID,
+            aws_secret_access_key=TEST_SECRET_ACCESS_KEY,
+        )
+        self.client.create_bucket(Bucket=name)
+
+    def url(self, key: str = "") -> str:
+        """``s3://<bucket>/<key>``."""
+        return f"s3://{self.name}/{key}"
+
+    def put(self, key: str, data: bytes | Path) -> str:
+        """Upload ``data`` (bytes, or a file's) as ``key``; its ``s3://`` URL."""
+        body = data.read_bytes() if isinstance(data, Path) else data
+        self.client.put_object(Bucket=self.name, Key=key, Body=body)
+        return self.url(key)
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.name, Key=key)
+
+
+@pytest.fixture
+def s3(s3_server: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> S3Bucket:
+    """A fresh bucket on :func:`s3_server`, and the environment a user of an S3-compatible
+    store sets: ``AWS_ENDPOINT_URL``, credentials, a region (AWS config files, profiles and other
+    ``AWS_*`` settings of this machine cleared); the model cache in ``tmp_path``. A new bucket
+    per test: GDAL caches what it learnt of each URL for the process."""
+    import uuid
+
+    for name in list(os.environ):
+        if name.startswith(("AWS_", "GDAL_HTTP", "CPL_VSIL")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY_ID)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", TEST_SECRET_ACCESS_KEY)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("TILESEGD_MODEL_CACHE", str(tmp_path / "model-cache"))
+    return S3Bucket(s3_server, f"tilesegd-{uuid.uuid4().hex[:12]}")
+
+
+class RangeServer:
+    """A loopback HTTP server serving in-memory files, honouring ``Range`` (206 answers), with
+    an ``ETag``; every request is logged as ``(method, path, Range header, bytes sent)``.
+    Paths in ``denied`` answer 403, unknown paths 404."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import ThreadingHTTPServer
+
+        self.files: dict[str, bytes] = {}
+        self.denied: set[str] = set()
+        self.log: list[tuple[str, str, str | None, int]] = []
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self.handler())
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/{path}"
+
+    def add(self, path: str, data: bytes) -> str:
+        """Serve ``data`` at ``/<path>``; its URL."""
+        self.files["/" + path] = data
+        return self.url(path)
+
+    def requests(self, path: str) -> list[tuple[str, str, str | None, int]]:
+        """The logged requests of ``/<path>`` (any query)."""
+        return [r for r in self.log if r[1].split("?")[0] == "/" + path]
+
+    def handler(self):  # noqa: ANN201
+        import hashlib
+        import re
+        from http.server import BaseHTTPRequestHandler
+
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:  # noqa: ANN002
+                pass
+
+            def do_HEAD(self) -> None:  # noqa: N802
+                self.answer(body=False)
+
+            def do_GET(self) -> None:  # noqa: N802
+                self.answer(body=True)
+
+            def answer(self, body: bool) -> None:
+                path, rng = self.path.split("?")[0], self.headers.get("Range")
+                data = server.files.get(path)
+                status = 403 if path in server.denied else 404 if data is None else 200
+                if status != 200:
+                    server.log.append((self.command, self.path, rng, 0))
+                    self.send_response(status)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                start, end = 0, len(data) - 1
+                m = re.fullmatch(r"bytes=(\d+)-(\d*)", rng or "")
+                if m:
+                    start = int(m.group(1))
+                    end = min(int(m.group(2)) if m.group(2) else end, len(data) - 1)
+                chunk = data[start : end + 1]
+                self.send_response(206 if m else 200)
+                if m:
+                    self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+                self.send_header("Content-Length", str(len(chunk)))
+                self.send_header("Accept-Ranges", "bytes")
+                self.send_header("ETag", '"' + hashlib.md5(data).hexdigest() + '"')
+                self.end_headers()
+                sent = 0
+                if body:
+                    try:
+                        self.wfile.write(chunk)
+                        sent = len(chunk)
+                    except (BrokenPipeError, ConnectionResetError):  # the client had enough
+                        pass
+                server.log.append((self.command, self.path, rng, sent))
+
+        return Handler
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture(scope="session")
+def range_server() -> Iterator[RangeServer]:
+    """:class:`RangeServer` on 127.0.0.1 for the session (tests add files under unique names:
+    GDAL caches what it learnt of each URL)."""
+    server = RangeServer()
+    yield server
+    server.close()

@@ -1,0 +1,141 @@
+"""Inputs on a real S3 server (moto on 127.0.0.1) and behind a loopback HTTP server: listing,
+scene names, and windowed reads by range requests that never fetch a scene whole."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from conftest import make_raster, smooth_image
+from rasterio.env import get_gdal_config
+from rasterio.shutil import copy as gdal_copy
+
+from tilesegd.batch.discovery import discover, scene_names
+from tilesegd.raster.gdalenv import open_raster
+from tilesegd.raster.reader import SceneSource
+from tilesegd.raster.scene import open_scene
+from tilesegd.raster.tiling import Win
+from tilesegd.storage.urls import RemotePath
+
+
+def make_cog(path: Path, height: int, width: int, *, seed: int = 0, nodata=None) -> Path:
+    """A Cloud-Optimized GeoTIFF (256 px tiles, overviews) of a smooth image with noise."""
+    img = smooth_image(height, width, seed=seed)
+    noise = np.random.default_rng(seed).integers(0, 40, img.shape, dtype=np.uint8)
+    plain = make_raster(path.with_suffix(".plain.tif"), img + noise, nodata=nodata)
+    gdal_copy(plain, path, driver="COG", BLOCKSIZE=256, COMPRESS="DEFLATE")
+    plain.unlink()
+    return path
+
+
+@pytest.fixture
+def scene_file(tmp_path: Path) -> Path:
+    return make_raster(tmp_path / "a.tif", smooth_image(67, 91), nodata=0)
+
+
+def test_a_prefix_is_listed_like_a_local_folder(s3, scene_file: Path, tmp_path: Path) -> None:
+    """Nested keys, any-case raster suffixes; other objects, hidden folders and tilesegd's own
+    outputs ignored; the same scene names as the same tree on disk."""
+    data = scene_file.read_bytes()
+    keys = {
+        "scenes/a.tif": data,
+        "scenes/sub/deeper/b.TIF": data,
+        "scenes/sub/c.jpg": b"not read while listing",
+        "scenes/sub/a.tif": data,  # a second stem "a"
+        "scenes/notes.txt": b"x",
+        "scenes/a.tif.aux.xml": b"<PAMDataset/>",
+        "scenes/.hidden/d.tif": data,
+        "scenes/done/e/mask.tif": data,  # a finished scene's folder
+        "scenes/done/e/pred.zarr/zarr.json": b"{}",
+        "scenes/done/e/areas.csv": b"class",
+        "elsewhere/f.tif": data,
+    }
+    local = tmp_path / "tree"
+    for key, body in keys.items():
+        s3.put(key, body)
+        (local / key).parent.mkdir(parents=True, exist_ok=True)
+        (local / key).write_bytes(body)
+    found = discover([s3.url("scenes/")])
+    assert all(isinstance(p, RemotePath) for p in found)
+    assert [p.key for p in found] == [
+        "scenes/a.tif",
+        "scenes/sub/a.tif",
+        "scenes/sub/c.jpg",
+        "scenes/sub/deeper/b.TIF",
+    ]
+    on_disk = discover([local / "scenes"])
+    assert [str(p.relative_to(local)) for p in on_disk] == [p.key for p in found]
+    assert scene_names(found) == scene_names(on_disk) == ["a", "a__2", "c", "b"]
+    assert discover([s3.url("scenes")]) == found  # no trailing slash: still the prefix
+
+
+def test_single_objects_urls_and_vsi_paths_are_files(s3, scene_file, range_server) -> None:
+    s3.put("one/a.tif", scene_file)
+    s3.put("one/readme.txt", b"x")  # a file named as input is always taken (as on disk)
+    url = range_server.add(f"{uuid.uuid4().hex}/h.tif", scene_file.read_bytes())
+    found = discover(
+        [
+            s3.url("one/a.tif"),
+            f"/vsis3/{s3.name}/one/a.tif",  # the same object: taken once
+            s3.url("one/readme.txt"),
+            url,
+            "/vsicurl/" + url,  # again the same
+        ]
+    )
+    assert [str(p) for p in found] == [s3.url("one/a.tif"), s3.url("one/readme.txt"), url]
+
+
+def test_an_s3_scene_reads_as_the_local_file(s3, tmp_path: Path) -> None:
+    path = make_cog(tmp_path / "cog.tif", 300, 420, nodata=0)
+    scene_l = open_scene(path)
+    scene_r = open_scene(s3.put("cogs/cog.tif", path))
+    assert isinstance(scene_r.path, RemotePath) and scene_r.name == "cog"
+    for attr in ("width", "height", "count", "dtype", "crs", "transform", "nodata", "has_mask"):
+        assert getattr(scene_r, attr) == getattr(scene_l, attr), attr
+    src_l, src_r = SceneSource(scene_l, (1, 2, 3)), SceneSource(scene_r, (1, 2, 3))
+    try:
+        for win in (Win(0, 0, 300, 420), Win(-20, 250, 90, 200), Win(100, 100, 7, 9)):
+            (dl, vl), (dr, vr) = src_l.read(win), src_r.read(win)
+            np.testing.assert_array_equal(dl, dr)
+            np.testing.assert_array_equal(vl, vr)
+    finally:
+        src_l.close()
+        src_r.close()
+
+
+def test_an_http_cog_is_read_by_ranges_never_whole(range_server, tmp_path: Path) -> None:
+    """A window of a 1024 x 1024 COG by URL: a few range requests, a small part of the file,
+    no directory listing and no probing of side-car files."""
+    path = make_cog(tmp_path / "big.tif", 1024, 1024, seed=3)
+    name = f"{uuid.uuid4().hex}/big.tif"
+    url = range_server.add(name, path.read_bytes())
+    size = path.stat().st_size
+    scene = open_scene(discover([url])[0])
+    src = SceneSource(scene, (1, 2, 3))
+    try:
+        data, _ = src.read(Win(512, 512, 64, 64))
+    finally:
+        src.close()
+    with rasterio.open(path) as ds:
+        expected = ds.read(window=((512, 576), (512, 576)))
+    np.testing.assert_array_equal(data, expected)
+    gets = [r for r in range_server.requests(name) if r[0] == "GET"]
+    assert gets and all(r[2] and r[2].startswith("bytes=") for r in gets), gets
+    assert sum(r[3] for r in gets) < size / 4, (sum(r[3] for r in gets), size)
+    others = [r for r in range_server.log if name.split("/")[0] in r[1] and name not in r[1]]
+    assert others == []  # no .aux.xml / .ovr / .msk / directory requests
+
+
+def test_a_local_scene_keeps_its_side_car_files_around_remote_opens(s3, tmp_path) -> None:
+    """EMPTY_DIR is set only while a remote scene opens: afterwards a local TIFF still gets
+    its georeferencing from the .tfw world file beside it."""
+    plain = make_raster(tmp_path / "w.tif", smooth_image(20, 30), crs=None)
+    plain.with_suffix(".tfw").write_text("2.0\n0\n0\n-2.0\n500001.0\n4650001.0\n")
+    remote = s3.put("x/w2.tif", make_raster(tmp_path / "w2.tif", smooth_image(9, 9)))
+    assert open_scene(remote).georeferenced
+    assert get_gdal_config("GDAL_DISABLE_READDIR_ON_OPEN") is None
+    with open_raster(plain) as ds:
+        assert ds.transform.c == pytest.approx(500000.0)
