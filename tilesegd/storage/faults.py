@@ -105,7 +105,7 @@ def location_error(
     if kind == "missing":
         return cls(f"{where}: no such object or prefix at {at}; check the {option} URL")
     if kind == "denied":
-        creds = CREDENTIALS.get(scheme, "the URL's signature or token (it may have expired)")
+        creds = CREDENTIALS.get(scheme, "the URL's signature or token, which may have expired")
         return cls(
             f"{where}: access denied by {at} ({said}); check the credentials ({creds}) and that "
             "they may list and read it"

@@ -32,11 +32,14 @@ SECRET_VARIABLES = (
     "AZURE_CLIENT_SECRET",
 )
 _URL = re.compile(r"(?:[a-z][a-z0-9+.-]*://|/vsi[a-z0-9_]*/)[^\s'\"<>]+", re.I)
+_TRAILING = re.compile(r"(.*?)([:,.;)\]]*)", re.S)
 _USERINFO = re.compile(r"(?<=://)[^/@\s'\"]+@")
 _QUERY_VALUE = re.compile(r"([?&;][^=&#\s'\"]+=)[^&#\s'\"]*")
 _HEADERS = (
     re.compile(r"(Authorization\s*[:=]\s*)[^\r\n'\"]+", re.I),
-    re.compile(r"((?:Credential|Signature|SignedHeaders|X-Amz-Security-Token)\s*=\s*)[^,&\s'\"]+"),
+    re.compile(
+        r"((?:Credential|Signature|SignedHeaders|X-Amz-Security-Token)\s*=\s*)[^,&\s'\":;]+"
+    ),
     re.compile(r"(\bx-(?:amz|goog)-[a-z-]*(?:token|signature|credential)\s*:\s*)\S+", re.I),
     re.compile(r"(\bBearer\s+)[A-Za-z0-9._~+/=-]+"),
     re.compile(r"((?:AccountKey|SharedAccessSignature|SharedAccessKey)\s*=\s*)[^;\s'\"]+", re.I),
@@ -54,6 +57,12 @@ def redact_url(url: str) -> str:
     return head + _QUERY_VALUE.sub(lambda m: m.group(1) + MASK, "?" + query)
 
 
+def _redact_match(m: re.Match[str]) -> str:
+    """A URL found in text, redacted; punctuation closing the sentence stays outside it."""
+    url, tail = _TRAILING.fullmatch(m.group(0)).groups()  # type: ignore[union-attr]
+    return redact_url(url) + tail
+
+
 def secret_values() -> list[str]:
     """The values of :data:`SECRET_VARIABLES` set in the environment, longest first."""
     values = {os.environ.get(k, "") for k in SECRET_VARIABLES}
@@ -65,7 +74,7 @@ def redact(text: object) -> str:
     (:func:`redact_url`), request credentials quoted by GDAL or botocore (``Authorization:``,
     ``Credential=``, ``Signature=``, ``Bearer``, Azure ``AccountKey=``), and the values of the
     secret environment variables (:data:`SECRET_VARIABLES`) wherever they occur."""
-    out = _URL.sub(lambda m: redact_url(m.group(0)), str(text))
+    out = _URL.sub(_redact_match, str(text))
     for pattern in _HEADERS:
         out = pattern.sub(lambda m: m.group(1) + MASK, out)
     for value in secret_values():
