@@ -139,3 +139,45 @@ def test_a_local_scene_keeps_its_side_car_files_around_remote_opens(s3, tmp_path
     assert get_gdal_config("GDAL_DISABLE_READDIR_ON_OPEN") is None
     with open_raster(plain) as ds:
         assert ds.transform.c == pytest.approx(500000.0)
+
+
+READ_IN_THREADS = """
+import sys, threading
+from tilesegd.raster.reader import SceneSource
+from tilesegd.raster.scene import open_scene
+from tilesegd.raster.tiling import Win
+out = {}
+t = threading.Thread(target=lambda: out.update(scene=open_scene(sys.argv[1])))
+t.start(); t.join()
+def read():
+    src = SceneSource(out["scene"], (1,))
+    out["sum"] = int(src.read(Win(0, 0, 9, 9))[0].sum())
+    src.close()
+t = threading.Thread(target=read)
+t.start(); t.join()
+print(out["sum"])
+"""
+
+
+def test_worker_threads_see_the_settings_another_thread_made(s3, tmp_path) -> None:
+    """As in a Dask worker, where no scene is opened on the main thread: the endpoint one
+    thread configured holds for the reader threads (a fresh process: GDAL's settings from this
+    one do not leak into it). rasterio's set_gdal_config is thread-local off the main thread,
+    and the reader threads failed with 'Could not resolve host: <bucket>.s3...amazonaws.com'."""
+    import os
+    import subprocess
+    import sys
+
+    path = make_raster(tmp_path / "t.tif", smooth_image(9, 9))
+    with rasterio.open(path) as ds:
+        expected = int(ds.read(1).sum())
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    r = subprocess.run(
+        [sys.executable, "-c", READ_IN_THREADS, s3.put("t/t.tif", path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert int(r.stdout.split()[-1]) == expected

@@ -8,7 +8,8 @@ it, for MinIO, Ceph or a test server) becomes GDAL's ``AWS_S3_ENDPOINT`` / ``AWS
 ``AWS_VIRTUAL_HOSTING``; ``AWS_NO_SIGN_REQUEST=YES`` becomes s3fs's anonymous access; Azure's
 ``AZURE_STORAGE_ACCOUNT_NAME`` / ``_KEY`` (adlfs' names) become GDAL's ``AZURE_STORAGE_ACCOUNT``
 / ``AZURE_STORAGE_ACCESS_KEY``. And GDAL gets settings tuned for Cloud-Optimized GeoTIFFs
-(:data:`COG_SETTINGS`). A variable the user set in the environment always wins.
+(:data:`COG_SETTINGS`). A variable the user set in the environment always wins; tilesegd's
+settings go into the process environment (:func:`configure_gdal`).
 """
 
 from __future__ import annotations
@@ -109,33 +110,41 @@ def azure_settings() -> dict[str, str]:
     return out
 
 
+def wanted_settings() -> dict[str, str]:
+    """Every GDAL setting tilesegd would give: :data:`COG_SETTINGS`, the S3 endpoint's and
+    Azure's account."""
+    return {**COG_SETTINGS, **endpoint_settings(s3_endpoint()), **azure_settings()}
+
+
 def gdal_settings() -> dict[str, str]:
-    """The GDAL configuration for remote reads: :data:`COG_SETTINGS`, the S3 endpoint's
-    settings and Azure's account, less every option set in the environment (GDAL reads those
-    itself, so the user's value holds)."""
-    settings = {**COG_SETTINGS, **endpoint_settings(s3_endpoint()), **azure_settings()}
-    return {k: v for k, v in settings.items() if k not in os.environ}
+    """The GDAL configuration for remote reads (:func:`wanted_settings`) less every option the
+    user set in the environment: GDAL reads those itself, so the user's value holds."""
+    return {
+        k: v
+        for k, v in wanted_settings().items()
+        if os.environ.get(k) is None or os.environ.get(k) == _applied.get(k)
+    }
 
 
 def configure_gdal() -> dict[str, str]:
-    """Apply :func:`gdal_settings` to GDAL's process-wide configuration (threads and later
-    ``rasterio.Env`` blocks see it), again whenever the environment changed them. Call it
-    before opening a remote dataset; it is cheap.
+    """Put :func:`gdal_settings` into the process environment, where GDAL reads every
+    configuration option it is not given otherwise: every thread sees them (rasterio's
+    ``set_gdal_config`` is thread-local outside the main thread), and so do worker processes
+    started later (Dask). Again whenever the environment changed what they should be; a
+    variable the user set is never touched. Call it before opening a remote dataset; it is
+    cheap.
 
     Returns:
         The settings in force (do not log them: an Azure key may be among them).
     """
-    from rasterio._env import del_gdal_config
-    from rasterio.env import set_gdal_config
-
-    settings = gdal_settings()
     with _LOCK:
+        settings = gdal_settings()
         for key, value in settings.items():
-            if _applied.get(key) != value:
-                set_gdal_config(key, value)
-                _applied[key] = value
+            os.environ[key] = value
+            _applied[key] = value
         for key in [k for k in _applied if k not in settings]:
-            del_gdal_config(key)  # GDAL falls back to the environment: the user's value
+            if os.environ.get(key) == _applied[key]:  # ours, no longer wanted
+                del os.environ[key]
             del _applied[key]
     return settings
 
