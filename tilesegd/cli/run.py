@@ -30,14 +30,18 @@ def _bands(ctx: click.Context, param: click.Parameter, value: str | None) -> lis
     multiple=True,
     type=click.Path(),
     help="Raster file or directory (searched recursively for .tif .tiff .vrt .jpg "
-    ".jpeg .png). Repeat for several.",
+    ".jpeg .png); or an s3:// gs:// az:// prefix or object, an http(s):// URL, a GDAL /vsi "
+    "path (read by range requests; credentials from the cloud's environment, AWS_ENDPOINT_URL "
+    "for S3-compatible stores). Repeat for several.",
 )
 @click.option(
     "--model",
     "-m",
     type=click.Path(),
     help="Model file: TorchScript (.ts) or torch.export (.pt2) with tilesegd.json, or ONNX "
-    "(.onnx, tilesegd[onnx]) with tilesegd.json or QGIS Deepness / GeoDeep metadata.",
+    "(.onnx, tilesegd[onnx]) with tilesegd.json or QGIS Deepness / GeoDeep metadata; or its "
+    "s3:// gs:// az:// http(s):// URL, fetched once into a cache keyed by its SHA-256 "
+    "($TILESEGD_MODEL_CACHE, else ~/.cache/tilesegd/models).",
 )
 @click.option(
     "--output",
