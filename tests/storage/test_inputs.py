@@ -181,3 +181,22 @@ def test_worker_threads_see_the_settings_another_thread_made(s3, tmp_path) -> No
     )
     assert r.returncode == 0, r.stderr[-2000:]
     assert int(r.stdout.split()[-1]) == expected
+
+
+def test_a_public_bucket_reads_without_credentials(s3, tmp_path, monkeypatch) -> None:
+    """AWS_NO_SIGN_REQUEST=YES: listing (s3fs, anonymous) and reads (GDAL, unsigned) of a
+    public-read object work with no credential in the environment."""
+    path = make_raster(tmp_path / "p.tif", smooth_image(12, 14))
+    s3.client.put_object(Bucket=s3.name, Key="pub/p.tif", Body=path.read_bytes(), ACL="public-read")
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("AWS_NO_SIGN_REQUEST", "YES")
+    found = discover([s3.url("pub/")])
+    assert [str(p) for p in found] == [s3.url("pub/p.tif")]
+    src = SceneSource(open_scene(found[0]), (1, 2, 3))
+    try:
+        data, _ = src.read(Win(0, 0, 12, 14))
+    finally:
+        src.close()
+    with rasterio.open(path) as ds:
+        np.testing.assert_array_equal(data, ds.read())
