@@ -332,7 +332,7 @@ class S3Bucket:
 
 
 @pytest.fixture
-def s3(s3_server: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> S3Bucket:
+def s3(s3_server: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[S3Bucket]:
     """A fresh bucket on :func:`s3_server`, and the environment a user of an S3-compatible
     store sets: ``AWS_ENDPOINT_URL``, credentials, a region (AWS config files, profiles and other
     ``AWS_*`` settings of this machine cleared); the model cache in ``tmp_path``. A new bucket
@@ -350,7 +350,10 @@ def s3(s3_server: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> S3Buc
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", TEST_SECRET_ACCESS_KEY)
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.setenv("TILESEGD_MODEL_CACHE", str(tmp_path / "model-cache"))
-    return S3Bucket(s3_server, f"tilesegd-{uuid.uuid4().hex[:12]}")
+    before = set(os.environ)
+    yield S3Bucket(s3_server, f"tilesegd-{uuid.uuid4().hex[:12]}")
+    for name in set(os.environ) - before:  # GDAL settings the run put there (the endpoint)
+        os.environ.pop(name, None)
 
 
 class RangeServer:
