@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from rasterio.transform import from_origin
 
-from tilesegd.raster.regrid import grid_for, read_image, to_native
+from tilesegd.raster.footprint import nearest_index
+from tilesegd.raster.regrid import grid_for, read_image, resample_array, to_native
 from tilesegd.raster.resample import ResampledSource, plan_resample, to_scene_grid
 from tilesegd.raster.scene import open_scene
 from tilesegd.raster.tiling import TileGrid, Win
@@ -73,6 +74,7 @@ class ArrayStore:
     kind=st.sampled_from(["none", "block", "stripes", "scattered"]),
     seed=st.integers(0, 2**16),
 )
+@example(h=11, w=11, factor=30 / 11, kind="scattered", seed=1)  # a centre on a grid edge
 @example(h=20, w=25, factor=2.9, kind="scattered", seed=7)  # enlarging: the centre, not half
 def test_run_and_eval_read_the_same_grid_pixels_and_validity(h, w, factor, kind, seed) -> None:
     with tempfile.TemporaryDirectory() as d:
@@ -100,3 +102,18 @@ def test_run_and_eval_read_the_same_grid_pixels_and_validity(h, w, factor, kind,
             plan,
         )
         np.testing.assert_array_equal(scene.mask, to_native(ids, (h, w)))
+
+
+@settings(max_examples=examples(40), deadline=None)
+@given(n_native=st.integers(1, 400), n_grid=st.integers(1, 400))
+@example(n_native=11, n_grid=30)  # the float formula took the pixel before a centre's edge
+def test_nearest_index_is_the_pixel_under_each_centre_exactly(n_native, n_grid) -> None:
+    got = nearest_index(n_native, n_grid, 0, n_native)
+    centres = [(2 * i + 1) * n_grid / (2 * n_native) for i in range(n_native)]  # fractions
+    exact = [int((2 * i + 1) * n_grid // (2 * n_native)) for i in range(n_native)]
+    assert got.tolist() == exact and all(
+        e <= c < e + 1 for e, c in zip(exact, centres, strict=True)
+    )
+    ids = np.arange(n_grid, dtype=np.int64)[None] % 251
+    ref = resample_array(ids.astype(np.uint8), (1, n_native), "nearest")  # GDAL's nearest
+    np.testing.assert_array_equal(ids[0, got].astype(np.uint8), ref[0])

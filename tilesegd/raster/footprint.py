@@ -16,7 +16,8 @@ pixel-is-area: grid row ``r`` covers native rows ``[r * H / h, (r + 1) * H / h)`
   :func:`rasterio.warp.reproject`); otherwise when the native pixel under its centre is
   nodata. A raster whose mask flags say every pixel is valid reads as all valid.
 * **Back to the native grid** (:func:`nearest_index`): each native pixel takes the grid pixel
-  under its centre.
+  under its centre, in exact integer arithmetic (a centre on a boundary takes the next pixel,
+  as GDAL's ``nearest`` does).
 """
 
 from __future__ import annotations
@@ -167,6 +168,7 @@ def warp_pixels(
 
 def nearest_index(n_native: int, n_grid: int, start: int, stop: int) -> np.ndarray:
     """(stop - start,) int64: the grid index under the centre of native pixels
-    ``start..stop-1`` along one axis of ``n_native`` native and ``n_grid`` grid pixels."""
-    idx = np.floor((np.arange(start, stop) + 0.5) * (n_grid / n_native)).astype(np.int64)
-    return np.minimum(idx, n_grid - 1)
+    ``start..stop-1`` along one axis of ``n_native`` native and ``n_grid`` grid pixels:
+    ``floor((i + 0.5) * n_grid / n_native)``, exactly."""
+    i = np.arange(start, stop, dtype=np.int64)
+    return np.minimum((2 * i + 1) * n_grid // (2 * n_native), n_grid - 1)
