@@ -50,7 +50,7 @@ def plan_scene(path: Path, name: str, run: RunSetup) -> ScenePlan:
     """
     cfg, spec = run.cfg, run.spec
     scene = open_run_scene(cfg, path, name)
-    check_compatible(scene, run.bands, spec.extra.get("dtypes"))
+    check_compatible(scene, run.bands, spec.dtypes)
     if run.zones is not None:
         from tilesegd.vector.pixelgrid import require_georeferenced
 
@@ -61,7 +61,7 @@ def plan_scene(path: Path, name: str, run: RunSetup) -> ScenePlan:
         enabled=cfg.resample != "off",
         tolerance=cfg.gsd_tolerance,
         scene_gsd=cfg.scene_gsd,
-        model_scale=run.spec.extra.get("scale"),
+        model_scale=spec.scale,
     )
     shape = resample.model_shape if resample else (scene.height, scene.width)
     transform = resample.model_transform(scene.transform) if resample else scene.transform

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -256,7 +257,7 @@ def scene_georeferencing(
     return crs, transform
 
 
-def check_compatible(scene: Scene, bands: tuple[int, ...], dtypes: list[str] | None) -> None:
+def check_compatible(scene: Scene, bands: tuple[int, ...], dtypes: Sequence[str] | None) -> None:
     """Check that ``scene`` can feed a model reading ``bands`` (1-based).
 
     Args:
