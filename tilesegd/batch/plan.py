@@ -49,8 +49,8 @@ class RunSetup:
 
     @property
     def model_gsd(self) -> float | None:
-        """The model's GSD in metres (``--gsd``, else the model file's ``gsd``), or ``None``."""
-        gsd = self.cfg.gsd or self.spec.extra.get("gsd")
+        """The model's GSD in metres (:func:`model_gsd`), as a float, or ``None``."""
+        gsd = model_gsd(self.cfg, self.spec)
         return None if gsd is None else float(gsd)
 
     @property
@@ -88,7 +88,7 @@ class RunSetup:
             resolve_keep(spec.classes, cfg.vector_classes)  # unknown names: fail now
         aoi_id = (str(Path(cfg.aoi).resolve()), input_stat(cfg.aoi), cfg.aoi_crs) if aoi else None
         confidence = (cfg.save_confidence, cfg.min_confidence)
-        gsd = (cfg.resample, cfg.gsd or spec.extra.get("gsd"), cfg.gsd_tolerance, cfg.scene_gsd)
+        gsd = (cfg.resample, model_gsd(cfg, spec), cfg.gsd_tolerance, cfg.scene_gsd)
         settings = (*geometry.settings(), bands, cfg.save_probs, *confidence, aoi_id, *gsd)
         fp = fingerprint(model_sha, settings, device, dtype)
         return cls(
@@ -103,6 +103,12 @@ class RunSetup:
             zones,
             requested_products(cfg),
         )
+
+
+def model_gsd(cfg: RunConfig, spec: ModelSpec) -> float | None:
+    """The model's GSD in metres per pixel: ``--gsd``, else the model file's ``gsd``, else
+    ``None``; the number as given (the run's fingerprint records it so)."""
+    return cfg.gsd or spec.gsd
 
 
 def load_layers(cfg: RunConfig) -> tuple[Any, Any]:
