@@ -79,11 +79,18 @@ class Scene:
         return self.width * self.height / 1e6
 
 
-def _check_vrt(path: Path, allow_vrt: bool) -> None:
+def check_vrt(path: Path, allow_vrt: bool) -> None:
+    """Refuse, before GDAL opens it, a VRT named other than ``.vrt`` and a VRT that reads from
+    the network (unless ``allow_vrt``). A file is a VRT when GDAL's VRT driver takes it: its
+    first 1024 bytes (GDAL's header) hold ``<VRTDataset`` before any NUL byte, whatever comes
+    first (a BOM, an XML declaration, comments).
+
+    Raises:
+        InputError: naming the file and ``--allow-vrt``.
+    """
     with open(path, "rb") as f:
-        head = f.read(4096)
-    is_xml_vrt = head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"<VRTDataset")
-    if not is_xml_vrt:
+        head = f.read(1024)
+    if b"<VRTDataset" not in head.split(b"\0", 1)[0]:
         return
     if path.suffix.lower() != ".vrt" and not allow_vrt:
         raise InputError(
@@ -142,7 +149,7 @@ def open_scene(
         raise InputError(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise InputError(f"{path}: the file is empty (0 bytes); re-copy or remove it")
-    _check_vrt(path, allow_vrt)
+    check_vrt(path, allow_vrt)
     _check_png_complete(path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -154,11 +161,6 @@ def open_scene(
                 "image?"
             ) from None
     with ds:
-        if ds.driver == "VRT" and path.suffix.lower() != ".vrt" and not allow_vrt:
-            raise InputError(
-                f"{path}: this {path.suffix} file is really a GDAL VRT that points at other "
-                "files; refused by default (pass --allow-vrt, or name it .vrt, if you trust it)"
-            )
         not_georef = any(issubclass(w.category, NotGeoreferencedWarning) for w in caught)
         h, w = ds.height, ds.width
         if h < 1 or w < 1 or ds.count < 1:
