@@ -227,7 +227,7 @@ class DistributedRun:
         st = self.states[name] = SceneState(plan, entry, time.perf_counter())
         entry["blocks_resumed"] = plan.grid.n_blocks - len(plan.todo)
         entry["tile_size"] = plan.grid.tile_size
-        job = replace(self.job, plan=replace(plan, store=None, todo=[]))
+        job = replace(self.job, plan=replace(plan, todo=()))
         per_task = per_task or min(MAX_BLOCKS_PER_TASK, math.ceil(len(plan.todo) / 4 / self.n))
         self.bar.total += sum(b.window.height * b.window.width for b in plan.todo)
         self.bar.refresh()

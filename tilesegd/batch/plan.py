@@ -1,22 +1,26 @@
 """What a run's scenes share (:class:`RunSetup`), and what one scene's work needs
-(:class:`ScenePlan`): plain data, resolved once, passed to the runner, the finish step and
-the Dask workers (both pickle).
+(:class:`ScenePlan`): immutable plain data, resolved once, passed to the runner, the finish
+step and the Dask workers (both pickle). Neither holds an open file: each phase opens the
+scene's work store by its path (:attr:`ScenePlan.store_path`) and closes it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tilesegd.batch.ledger import fingerprint, input_stat
 from tilesegd.config import RunConfig
 from tilesegd.inference.geometry import Geometry
 from tilesegd.model.spec import ModelSpec
-from tilesegd.outputs.preview import PreviewSampler
-from tilesegd.outputs.zarr_store import ZarrMaskStore
 from tilesegd.raster.scene import Scene
 from tilesegd.raster.tiling import Block, TileGrid
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tilesegd.raster.resample import GridResample, GrownRegion
+    from tilesegd.vector.aoi import SceneAOI
+    from tilesegd.vector.layers import PolygonLayer
 
 
 @dataclass(frozen=True)
@@ -43,9 +47,9 @@ class RunSetup:
     output: Path
     fingerprint: str
     model: str
-    aoi: Any = None
-    zones: Any = None
-    products: dict[str, Any] = field(default_factory=dict)
+    aoi: PolygonLayer | None = None
+    zones: PolygonLayer | None = None
+    products: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def model_gsd(self) -> float | None:
@@ -111,7 +115,7 @@ def model_gsd(cfg: RunConfig, spec: ModelSpec) -> float | None:
     return cfg.gsd or spec.gsd
 
 
-def load_layers(cfg: RunConfig) -> tuple[Any, Any]:
+def load_layers(cfg: RunConfig) -> tuple[PolygonLayer | None, PolygonLayer | None]:
     """The AOI and zones polygon layers of a run (``None`` when not asked for), read once.
 
     Raises:
@@ -127,27 +131,28 @@ def load_layers(cfg: RunConfig) -> tuple[Any, Any]:
     return aoi, zones
 
 
-@dataclass
+@dataclass(frozen=True)
 class ScenePlan:
-    """Everything needed to compute and finish one scene (see :func:`plan_scene`).
+    """Everything needed to compute and finish one scene (see
+    :func:`tilesegd.batch.runner.plan_scene`); a phase that changes it returns a new plan
+    (:func:`dataclasses.replace`).
 
     Attributes:
         scene: the profiled input.
         name: output folder name.
         bands: 1-based bands fed to the network.
         grid: tile / block geometry.
-        work: the scene's work folder; ``store`` lives in it.
-        store: the (possibly half-done) ``pred.zarr``.
+        work: the scene's work folder (the published folder for a finished scene).
+        store_path: the scene's (possibly half-done) ``pred.zarr``, in ``work``; each phase
+            opens it (:meth:`tilesegd.outputs.zarr_store.ZarrMaskStore.reopen`), Dask workers
+            too.
         todo: blocks still to compute.
-        preview: the preview image sampled from the blocks decoded by :func:`compute_blocks`.
-        aoi: the area of interest on the grid the tiles run on (:class:`tilesegd.vector.aoi.SceneAOI`),
-            or ``None``.
+        aoi: the area of interest on the grid the tiles run on, or ``None``.
         blocks_outside: blocks outside the area of interest (written as nodata, never read).
-        resample: how the scene maps onto its model grid (:class:`tilesegd.raster.resample.GridResample`)
-            when it runs at the model's GSD, else ``None``; ``grid``, ``store`` and ``aoi`` are
-            then on the model grid, and the finish step writes the scene-grid outputs.
+        resample: how the scene maps onto its model grid when it runs at the model's GSD, else
+            ``None``; ``grid``, ``store_path`` and ``aoi`` are then on the model grid, and the
+            finish step writes the scene-grid outputs.
         resample_fields: ``run.json`` fields of the GSDs and the factor.
-        store_path: where ``store`` lives (workers reopen it by path).
     """
 
     scene: Scene
@@ -155,14 +160,12 @@ class ScenePlan:
     bands: tuple[int, ...]
     grid: TileGrid
     work: Path
-    store: ZarrMaskStore | None
-    todo: list[Block]
-    preview: PreviewSampler | None = None
-    aoi: Any = None
+    store_path: Path
+    todo: tuple[Block, ...] = ()
+    aoi: SceneAOI | GrownRegion | None = None
     blocks_outside: int = 0
-    resample: Any = None
+    resample: GridResample | None = None
     resample_fields: dict[str, Any] = field(default_factory=dict)
-    store_path: Path | None = None
 
     @property
     def done_pixels(self) -> int:

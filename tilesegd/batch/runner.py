@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,20 +29,23 @@ from tilesegd.inference.pipeline import SegmentStats, segment
 from tilesegd.inference.stitch import BlockCheckError
 from tilesegd.model.spec import NODATA
 from tilesegd.outputs.preview import PreviewSampler, preload
+from tilesegd.outputs.zarr_store import ZarrMaskStore
 from tilesegd.raster.gdalenv import gdal_env
 from tilesegd.raster.reader import SceneSource, Source
 from tilesegd.raster.resample import GrownRegion, ResampledSource, plan_resample
 from tilesegd.raster.scene import Scene, check_compatible, open_run_scene
-from tilesegd.raster.tiling import Block, Win
+from tilesegd.raster.tiling import Block, TileGrid, Win
 
 if TYPE_CHECKING:  # pragma: no cover
     from tilesegd.inference.engine import Engine
+    from tilesegd.vector.aoi import SceneAOI
 
 log = logging.getLogger(__name__)
 
 
 def plan_scene(path: Path, name: str, run: RunSetup) -> ScenePlan:
-    """Profile and check a scene, open (or resume) its work store, list the blocks to do.
+    """Profile and check a scene, open (or resume) its work store, write the blocks outside the
+    area of interest, list the blocks to do.
 
     The work folder must have been prepared (:meth:`tilesegd.batch.ledger.RunLedger.start`).
 
@@ -74,17 +78,19 @@ def plan_scene(path: Path, name: str, run: RunSetup) -> ScenePlan:
     path.parent.mkdir(parents=True, exist_ok=True)
     store = open_store(path, shape, grid, scene_attrs(scene, run, transform), run)
     done = store.done_blocks()
-    todo = [b for b in grid.blocks() if b.id not in done]
+    todo = tuple(b for b in grid.blocks() if b.id not in done)
     if done:
         log.info("%s: resuming, %d of %d blocks already done", name, len(done), grid.n_blocks)
-    plan = ScenePlan(scene, name, run.bands, grid, work, store, todo, aoi=aoi)
-    plan.resample, plan.resample_fields, plan.store_path = resample, fields, path
+    outside = 0
     if aoi is not None:
-        skip_outside(plan)
-    return plan
+        todo, outside = skip_outside(store, grid, aoi, todo, name)
+    return ScenePlan(scene, name, run.bands, grid, work, path, todo, aoi, outside, resample,
+                     fields)  # fmt: skip
 
 
-def scene_aoi(run: RunSetup, scene: Scene, shape: tuple[int, int], transform: Any) -> Any:
+def scene_aoi(
+    run: RunSetup, scene: Scene, shape: tuple[int, int], transform: Any
+) -> SceneAOI | None:
     """The run's AOI placed on a ``shape`` grid of the scene with ``transform`` (``None``
     without an AOI).
 
@@ -98,22 +104,30 @@ def scene_aoi(run: RunSetup, scene: Scene, shape: tuple[int, int], transform: An
     return SceneAOI(run.aoi, scene.crs, transform, *shape, scene=str(scene.path))
 
 
-def skip_outside(plan: ScenePlan) -> None:
-    """Write the blocks outside the area of interest as nodata without reading them, and take
-    them off ``plan.todo``."""
-    outside = [b for b in plan.grid.blocks() if not plan.aoi.intersects(b.window)]
-    plan.blocks_outside = len(outside)
-    ids = {b.id for b in outside}
-    for b in (b for b in plan.todo if b.id in ids):
-        plan.store.write_block(b, np.full((b.window.height, b.window.width), NODATA, np.uint8))
-    plan.todo = [b for b in plan.todo if b.id not in ids]
+def skip_outside(
+    store: ZarrMaskStore,
+    grid: TileGrid,
+    aoi: SceneAOI | GrownRegion,
+    todo: tuple[Block, ...],
+    name: str,
+) -> tuple[tuple[Block, ...], int]:
+    """Write the blocks of ``todo`` outside the area of interest into ``store`` as nodata
+    without reading them.
+
+    Returns:
+        ``(the blocks of todo left to compute, the scene's blocks outside the AOI)``.
+    """
+    outside = {b.id for b in grid.blocks() if not aoi.intersects(b.window)}
+    for b in (b for b in todo if b.id in outside):
+        store.write_block(b, np.full((b.window.height, b.window.width), NODATA, np.uint8))
     log.info(
         "%s: %d of %d blocks outside the AOI (never read); %.1f%% of the scene inside it",
-        plan.name,
+        name,
         len(outside),
-        plan.grid.n_blocks,
-        100 * plan.aoi.fraction,
+        grid.n_blocks,
+        100 * aoi.fraction,
     )
+    return tuple(b for b in todo if b.id not in outside), len(outside)
 
 
 class PreviewSampling:
@@ -136,20 +150,34 @@ class PreviewSampling:
         self.source.close()
 
 
+def preview_sampler(plan: ScenePlan, run: RunSetup) -> PreviewSampler | None:
+    """An empty preview image for :func:`compute_blocks` to fill from the windows it decodes
+    (on the grid the tiles run on), or ``None`` when the run draws no preview."""
+    if run.cfg.preview_size <= 0:
+        return None
+    preload()  # matplotlib, in the background
+    grid = plan.grid
+    return PreviewSampler(grid.height, grid.width, len(plan.bands), plan.scene.dtype,
+                          run.cfg.preview_size)  # fmt: skip
+
+
 def compute_blocks(
     plan: ScenePlan,
     engine: Engine,
     run: RunSetup,
-    blocks: list[Block] | None = None,
+    blocks: Sequence[Block] | None = None,
     *,
+    store: ZarrMaskStore | None = None,
+    preview: PreviewSampler | None = None,
     stop: threading.Event | None = None,
     progress: bool = True,
-    sample_preview: bool = True,
 ) -> SegmentStats:
-    """Segment ``blocks`` (default: ``plan.todo``) of a planned scene into its store.
+    """Segment ``blocks`` (default: ``plan.todo``) of a planned scene into its work store.
 
-    With ``sample_preview`` (and a preview asked for), the decoded windows also fill
-    ``plan.preview``, which :func:`finish_scene` uses instead of reading the scene again.
+    Args:
+        store: the scene's open work store (default: ``plan.store_path`` reopened).
+        preview: filled with the decoded windows (:func:`preview_sampler`), which
+            :func:`finish_scene` then draws instead of reading the scene again; ``None``: none.
 
     Raises:
         InputError: the scene cannot be decoded. BlockCheckError: a block failed its check.
@@ -157,16 +185,12 @@ def compute_blocks(
     """
     cfg, scene = run.cfg, plan.scene
     blocks = plan.todo if blocks is None else blocks
+    store = store or ZarrMaskStore.reopen(plan.store_path)
     source: Source = SceneSource(scene, plan.bands)
     if plan.resample is not None:
         source = ResampledSource(scene, plan.bands, plan.resample)
-    if cfg.preview_size > 0 and sample_preview:
-        preload()  # matplotlib, in the background
-        if plan.preview is None:
-            plan.preview = PreviewSampler(
-                source.height, source.width, len(plan.bands), scene.dtype, cfg.preview_size
-            )
-        source = PreviewSampling(source, plan.preview)
+    if preview is not None:
+        source = PreviewSampling(source, preview)
     bar = progress_bar(
         progress,
         total=round(scene.megapixels, 2),
@@ -185,14 +209,14 @@ def compute_blocks(
                 source,
                 plan.grid,
                 engine,
-                plan.store.write_block,
-                on_probs=plan.store.write_probs if cfg.save_probs else None,
+                store.write_block,
+                on_probs=store.write_probs if cfg.save_probs else None,
                 blocks=blocks,
                 workers=cfg.workers,
                 progress=lambda px: bar.update(px / 1e6),
                 stop=stop,
                 region=plan.aoi,
-                on_confidence=plan.store.write_confidence if run.confidence else None,
+                on_confidence=store.write_confidence if run.confidence else None,
             )
     except BlockCheckError as exc:
         raise BlockCheckError(f"{scene.path}: {exc}") from None
@@ -226,9 +250,10 @@ def run_scene(
     t0 = time.perf_counter()
     plan = plan_scene(path, name, run)
     resumed = plan.grid.n_blocks - len(plan.todo)
-    stats = compute_blocks(plan, engine, run, stop=stop, progress=progress)
+    preview = preview_sampler(plan, run)
+    stats = compute_blocks(plan, engine, run, preview=preview, stop=stop, progress=progress)
     t_seg = time.perf_counter() - t0
-    entry = finish_scene(plan, run)
+    entry = finish_scene(plan, run, preview)
     entry.update(aoi_fields(plan, stats))
     return {
         "status": "done",
