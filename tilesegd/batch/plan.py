@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tilesegd.batch.ledger import fingerprint, input_stat
+from tilesegd.batch.layout import fingerprint, input_stat
 from tilesegd.config import RunConfig
 from tilesegd.inference.geometry import Geometry
 from tilesegd.model.spec import ModelSpec

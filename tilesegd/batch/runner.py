@@ -1,7 +1,7 @@
 """One scene, end to end: profile, check, segment block by block, then COG, areas, preview.
 
 Work happens in ``DIR/.tilesegd/work/<scene>/``; only when every output is complete does that
-folder become ``DIR/<scene>/``, in one directory rename (:func:`tilesegd.batch.ledger.publish`), so
+folder become ``DIR/<scene>/``, in one directory rename (:func:`tilesegd.batch.folder.publish`), so
 nothing at a final path ever claims a success that did not happen. A killed scene resumes from
 the blocks listed in its work folder's ``blocks.done``.
 
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tilesegd.batch.finish import finish_scene, open_store, scene_attrs
-from tilesegd.batch.ledger import work_dir
+from tilesegd.batch.layout import work_dir
 from tilesegd.batch.plan import RunSetup, ScenePlan
 from tilesegd.batch.progress import progress_bar
 from tilesegd.inference.pipeline import SegmentStats, segment
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 def plan_scene(path: Path, name: str, run: RunSetup) -> ScenePlan:
     """Profile and check a scene, open (or resume) its work store, list the blocks to do.
 
-    The work folder must have been prepared (:meth:`tilesegd.batch.ledger.RunLedger.start`).
+    The work folder must have been prepared (:meth:`tilesegd.batch.states.RunStates.admit`).
 
     Raises:
         InputError, IncompatibleInputError: bad scene, found before any inference.
