@@ -3,7 +3,7 @@
 
 They are fed the blocks of the finished store in the same pass that builds ``mask.tif``
 (:class:`ProductSinks`), or, when a rerun only adds them to a finished scene, in a pass of
-their own over the published ``pred.zarr`` (the network does not run again; the ledger
+their own over the published ``pred.zarr`` (the network does not run again; the state machine
 decides: :meth:`tilesegd.batch.states.RunStates.products_to_add`). Each file is
 written atomically. The settings of each product are recorded in the scene's ``run.json``
 entry (``products``), so the run knows which products a finished scene already has.

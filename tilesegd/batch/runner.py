@@ -24,6 +24,7 @@ from tilesegd.batch.finish import finish_scene, open_store, scene_attrs
 from tilesegd.batch.layout import work_dir
 from tilesegd.batch.plan import RunSetup, ScenePlan
 from tilesegd.batch.progress import progress_bar
+from tilesegd.errors import Interrupted
 from tilesegd.inference.pipeline import SegmentStats, segment
 from tilesegd.inference.stitch import BlockCheckError
 from tilesegd.model.spec import NODATA
@@ -35,6 +36,7 @@ from tilesegd.raster.scene import Scene, check_compatible, open_run_scene
 from tilesegd.raster.tiling import Block, Win
 
 if TYPE_CHECKING:  # pragma: no cover
+    from tilesegd.batch.states import SceneRun
     from tilesegd.inference.engine import Engine
 
 log = logging.getLogger(__name__)
@@ -202,57 +204,59 @@ def compute_blocks(
 
 
 def run_scene(
-    path: Path,
-    name: str,
+    scene: SceneRun,
     engine: Engine,
     run: RunSetup,
     *,
     stop: threading.Event | None = None,
     progress: bool = True,
-) -> dict[str, Any]:
-    """Segment one scene into ``output/<name>/`` and return its ``run.json`` entry.
+) -> None:
+    """Segment one started scene into ``output/<name>/`` in this process, moving it through
+    its states (:mod:`tilesegd.batch.states`): planned, blocks done, finished; or failed /
+    interrupted, recorded in its ``run.json`` entry (``seconds``, ``megapixels_per_s``,
+    ``tiles_run``, ``tiles_skipped``, ``blocks``, ``blocks_resumed``, ``outputs``...).
 
-    Returns:
-        ``{"status": "done", "seconds", "megapixels", "megapixels_per_s", "tiles_run",
-        "tiles_skipped", "blocks", "blocks_resumed", "outputs": {...}, ...}``.
+    A bad scene (a bad input, a block that fails its check) is recorded and the run goes on.
 
     Raises:
-        InputError, IncompatibleInputError: bad scene (before any inference).
-        ModelFileError: the network disagrees with its metadata.
-        Interrupted: ``stop`` was set.
-        BlockCheckError: a block failed its check (a bug; nothing is published).
-        OutputError / OSError: an output could not be written.
+        OutputError: an output cannot be written, so no later scene could succeed
+            (:meth:`~tilesegd.batch.states.SceneRun.failed` raises it).
     """
     t0 = time.perf_counter()
-    plan = plan_scene(path, name, run)
-    resumed = plan.grid.n_blocks - len(plan.todo)
-    stats = compute_blocks(plan, engine, run, stop=stop, progress=progress)
-    t_seg = time.perf_counter() - t0
-    entry = finish_scene(plan, run)
-    entry.update(aoi_fields(plan, stats))
-    return {
-        "status": "done",
-        "seconds": round(time.perf_counter() - t0, 3),
-        "megapixels_per_s": round(stats.pixels / 1e6 / t_seg, 3) if t_seg > 0 else None,
-        "tiles_run": stats.tiles_run,
-        "tiles_skipped": stats.tiles_skipped,
-        "blocks_resumed": resumed,
-        "tile_size": plan.grid.tile_size,
-        **entry,
-        **plan.resample_fields,
-    }
+    try:
+        plan = plan_scene(scene.path, scene.name, run)
+        scene.planned(plan.grid.n_blocks - len(plan.todo), plan.grid.tile_size)
+        stats = compute_blocks(plan, engine, run, stop=stop, progress=progress)
+        t_seg = time.perf_counter() - t0
+        scene.blocks_done(
+            megapixels_per_s=round(stats.pixels / 1e6 / t_seg, 3) if t_seg > 0 else None,
+            tiles_run=stats.tiles_run,
+            tiles_skipped=stats.tiles_skipped,
+        )
+        entry = finish_scene(plan, run)
+    except Interrupted as exc:
+        scene.interrupted(str(exc))
+        return
+    except Exception as exc:  # one bad scene never stops the others (unless none could succeed)
+        scene.failed(exc)
+        return
+    scene.finished({**entry, **aoi_fields(plan, stats.tiles_outside_aoi), **plan.resample_fields})
+    done = scene.entry
+    log.info("%s: done in %.1f s (%.2f MP/s)", scene.name, done["seconds"],
+             done["megapixels_per_s"] or 0)  # fmt: skip
 
 
-def aoi_fields(plan: ScenePlan, stats: SegmentStats | None) -> dict[str, Any]:
-    """``run.json`` fields of the area of interest (empty without one)."""
+def aoi_fields(plan: ScenePlan, tiles_outside: int | None) -> dict[str, Any]:
+    """``run.json`` fields of the area of interest (empty without one); ``tiles_outside``:
+    the tiles computed blocks skipped for lying outside it (``None``: not counted)."""
     if plan.aoi is None:
         return {}
     out: dict[str, Any] = {
         "aoi_fraction": round(plan.aoi.fraction, 6),
         "blocks_outside_aoi": plan.blocks_outside,
     }
-    if stats is not None:
-        out["tiles_outside_aoi"] = stats.tiles_outside_aoi
+    if tiles_outside is not None:
+        out["tiles_outside_aoi"] = tiles_outside
     if plan.aoi.empty:
         out["note"] = "the scene is outside the AOI: nothing was computed, every pixel is nodata"
     return out
