@@ -246,17 +246,16 @@ def run_scene(
              done["megapixels_per_s"] or 0)  # fmt: skip
 
 
-def aoi_fields(plan: ScenePlan, tiles_outside: int | None) -> dict[str, Any]:
+def aoi_fields(plan: ScenePlan, tiles_outside: int) -> dict[str, Any]:
     """``run.json`` fields of the area of interest (empty without one); ``tiles_outside``:
-    the tiles computed blocks skipped for lying outside it (``None``: not counted)."""
+    the tiles of computed blocks skipped for lying outside it."""
     if plan.aoi is None:
         return {}
     out: dict[str, Any] = {
         "aoi_fraction": round(plan.aoi.fraction, 6),
         "blocks_outside_aoi": plan.blocks_outside,
+        "tiles_outside_aoi": tiles_outside,
     }
-    if tiles_outside is not None:
-        out["tiles_outside_aoi"] = tiles_outside
     if plan.aoi.empty:
         out["note"] = "the scene is outside the AOI: nothing was computed, every pixel is nodata"
     return out
