@@ -239,11 +239,15 @@ def on_scene_grid(plan: ScenePlan, run: RunSetup) -> ScenePlan:
     """The plan of a scene segmented on its model grid, moved to the scene's own grid: every
     model-grid block must be done; ``pred.zarr`` on the scene grid is then written from it
     (nearest neighbour, :func:`tilesegd.raster.resample.to_scene_grid`), with the AOI applied on the
-    scene grid by the pixel-centre rule.
+    scene grid by the pixel-centre rule and the input's own nodata (dataset mask, NaN / Inf)
+    read again on the scene grid, block by block: a pixel that is nodata in the input is 255
+    in the mask, the confidence, the areas, zones and polygons whatever the model grid.
 
     Raises:
-        BlockCheckError: model-grid blocks are missing.
+        BlockCheckError: model-grid blocks are missing. InputError: GDAL cannot decode the
+            scene's mask (or float bands) again. OutputError: ``pred.zarr`` cannot be written.
     """
+    from tilesegd.raster.reader import SceneSource
     from tilesegd.raster.resample import to_scene_grid
 
     check_blocks_done(plan)
@@ -256,7 +260,13 @@ def on_scene_grid(plan: ScenePlan, run: RunSetup) -> ScenePlan:
         from tilesegd.vector.aoi import SceneAOI
 
         keep = SceneAOI(run.aoi, scene.crs, scene.transform, *shape, scene=str(scene.path))
-    to_scene_grid(plan.store, store, grid, plan.resample, keep)
+    source = SceneSource(scene, plan.bands) if scene.has_mask else None
+    try:
+        to_scene_grid(plan.store, store, grid, plan.resample, keep,
+                      None if source is None else source.valid)  # fmt: skip
+    finally:
+        if source is not None:
+            source.close()
     return dataclasses.replace(plan, grid=grid, store=store, store_path=store.path)
 
 

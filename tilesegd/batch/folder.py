@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from tilesegd import atomic
 from tilesegd.batch.layout import DONE_LOG, WORK_DIR, WORK_JSON, work_dir
 from tilesegd.errors import LockedError, OutputError, output_failure
 
@@ -43,7 +44,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
             json.dump(data, f, indent=2, default=str)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic.replace(tmp, path)
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -85,7 +86,7 @@ def output_lock(output: Path) -> Iterator[None]:
     lock_dir = output / WORK_DIR
     try:
         lock_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock_dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(lock_dir / "lock", os.O_RDWR | os.O_CREAT, 0o666)  # less the umask
     except OSError as exc:
         raise output_error(output, exc) from None
     try:

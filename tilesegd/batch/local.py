@@ -11,13 +11,16 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tilesegd.batch.finish import add_scene_products
 from tilesegd.batch.ledger import FolderLedger
 from tilesegd.batch.runner import RunSetup, run_scene
 from tilesegd.batch.states import RunStates
 from tilesegd.config import RunConfig
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tilesegd.inference.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +46,11 @@ def run_header(run: RunSetup, model_sha: str, device: str, dtype: str) -> dict[s
     }
 
 
-def load_engine(cfg: RunConfig, output: Path) -> tuple[Any, RunSetup, str]:
-    """Load the model, resolve the run's setup and check the network on one tile.
+def load_engine(cfg: RunConfig, output: Path) -> tuple[Engine, RunSetup, str]:
+    """Load the model, resolve the run's setup (its geometry on this device's memory budget),
+    build the engine with that geometry, check the network on one tile and build its TensorRT
+    engine when that runtime was asked for, all before any scene
+    (:mod:`tilesegd.inference.build`: model, device and budget, geometry, engine).
 
     Returns:
         ``(engine, setup, model_sha256)``.
@@ -54,36 +60,19 @@ def load_engine(cfg: RunConfig, output: Path) -> tuple[Any, RunSetup, str]:
         DeviceError: the device or precision is not available. ConfigError: bad geometry or
             bands.
     """
-    from tilesegd.inference.engine import Engine
-    from tilesegd.inference.geometry import device_budget
+    from tilesegd.inference.build import load_network
     from tilesegd.model.model_file import file_sha256
 
     model_sha = file_sha256(cfg.model) if Path(cfg.model or "").is_file() else ""
-    engine = Engine.from_file(
-        cfg.model or "",
-        device=cfg.device,
-        sha256=cfg.model_sha256,
-        precision=cfg.precision,
-        save_probs=cfg.save_probs,
-        compile=cfg.compile,
-        runtime=cfg.runtime,
-        confidence=cfg.save_confidence,
-        min_confidence=cfg.min_confidence,
-    )
-    budget, _ = device_budget(engine.device)
+    net = load_network(cfg.model or "", cfg.engine_options(), sha256=cfg.model_sha256)
+    device, dtype, budget = net.target.device, net.target.dtype, net.target.budget
     run = RunSetup.resolve(
-        cfg,
-        engine.spec,
-        output,
-        model_sha,
-        str(engine.device),
-        str(engine.dtype),
-        budget,
-        engine.dtype.itemsize,
+        cfg, net.spec, output, model_sha, str(device), str(dtype), budget.bytes, budget.dtype_bytes
     )
-    engine.batch_size = run.geometry.batch_size
+    engine = net.engine(run.geometry)
     tile = run.geometry.min_tile or run.geometry.tile_size  # the cheapest tile a scene may use
     engine.check((tile, tile))  # class count / output size vs tilesegd.json, before any scene
+    engine.build_tensorrt((tile, tile))  # --runtime tensorrt: compiled now, not mid-scene
     return engine, run, model_sha
 
 

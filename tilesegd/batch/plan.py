@@ -5,6 +5,7 @@ the Dask workers (both pickle).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ from tilesegd.outputs.preview import PreviewSampler
 from tilesegd.outputs.zarr_store import ZarrMaskStore
 from tilesegd.raster.scene import Scene
 from tilesegd.raster.tiling import Block, TileGrid
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,7 @@ class RunSetup:
         aoi: the area of interest's polygons, or ``None``.
         zones: the zones' polygons, or ``None``.
         products: the optional products asked for (:func:`tilesegd.batch.products.requested_products`).
+        said: keys of the notes already given in this run (:meth:`warn_once`).
     """
 
     cfg: RunConfig
@@ -46,6 +50,14 @@ class RunSetup:
     aoi: Any = None
     zones: Any = None
     products: dict[str, Any] = field(default_factory=dict)
+    said: set[str] = field(default_factory=set, compare=False, repr=False)
+
+    def warn_once(self, key: str, message: str) -> None:
+        """Log ``message`` as a warning the first time ``key`` comes up in this run (a note
+        true of many scenes is given once, not once a scene)."""
+        if key not in self.said:
+            self.said.add(key)
+            log.warning("%s", message)
 
     @property
     def model_gsd(self) -> float | None:

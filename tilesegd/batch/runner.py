@@ -29,6 +29,7 @@ from tilesegd.inference.pipeline import SegmentStats, segment
 from tilesegd.inference.stitch import BlockCheckError
 from tilesegd.model.spec import NODATA
 from tilesegd.outputs.preview import PreviewSampler, preload
+from tilesegd.raster.exif import orientation_note
 from tilesegd.raster.gdalenv import gdal_env
 from tilesegd.raster.reader import SceneSource, Source
 from tilesegd.raster.resample import GrownRegion, ResampledSource, plan_resample
@@ -53,6 +54,7 @@ def plan_scene(path: Path, name: str, run: RunSetup) -> ScenePlan:
     cfg, spec = run.cfg, run.spec
     scene = open_run_scene(cfg, path, name)
     check_compatible(scene, run.bands, spec.extra.get("dtypes"))
+    say_what_scene_is(scene, run)
     if run.zones is not None:
         from tilesegd.vector.pixelgrid import require_georeferenced
 
@@ -84,6 +86,22 @@ def plan_scene(path: Path, name: str, run: RunSetup) -> ScenePlan:
     if aoi is not None:
         skip_outside(plan)
     return plan
+
+
+def say_what_scene_is(scene: Scene, run: RunSetup) -> None:
+    """Warn about what the outputs of ``scene`` will be that a user might not expect: an EXIF
+    orientation the outputs do not follow (once per scene), and, once per run, that inputs
+    without georeferencing get pixel coordinates."""
+    note = orientation_note(scene)
+    if note:
+        log.warning("%s", note)
+    if not scene.georeferenced:
+        run.warn_once(
+            "no-georef",
+            f"{scene.path} has no georeferencing: its outputs are in pixel coordinates (x = "
+            "column, y = row; no CRS) and areas.csv counts pixels without m2; so are those of "
+            "every other input without georeferencing in this run (said once)",
+        )
 
 
 def scene_aoi(run: RunSetup, scene: Scene, shape: tuple[int, int], transform: Any) -> Any:

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from tilesegd import atomic
 from tilesegd.batch.layout import RUN_FILES, SUMMARY_CSV, ZONES_SUMMARY_CSV
 from tilesegd.errors import writing
 
@@ -53,7 +54,7 @@ def write_summaries(output: Path, done: Mapping[str, Mapping[str, Any]]) -> dict
                 w = csv.DictWriter(fh, fieldnames=("scene", *AREA_COLUMNS, "polygons"))
                 w.writeheader()
                 w.writerows(rows)
-            os.replace(tmp, output / SUMMARY_CSV)
+            atomic.replace(tmp, output / SUMMARY_CSV)
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()

@@ -16,6 +16,7 @@ from typing import Protocol
 import numpy as np
 
 from tilesegd.errors import InputError
+from tilesegd.raster.gdalenv import quiet_georef
 from tilesegd.raster.scene import Scene
 from tilesegd.raster.tiling import Win, clip_window
 
@@ -90,7 +91,8 @@ class SceneSource:
         if ds is None:
             import rasterio
 
-            ds = rasterio.open(self.scene.path)
+            with quiet_georef():  # a plain frame: the run said so once
+                ds = rasterio.open(self.scene.path)
             self._local.ds = ds
             with self._lock:
                 self._handles.append(ds)
@@ -117,6 +119,27 @@ class SceneSource:
                     valid[dst] = True
         finite(data, valid)
         return data, valid
+
+    def valid(self, win: Win) -> np.ndarray:
+        """(h, w) bool validity of ``win`` exactly as :meth:`read` gives it (dataset mask, and
+        NaN / Inf of the bands in float imagery; False outside the scene), decoding the bands
+        only for float imagery: the scene-grid nodata of outputs made on another grid.
+
+        Raises:
+            InputError: GDAL fails to decode the window (truncated or corrupt file).
+        """
+        if self.scene.dtype.startswith("float"):
+            return self.read(win)[1]
+        inner, (dr, dc) = clip_window(win, self.height, self.width)
+        valid = np.zeros((win.height, win.width), bool)
+        if inner.height and inner.width:
+            dst = (slice(dr, dr + inner.height), slice(dc, dc + inner.width))
+            if not self.scene.has_mask:
+                valid[dst] = True
+            else:
+                with self.decoding(inner):
+                    valid[dst] = self._ds().dataset_mask(window=inner.to_rasterio()) > 0
+        return valid
 
     @contextlib.contextmanager
     def decoding(self, inner: Win) -> Iterator[None]:

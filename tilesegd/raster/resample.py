@@ -17,7 +17,10 @@ extent cut into pixels of the model's GSD.
   confidence, and probabilities) of the model-grid pixel under its centre (nearest neighbour),
   block by block, so
   ``mask.tif``, ``pred.zarr``, the areas, zones and polygons stay on the scene's own grid and
-  aligned with the input; areas stay in metres.
+  aligned with the input; areas stay in metres. A pixel that is nodata in the input (its own
+  validity on the scene grid, :meth:`tilesegd.raster.reader.SceneSource.valid`) is nodata in the ids
+  and the confidence whatever its model-grid pixel was: at a nodata edge a model-grid pixel
+  holds scene pixels of both kinds.
 """
 
 from __future__ import annotations
@@ -255,16 +258,40 @@ def nearest_index(n_scene: int, n_model: int, start: int, stop: int) -> np.ndarr
     return np.minimum(idx, n_model - 1)
 
 
+def scene_nodata(win: Win, keep: Any = None, valid: Any = None) -> np.ndarray | None:
+    """(h, w) bool of the scene-grid pixels of ``win`` that are nodata in every output,
+    whatever the model grid made of them: outside the area of interest ``keep``
+    (``mask(win) -> bool``) or nodata in the input (``valid(win) -> bool``, the input's own
+    validity on the scene grid); ``None`` when neither is given."""
+    out = None if keep is None else ~keep.mask(win)
+    if valid is not None:
+        bad = ~valid(win)
+        out = bad if out is None else out | bad
+    return out
+
+
 def to_scene_grid(
-    model_store: Any, scene_store: Any, grid: TileGrid, resample: GridResample, keep: Any = None
+    model_store: Any,
+    scene_store: Any,
+    grid: TileGrid,
+    resample: GridResample,
+    keep: Any = None,
+    valid: Any = None,
 ) -> None:
     """Write the scene-grid ``scene_store`` from the finished model-grid ``model_store``:
-    each scene pixel takes the ids (and confidence) of the model-grid pixel under its centre.
+    each scene pixel takes the ids (and confidence, and probabilities) of the model-grid pixel
+    under its centre, block by block (memory: a few arrays of one block).
 
     Args:
         grid: the scene-grid block geometry (``scene_store``'s chunks).
         keep: the scene's area of interest (``mask(win) -> bool``), or ``None``: pixels outside
             are nodata on the scene grid too (pixel-centre rule on the output grid).
+        valid: the input's validity on the scene grid (``valid(win) -> (h, w) bool``,
+            :meth:`tilesegd.raster.reader.SceneSource.valid`), or ``None`` (every pixel valid): a
+            pixel that is nodata in the input is nodata (255) in the ids and the confidence
+            however its model-grid pixel was classed (a model-grid pixel holds scene pixels
+            of both kinds at a nodata edge). Probabilities are copied as they are, as on the
+            scene's own grid (the ids say which pixels are nodata).
     """
     (h, w), (mh, mw) = resample.scene_shape, resample.model_shape
     for block in grid.blocks():
@@ -276,13 +303,13 @@ def to_scene_grid(
                                                 int(rows[-1] - rows[0] + 1),
                                                 int(cols[-1] - cols[0] + 1)))  # fmt: skip
         ids = model_store.read_block(src)[pick]
-        outside = None if keep is None else ~keep.mask(win)
-        if outside is not None:
-            ids[outside] = NODATA
+        nodata = scene_nodata(win, keep, valid)
+        if nodata is not None:
+            ids[nodata] = NODATA
         if scene_store.confidence is not None and model_store.confidence is not None:
             conf = model_store.read_confidence(src)[pick]
-            if outside is not None:
-                conf[outside] = NODATA
+            if nodata is not None:
+                conf[nodata] = NODATA
             scene_store.write_confidence(block, conf)
         if scene_store.probs is not None and model_store.probs is not None:
             probs = np.asarray(model_store.probs[(slice(None), *src.window.slices)])
