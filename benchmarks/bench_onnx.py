@@ -83,16 +83,19 @@ def main(argv: list[str] | None = None) -> dict:
 
     import onnxruntime
 
-    from tilesegd.inference.engine import Engine
+    from tilesegd.inference.build import open_engine
+    from tilesegd.inference.geometry import TilingOptions
+    from tilesegd.inference.options import EngineOptions
     from tilesegd.model.model_file import load_model
 
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as d:
         ts, onnx_path = build(Path(d))
         nets = {"torch": load_model(ts, "cpu").module, "onnxruntime": load_model(onnx_path).module}
+        cpu, tiling = EngineOptions(device="cpu"), TilingOptions(batch_size=a.batch)
         engines = {
-            "torch": Engine.from_file(ts, device="cpu", batch_size=a.batch),
-            "onnxruntime": Engine.from_file(onnx_path, device="cpu", batch_size=a.batch),
+            "torch": open_engine(ts, cpu, tiling),
+            "onnxruntime": open_engine(onnx_path, cpu, tiling),
         }
         rng = np.random.default_rng(0)
         raw = rng.integers(0, 256, (a.batch, 3, TILE, TILE), dtype=np.uint8)

@@ -33,10 +33,12 @@ def one_call(model: str, tile: int) -> dict[str, float]:
     import numpy as np
     import torch
 
-    from tilesegd.inference.engine import Engine
+    from tilesegd.inference.build import open_engine
+    from tilesegd.inference.geometry import TilingOptions
+    from tilesegd.inference.options import EngineOptions
 
     torch.set_num_threads(2)
-    engine = Engine.from_file(model, device="cpu", batch_size=1)
+    engine = open_engine(model, EngineOptions(device="cpu"), TilingOptions(batch_size=1))
     before = _rss_mb()
     x = np.full((1, engine.spec.in_channels, tile, tile), 128, np.uint8)
     for _ in range(3):  # the first call of a shape (TorchScript profiling run) differs

@@ -39,14 +39,15 @@ def run(
     """One pass over ``images`` with a fresh engine; counts, seconds and the masks."""
     import torch
 
-    from tilesegd.inference.engine import Engine
-    from tilesegd.inference.geometry import resolve_geometry
+    from tilesegd.inference.build import load_network
+    from tilesegd.inference.geometry import TilingOptions
+    from tilesegd.inference.options import EngineOptions
     from tilesegd.inference.pipeline import predict_array
 
     torch.set_num_threads(2)
-    engine = Engine.from_file(model, device="cpu")
-    g = resolve_geometry(engine.spec, tile_size=tile, overlap=overlap, batch_size=batch)
-    engine.batch_size, engine.trim_batches = g.batch_size, trim
+    net = load_network(model, EngineOptions(device="cpu", trim_batches=trim))
+    g = net.geometry(TilingOptions(tile_size=tile, overlap=overlap, batch_size=batch))
+    engine = net.engine(g)
     t0 = time.perf_counter()
     masks = [
         predict_array(engine, img, tile_size=g.tile_for(*img.shape[1:]), overlap=g.overlap)

@@ -284,13 +284,14 @@ def score_model(model: Path, folder: Path) -> dict[str, Any]:
     """Score a model file on the test frames: predicted at its resolution (``gsd`` / ``scale``),
     scored at the masks' native resolution."""
     from tilesegd.evaluation.scoring import Scorer
-    from tilesegd.inference.engine import Engine
+    from tilesegd.inference.build import open_engine
+    from tilesegd.inference.options import EngineOptions
     from tilesegd.raster.labels import find_pairs, read_classes
     from tilesegd.training.data import PairStore
     from tilesegd.training.resample import plan_grids
     from tilesegd.training.validate import score_store
 
-    engine = Engine.from_file(model, device="cpu", runtime="eager")
+    engine = open_engine(model, EngineOptions(device="cpu", runtime="eager"))
     pairs = find_pairs(folder / "images", folder / "masks")
     grids = plan_grids(
         [p.image for p in pairs], engine.spec.extra.get("gsd"), engine.spec.extra.get("scale")

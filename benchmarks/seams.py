@@ -23,7 +23,9 @@ from rasterio.windows import Window
 def main() -> None:
     import rasterio
 
-    from tilesegd.inference.engine import Engine
+    from tilesegd.inference.build import build_engine
+    from tilesegd.inference.geometry import TilingOptions
+    from tilesegd.inference.options import EngineOptions
     from tilesegd.inference.pipeline import predict_array
     from tilesegd.model.model_file import load_model
 
@@ -48,7 +50,7 @@ def main() -> None:
         whole = m.module(torch.from_numpy(x)[None]).argmax(1)[0].numpy().astype(np.uint8)
     b = a.border
     inner = (slice(b, side - b), slice(b, side - b))
-    engine = Engine(m.module, sp, "cpu", batch_size=4)
+    engine = build_engine(m.module, sp, EngineOptions(device="cpu"), TilingOptions(batch_size=4))
     print(
         f"{a.model} on {side}^2 of {a.scene}; model default tile {sp.tile_size}, overlap {sp.overlap}"
     )

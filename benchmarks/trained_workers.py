@@ -44,8 +44,9 @@ def run_tilesegd(
     file's ``activation_bytes_per_pixel`` (what ``tilesegd train`` would record)."""
     from tilesegd.batch.runner import RunSetup, compute_blocks, finish_scene, plan_scene
     from tilesegd.config import RunConfig
-    from tilesegd.inference.engine import Engine
+    from tilesegd.inference.build import load_network
     from tilesegd.inference.geometry import ACTIVATION_KEY
+    from tilesegd.inference.options import EngineOptions
 
     out_dir = Path(out)
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -53,12 +54,13 @@ def run_tilesegd(
         input=[scene], model=model, output=str(out_dir), tile_size=tile, overlap=overlap
     )
     cfg.workers = workers
-    engine = Engine.from_file(model, device="cpu")
-    spec = engine.spec
+    net = load_network(model, EngineOptions(device="cpu"))
+    spec = net.spec
     if activation_bytes:
         spec = dataclasses.replace(spec, extra={**spec.extra, ACTIVATION_KEY: activation_bytes})
-    run = RunSetup.resolve(cfg.validate(), spec, out_dir, "", str(engine.device), "bench")
-    engine.batch_size = run.geometry.batch_size
+        net = dataclasses.replace(net, spec=spec)
+    run = RunSetup.resolve(cfg.validate(), spec, out_dir, "", str(net.target.device), "bench")
+    engine = net.engine(run.geometry)
     height, width = _scene_size(scene)
     grid = run.geometry.grid(height, width)
     th, tw = grid.tile_shape
@@ -103,9 +105,10 @@ def run_model_only(model: str, tile_shape: list[int], slots: int, batch: int) ->
     """The network alone (through the engine's path minus I/O: float32 NHWC tensors already
     in memory) on ``slots`` tiles of ``tile_shape`` in calls of ``batch``: the ceiling for the
     tilesegd run that ran those tiles."""
-    from tilesegd.inference.engine import Engine
+    from tilesegd.inference.build import open_engine
+    from tilesegd.inference.options import EngineOptions
 
-    engine = Engine.from_file(model, device="cpu")
+    engine = open_engine(model, EngineOptions(device="cpu"))
     net = engine.module
     th, tw = tile_shape
     g = torch.Generator().manual_seed(0)

@@ -34,24 +34,15 @@ def geometry(
     batch: int | None,
 ) -> Any:
     """The run's :class:`~tilesegd.inference.geometry.Geometry`: ``tile`` / ``overlap`` / ``batch`` as
-    given, ``None`` = tilesegd's default rule for this model on this device (the budget of
-    :func:`~tilesegd.inference.geometry.device_budget`, the precision's bytes per value)."""
-    from tilesegd.inference.engine import resolve_device, resolve_precision
-    from tilesegd.inference.geometry import device_budget, resolve_geometry
-    from tilesegd.model.model_file import load_model
+    given, ``None`` = tilesegd's default rule for this model on this device, as a run resolves it
+    (:meth:`tilesegd.inference.build.Network.geometry`: the device's memory budget, the
+    precision's bytes per value)."""
+    from tilesegd.inference.build import load_network
+    from tilesegd.inference.geometry import TilingOptions
+    from tilesegd.inference.options import EngineOptions
 
-    dev = resolve_device(device)
-    budget, _ = device_budget(dev)
-    dtype_bytes = resolve_precision(precision, dev).itemsize
-    spec = load_model(model, dev).spec
-    return resolve_geometry(
-        spec,
-        tile_size=tile,
-        overlap=overlap,
-        batch_size=batch,
-        budget=budget,
-        dtype_bytes=dtype_bytes,
-    )
+    net = load_network(model, EngineOptions(device=device, precision=precision))
+    return net.geometry(TilingOptions(tile_size=tile, overlap=overlap, batch_size=batch))
 
 
 def run_tilesegd(
@@ -77,7 +68,8 @@ def run_tilesegd(
 
     from tilesegd.batch.runner import RunSetup, compute_blocks, finish_scene, plan_scene
     from tilesegd.config import RunConfig
-    from tilesegd.inference.engine import Engine
+    from tilesegd.inference.build import load_network
+    from tilesegd.inference.options import EngineOptions
 
     out_dir = Path(out)
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -95,12 +87,12 @@ def run_tilesegd(
         compress=compress,
     ).validate()
     t0 = time.perf_counter()
-    engine = Engine.from_file(
-        model, device=device, precision=precision, batch_size=geo.batch_size, runtime=runtime
-    )
+    options = EngineOptions(device=device, precision=precision, runtime=runtime)
+    engine = load_network(model, options).engine(geo)
     grid = geo.grid(*_scene_size(scene))
     (th, tw), (hh, hw), (ch, cw) = grid.tile_shape, grid.halo, grid.core_shape
     engine.check((th, tw))
+    engine.build_tensorrt((th, tw))
     zeros = np.zeros((geo.batch_size, engine.spec.in_channels, th, tw), np.uint8)
     for _ in range(2):  # warm up through the engine: the same layout and code path as the run
         engine.predict(zeros, np.ones((geo.batch_size, th, tw), bool), (hh, hw, ch, cw))

@@ -248,3 +248,27 @@ def disk_full_after(blocks: int) -> Iterator[None]:
         yield
     finally:
         ZarrMaskStore.write_block = real  # type: ignore[method-assign]
+
+
+def engine_for(net, spec: ModelSpec, *, batch_size: int | None = None, **options):  # noqa: ANN001, ANN201
+    """An engine for a network in memory, built as a run builds one
+    (:func:`tilesegd.inference.build.build_engine`: device ``cpu`` unless ``options`` say
+    otherwise; ``batch_size`` ``None``: the geometry's default); ``options`` are
+    :class:`~tilesegd.inference.options.EngineOptions` fields."""
+    from tilesegd.inference.build import build_engine
+    from tilesegd.inference.geometry import TilingOptions
+    from tilesegd.inference.options import EngineOptions
+
+    opts = EngineOptions(**{"device": "cpu", **options})
+    return build_engine(net, spec, opts, TilingOptions(batch_size=batch_size))
+
+
+def engine_from(path, *, batch_size: int | None = None, **options):  # noqa: ANN001, ANN201
+    """An engine for a model file, as :func:`engine_for` (through
+    :func:`tilesegd.inference.build.open_engine`)."""
+    from tilesegd.inference.build import open_engine
+    from tilesegd.inference.geometry import TilingOptions
+    from tilesegd.inference.options import EngineOptions
+
+    opts = EngineOptions(**{"device": "cpu", **options})
+    return open_engine(path, opts, TilingOptions(batch_size=batch_size))

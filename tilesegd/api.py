@@ -73,7 +73,7 @@ def run(
         Scene errors do not raise: they are recorded as ``failed`` in ``run.json``.
     """
     from tilesegd.batch.discovery import discover, scene_names, select_shard
-    from tilesegd.batch.ledger import clean_stale, make_output_dir, output_lock
+    from tilesegd.batch.folder import clean_stale, make_output_dir, output_lock
 
     cfg = config or resolve(RunConfig, config_file, options)
     if not cfg.input or not cfg.model or not cfg.output:
@@ -188,7 +188,7 @@ def evaluate(
     save_predictions: bool = False,
 ) -> dict[str, Any]:
     """Score ``model`` on image / mask pairs (paired by file stem) and write ``metrics.json``,
-    ``per_class.csv`` and ``confusion_matrix.csv`` into ``output``.
+    ``metrics.csv`` and ``confusion.png`` into ``output``.
 
     Args:
         model: a model file with its ``tilesegd.json`` spec.
@@ -196,7 +196,9 @@ def evaluate(
         output: the report folder (created).
         classes: the masks' classes CSV (default: the model's classes).
         ignore: class names left out of the scores.
-        device, precision, batch_size, tile_size, overlap: as for :func:`run`.
+        device, precision, batch_size, tile_size, overlap: as for :func:`run`; the tiles are
+            those :func:`run` would use on this device for the same options
+            (:func:`tilesegd.inference.geometry.geometry_for`).
         save_predictions: also write ``pred/<stem>.png``.
 
     Returns:
@@ -207,19 +209,20 @@ def evaluate(
         ModelFileError, DatasetError, IncompatibleInputError: as
         :func:`tilesegd.evaluation.evaluate.evaluate`.
     """
+    from tilesegd.evaluation.evaluate import EvalConfig
     from tilesegd.evaluation.evaluate import evaluate as evaluate_model
+    from tilesegd.inference.geometry import TilingOptions
+    from tilesegd.inference.options import EngineOptions
 
-    return evaluate_model(
+    cfg = EvalConfig(
         model,
         images,
         masks,
         output,
         classes,
-        ignore=ignore,
-        device=device,
-        precision=precision,
-        batch_size=batch_size,
-        tile_size=tile_size,
-        overlap=overlap,
+        ignore=tuple(ignore),
+        engine=EngineOptions(device=device, precision=precision),
+        tiling=TilingOptions(tile_size=tile_size, overlap=overlap, batch_size=batch_size),
         save_predictions=save_predictions,
     )
+    return evaluate_model(cfg)

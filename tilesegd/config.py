@@ -17,7 +17,8 @@ from tilesegd.errors import ConfigError
 from tilesegd.inference.runtimes import RUNTIMES
 
 if TYPE_CHECKING:  # pragma: no cover
-    from tilesegd.inference.geometry import Geometry
+    from tilesegd.inference.geometry import Geometry, TilingOptions
+    from tilesegd.inference.options import EngineOptions
     from tilesegd.model.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,10 @@ class RunConfig:
         input: raster files or directories (searched recursively).
         model: the model file (``.ts`` TorchScript or ``.pt2`` torch.export).
         output: output directory.
-        tile_size: network input side, pixels; ``None`` = the model's suggested ``tile_size``.
+        tile_size: network input side, pixels, for every scene; ``None`` = chosen per scene
+            from the model's measured halo and the memory budget
+            (:func:`~tilesegd.inference.geometry.resolve_geometry`), or the model's ``tile_size``
+            when its file has no measured overlap.
         overlap: pixels shared by neighbouring tiles (a halo of ``overlap / 2`` each side);
             ``None`` = the model file's measured ``overlap``, else 64, or a quarter of tiles
             smaller than 256 px.
@@ -230,10 +234,35 @@ class RunConfig:
         if isinstance(self.vector_classes, str):  # the flag's, or YAML's, "a,b"
             self.vector_classes = [n for n in self.vector_classes.split(",") if n.strip()]
 
+    def engine_options(self) -> EngineOptions:
+        """The engine's settings for this run: the one place a run's options become them
+        (local runs, Dask workers and the workers' engine cache all use it).
+
+        ``compile`` is the ``compile`` runtime; ``save_confidence`` the engine's confidence.
+        """
+        from tilesegd.inference.options import EngineOptions
+
+        return EngineOptions(
+            device=self.device,
+            precision=self.precision,
+            runtime="compile" if self.compile else self.runtime,
+            save_probs=self.save_probs,
+            confidence=self.save_confidence,
+            min_confidence=self.min_confidence,
+        )
+
+    def tiling(self) -> TilingOptions:
+        """This run's tiling options (:class:`~tilesegd.inference.geometry.TilingOptions`)."""
+        from tilesegd.inference.geometry import TilingOptions
+
+        return TilingOptions(self.tile_size, self.overlap, self.block_size, self.batch_size)
+
     def geometry(
         self, spec: ModelSpec, budget: int | None = None, dtype_bytes: int = 4
     ) -> Geometry:
-        """This run's tile geometry for a model (see :func:`~tilesegd.inference.geometry.resolve_geometry`).
+        """This run's tile geometry for a model
+        (:func:`~tilesegd.inference.geometry.geometry_for`, as ``tilesegd eval`` and training's
+        validation resolve theirs).
 
         Args:
             budget: the device's memory budget for one network call, bytes (``None``: the
@@ -243,18 +272,10 @@ class RunConfig:
         Raises:
             ConfigError: the tile size / overlap / block size cannot make a tile grid.
         """
-        from tilesegd.inference.geometry import resolve_geometry
+        from tilesegd.inference.geometry import CPU_BUDGET, DeviceBudget, geometry_for
 
-        return resolve_geometry(
-            spec,
-            tile_size=self.tile_size,
-            overlap=self.overlap,
-            block_size=self.block_size,
-            batch_size=self.batch_size,
-            budget=budget,
-            dtype_bytes=dtype_bytes,
-            save_probs=self.save_probs,
-        )
+        device = DeviceBudget(budget or CPU_BUDGET, dtype_bytes)
+        return geometry_for(spec, self.tiling(), device, save_probs=self.save_probs)
 
     def bands_for(self, spec: ModelSpec) -> tuple[int, ...]:
         """The 1-based raster bands fed to the model: ``bands`` if given, else the model's.

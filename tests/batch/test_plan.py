@@ -14,10 +14,10 @@ import rasterio
 import shapely
 from conftest import make_raster, smooth_image, to_map, write_polygons
 
+from tilesegd.batch.local import load_engine
 from tilesegd.batch.plan import RunSetup, ScenePlan
 from tilesegd.batch.runner import compute_blocks, finish_scene, plan_scene, preview_sampler
 from tilesegd.config import RunConfig
-from tilesegd.inference.engine import Engine
 from tilesegd.outputs.zarr_store import ZarrMaskStore
 
 
@@ -42,9 +42,9 @@ def planned(tmp_path: Path, tiny_model):
     aoi = write_polygons(tmp_path / "aoi.gpkg", [to_map(shapely.box(0, 0, 60, 50))])
     model = tiny_model(num_classes=3)
     cfg = RunConfig(input=[str(scene)], model=str(model), output=str(tmp_path / "o"),
-                    tile_size=32, overlap=8, block_size=48, aoi=str(aoi)).validate()  # fmt: skip
-    engine = Engine.from_file(model, device="cpu", batch_size=4)
-    run = RunSetup.resolve(cfg, engine.spec, tmp_path / "o", "", "cpu", "torch.float32")
+                    tile_size=32, overlap=8, block_size=48, batch_size=4, device="cpu",
+                    aoi=str(aoi)).validate()  # fmt: skip
+    engine, run, _ = load_engine(cfg, tmp_path / "o")  # as a run builds them
     return run, engine, plan_scene(scene, "s", run)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import TinyConvNet, smooth_image, spec_for
+from conftest import TinyConvNet, engine_for, smooth_image, spec_for
 
 from tilesegd.errors import ConfigError, DeviceError
 from tilesegd.inference.accel import resolve_runtime
@@ -33,7 +33,7 @@ class FlakyNet(torch.nn.Module):
 
 
 def _engine(batch_size: int, **kw) -> Engine:
-    return Engine(TinyConvNet(3, 5), spec_for(5, multiple=2), "cpu", batch_size=batch_size, **kw)
+    return engine_for(TinyConvNet(3, 5), spec_for(5, multiple=2), batch_size=batch_size, **kw)
 
 
 def _tiles(n: int, side: int = 48, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -117,7 +117,7 @@ def test_class_ids_are_the_first_maximum() -> None:
             logits[:, 3, : h // 2] = 1.0  # ... tied with class 3: the first wins
             return logits
 
-    eng = Engine(Fixed(), spec_for(4, multiple=1), "cpu", batch_size=2)
+    eng = engine_for(Fixed(), spec_for(4, multiple=1), batch_size=2)
     ids, _ = eng.predict(*_tiles(1, side=8))
     assert (ids[0, :4] == 2).all() and (ids[0, 4:] == 0).all()
 
@@ -154,8 +154,13 @@ def test_runtime_resolution() -> None:
 def test_cuda_runtimes_match_the_cpu(runtime: str) -> None:
     x, valid = _tiles(5)
     want, _ = _engine(2).predict(x, valid)
-    eng = Engine(
-        TinyConvNet(3, 5), spec_for(5, multiple=2), "cuda", "fp32", batch_size=2, runtime=runtime
+    eng = engine_for(
+        TinyConvNet(3, 5),
+        spec_for(5, multiple=2),
+        device="cuda",
+        precision="fp32",
+        batch_size=2,
+        runtime=runtime,
     )
     for _ in range(2):  # the second pass replays the captured graphs
         got, _ = eng.predict(x, valid)
@@ -188,18 +193,16 @@ class LayoutProbe(torch.nn.Module):
 
 def test_cpu_feeds_nhwc_and_falls_back_to_nchw_for_networks_that_need_it() -> None:
     x, valid = _tiles(5)
-    want, _ = Engine(TinyConvNet(3, 5), spec_for(5, multiple=2), "cpu", batch_size=4).predict(
-        x, valid
-    )
+    want, _ = engine_for(TinyConvNet(3, 5), spec_for(5, multiple=2), batch_size=4).predict(x, valid)
 
     probe = LayoutProbe(TinyConvNet(3, 5))
-    eng = Engine(probe, spec_for(5, multiple=2), "cpu", batch_size=4)
+    eng = engine_for(probe, spec_for(5, multiple=2), batch_size=4)
     got, _ = eng.predict(x, valid)
     assert probe.nhwc[-2:] == [True, True]  # the two batch calls ran on NHWC input
     np.testing.assert_array_equal(got, want)
 
     strict = LayoutProbe(TinyConvNet(3, 5), flatten_view=True)
-    eng = Engine(strict, spec_for(5, multiple=2), "cpu", batch_size=4)
+    eng = engine_for(strict, spec_for(5, multiple=2), batch_size=4)
     got, _ = eng.predict(x, valid)  # NHWC fails in check(): NCHW from then on, no error
     assert strict.nhwc[0] is True and not any(strict.nhwc[1:])
     np.testing.assert_array_equal(got, want)
@@ -208,7 +211,7 @@ def test_cpu_feeds_nhwc_and_falls_back_to_nchw_for_networks_that_need_it() -> No
 @pytest.mark.parametrize("channels_last", [True, False])
 def test_normalisation_matches_the_formula_and_zeroes_nodata(channels_last: bool) -> None:
     spec = spec_for(3, multiple=2)
-    eng = Engine(TinyConvNet(3, 3), spec, "cpu", batch_size=2)
+    eng = engine_for(TinyConvNet(3, 3), spec, batch_size=2)
     eng._channels_last = channels_last
     x, valid = _tiles(2, side=20)
     scale = np.float32(spec.input_scale)

@@ -8,12 +8,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import TinyConvNet, examples, smooth_image, spec_for
+from conftest import TinyConvNet, engine_for, examples, smooth_image, spec_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tilesegd.errors import ConfigError
-from tilesegd.inference.engine import Engine
 from tilesegd.inference.geometry import (
     CPU_BUDGET,
     DEFAULT_ACTIVATION_BYTES,
@@ -242,10 +241,9 @@ def _tiles(n: int, side: int = 32) -> tuple[np.ndarray, np.ndarray]:
 
 def test_short_batches_skip_padding_only_once_verified_bit_for_bit() -> None:
     net = BatchSensitive()
-    eng = Engine(net, spec_for(5, multiple=2), "cpu", batch_size=4)
+    eng = engine_for(net, spec_for(5, multiple=2), batch_size=4)
     x, valid = _tiles(7)
-    padded = Engine(net, spec_for(5, multiple=2), "cpu", batch_size=4)
-    padded.trim_batches = False
+    padded = engine_for(net, spec_for(5, multiple=2), batch_size=4, trim_batches=False)
     want, _ = padded.predict(x, valid)  # 4 + 3 padded to 4
     for _ in range(2):
         got, _ = eng.predict(x, valid)
@@ -262,9 +260,8 @@ def test_short_batches_skip_padding_only_once_verified_bit_for_bit() -> None:
 
 def test_trimmed_batches_give_the_same_masks_scene_after_scene() -> None:
     spec = spec_for(5, multiple=2)
-    padded = Engine(TinyConvNet(3, 5), spec, "cpu", batch_size=4)
-    padded.trim_batches = False
-    trimmed = Engine(TinyConvNet(3, 5), spec, "cpu", batch_size=4)
+    padded = engine_for(TinyConvNet(3, 5), spec, batch_size=4, trim_batches=False)
+    trimmed = engine_for(TinyConvNet(3, 5), spec, batch_size=4)
     for seed in range(3):  # 5 x 2 tiles: 2 batches of 4 and a short one of 2
         img = smooth_image(100, 48, 3, seed=seed)
         want = predict_array(padded, img, tile_size=32, overlap=8, block_size=64)

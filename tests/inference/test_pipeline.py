@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import IdentityNet, TinyConvNet, shared_data, smooth_image, spec_for
+from conftest import IdentityNet, TinyConvNet, engine_for, shared_data, smooth_image, spec_for
 
 from tilesegd.inference.engine import Engine
 from tilesegd.inference.pipeline import predict_array, segment
@@ -15,7 +15,7 @@ from tilesegd.raster.tiling import TileGrid
 
 def identity_engine(k: int = 7, batch: int = 3) -> Engine:
     spec = spec_for(k, 1, input_scale=1.0, multiple=1, tile_size=32)
-    return Engine(IdentityNet(k), spec, device="cpu", batch_size=batch)
+    return engine_for(IdentityNet(k), spec, batch_size=batch)
 
 
 @pytest.mark.parametrize(("h", "w"), [(1, 1), (5, 3), (31, 33), (97, 130), (200, 61)])
@@ -90,7 +90,7 @@ def test_tiny_cnn_with_halo_covering_receptive_field_is_exact() -> None:
     # receptive field from the image border is identical to whole-image inference (at the
     # border the two pad differently: zeros outside the scene vs. the convolution's padding)
     img = smooth_image(150, 170)
-    eng = Engine(TinyConvNet(3, 5), spec_for(5, multiple=2), device="cpu", batch_size=4)
+    eng = engine_for(TinyConvNet(3, 5), spec_for(5, multiple=2), batch_size=4)
     out = predict_array(eng, img, tile_size=48, overlap=16, block_size=96)
     ref = whole_image(eng, img)
     np.testing.assert_array_equal(out[8:-8, 8:-8], ref[8:-8, 8:-8])
@@ -102,7 +102,7 @@ def test_seamless_against_whole_image_unet() -> None:
     torch.manual_seed(0)
     net = smp.Unet("mobilenet_v2", encoder_weights=None, in_channels=3, classes=6).eval()
     spec = spec_for(6, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
-    eng = Engine(net, spec, device="cpu", batch_size=4)
+    eng = engine_for(net, spec, batch_size=4)
     try:
         import rasterio
 

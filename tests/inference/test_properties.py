@@ -23,11 +23,10 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from conftest import disk_full_after, examples, make_raster, spec_for
+from conftest import disk_full_after, engine_for, examples, make_raster, spec_for
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tilesegd.inference.engine import Engine
 from tilesegd.inference.pipeline import segment
 from tilesegd.model.model_file import save_model
 from tilesegd.raster.reader import ArraySource
@@ -162,7 +161,7 @@ def image_for(case: dict) -> np.ndarray:
 
 def segment_ids(net, case: dict, img: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
     spec = spec_for(case["classes"], case["bands"], input_scale=1.0, multiple=1)
-    engine = Engine(net, spec, device="cpu", batch_size=case["batch"])
+    engine = engine_for(net, spec, batch_size=case["batch"])
     grid = case["grid"]
     out = np.full((case["h"], case["w"]), 77, np.uint8)  # neither a class id nor nodata
     written: list[int] = []
@@ -202,7 +201,7 @@ def check_receptive_field_model(case: dict, depth: int) -> None:
     net = IntConvStack(case["bands"], case["classes"], depth, case["seed"])
     got = segment_ids(net, case, img, valid)
     spec = spec_for(case["classes"], case["bands"], input_scale=1.0, multiple=1)
-    whole = Engine(net, spec, device="cpu").predict(img[None], valid[None])[0][0]
+    whole = engine_for(net, spec).predict(img[None], valid[None])[0][0]
     ref = np.where(valid, whole, NODATA)
     inner = (slice(depth, -depth or None), slice(depth, -depth or None))
     np.testing.assert_array_equal(got[inner], ref[inner])

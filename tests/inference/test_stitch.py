@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import IdentityNet, make_raster, spec_for
+from conftest import IdentityNet, engine_for, engine_from, make_raster, spec_for
 
 from tilesegd.inference.engine import Engine
 from tilesegd.inference.pipeline import Batcher, BlockWriter, StageTimes, segment
@@ -19,7 +19,7 @@ from tilesegd.raster.tiling import TileGrid
 
 def identity_engine(k: int = 7, batch: int = 3) -> Engine:
     spec = spec_for(k, 1, input_scale=1.0, multiple=1, tile_size=32)
-    return Engine(IdentityNet(k), spec, device="cpu", batch_size=batch)
+    return engine_for(IdentityNet(k), spec, batch_size=batch)
 
 
 def strip_scene(h: int = 100, w: int = 130) -> tuple[np.ndarray, np.ndarray, TileGrid]:
@@ -179,7 +179,7 @@ def test_finish_refuses_a_store_with_a_missing_block(tmp_path: Path, tiny_model)
     model = tiny_model(num_classes=3)
     cfg = RunConfig(input=[str(inp)], model=str(model), output=str(tmp_path / "o"))
     cfg.tile_size, cfg.overlap, cfg.block_size = 32, 8, 48
-    eng = Engine.from_file(model, device="cpu")
+    eng = engine_from(model)
     run = RunSetup.resolve(cfg, eng.spec, tmp_path / "o", "", "cpu", "torch.float32")
     plan = plan_scene(inp / "s.tif", "s", run)
     store = ZarrMaskStore.reopen(plan.store_path)

@@ -7,9 +7,8 @@ import logging
 import numpy as np
 import pytest
 import torch
-from conftest import smooth_image, spec_for
+from conftest import engine_for, smooth_image, spec_for
 
-from tilesegd.inference.engine import Engine
 from tilesegd.inference.geometry import default_batch, resolve_geometry, warn_capped
 from tilesegd.inference.pipeline import predict_array
 from tilesegd.model.halo import measure_halo, seamless_geometry
@@ -103,7 +102,7 @@ def test_measured_halo_makes_tiles_agree_with_whole_image_inference() -> None:
     spec = spec_for(
         3, multiple=2, tile_size=tile, overlap=overlap, mean=mean.tolist(), std=std.tolist()
     )
-    eng = Engine(net, spec, "cpu", batch_size=4)
+    eng = engine_for(net, spec, batch_size=4)
     seamless = predict_array(eng, image)  # the model file's geometry, as tilesegd run
     narrow = predict_array(eng, image, tile_size=tile, overlap=2)
     inner = (slice(16, -16), slice(16, -16))

@@ -8,10 +8,9 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from conftest import TinyConvNet, spec_for
+from conftest import TinyConvNet, engine_from, spec_for
 
 from tilesegd.errors import ModelFileError
-from tilesegd.inference.engine import Engine
 from tilesegd.model.model_file import ModelSpec, load_model, read_spec, save_model
 
 
@@ -33,8 +32,8 @@ def test_torchscript_and_export_give_the_same_mask(tmp_path) -> None:
     assert load_model(pt2).kind == "export"
     x = np.random.default_rng(0).integers(0, 255, (3, 3, 64, 64), dtype=np.uint8)
     v = np.ones((3, 64, 64), bool)
-    a, _ = Engine.from_file(ts, device="cpu").predict(x, v)
-    b, _ = Engine.from_file(pt2, device="cpu").predict(x, v)
+    a, _ = engine_from(ts).predict(x, v)
+    b, _ = engine_from(pt2).predict(x, v)
     np.testing.assert_array_equal(a, b)
 
 
@@ -86,7 +85,7 @@ def test_class_count_disagreeing_with_metadata(tmp_path) -> None:
     bad = tmp_path / "bad.ts"
     meta = spec_for(6, multiple=2).to_dict()
     _rewrite_meta(good, bad, meta)
-    eng = Engine.from_file(bad, device="cpu")
+    eng = engine_from(bad)
     with pytest.raises(ModelFileError, match="6 classes"):
         eng.check((32, 32))
 
@@ -110,6 +109,6 @@ def test_traced_smp_unet_runs(tmp_path) -> None:
         classes=3,
     )
     path = save_model(net, tmp_path / "unet.ts", spec_for(3, multiple=8, tile_size=64))
-    eng = Engine.from_file(path, device="cpu")
+    eng = engine_from(path)
     ids, _ = eng.predict(np.zeros((1, 3, 64, 96), np.uint8), np.ones((1, 64, 96), bool))
     assert ids.shape == (1, 64, 96) and ids.max() < 3

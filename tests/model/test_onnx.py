@@ -13,12 +13,19 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import TinyConvNet, examples, make_raster, smooth_image, spec_for
+from conftest import (
+    TinyConvNet,
+    engine_for,
+    engine_from,
+    examples,
+    make_raster,
+    smooth_image,
+    spec_for,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tilesegd.errors import ModelFileError
-from tilesegd.inference.engine import Engine
 from tilesegd.inference.pipeline import predict_array
 from tilesegd.model.model_file import DEFAULT_PALETTE, load_model, read_spec, save_model
 from tilesegd.model.onnx_meta import binary_logits, to_logits
@@ -126,8 +133,8 @@ def test_tilesegd_json_onnx_gives_the_torchscript_class_ids(tmp_path: Path) -> N
     loaded = load_model(path)
     assert loaded.kind == "onnx" and loaded.module.providers == ["CPUExecutionProvider"]
     image, valid = scene()
-    a = predict_array(Engine.from_file(path, device="cpu", batch_size=4), image, valid)
-    b = predict_array(Engine.from_file(ts, device="cpu", batch_size=4), image, valid)
+    a = predict_array(engine_from(path, batch_size=4), image, valid)
+    b = predict_array(engine_from(ts, batch_size=4), image, valid)
     assert (a[~valid] == 255).all() and (a[valid] < 4).all()
     assert (a != b).mean() <= 1e-4  # float rounding may flip an exact near-tie, nothing more
     assert len(np.unique(a[valid])) > 1
@@ -158,14 +165,14 @@ def test_deepness_keys_give_the_spec_and_the_torch_class_ids(tmp_path: Path, sty
     assert spec.overlap == 16 and spec.extra["gsd"] == pytest.approx(0.25)
     assert spec.extra["dtypes"] == ["uint8"] and spec.extra["output"] == "probabilities"
     image, valid = scene()
-    got = predict_array(Engine.from_file(path, device="cpu", batch_size=4), image, valid)
-    want = predict_array(Engine(net, spec, "cpu", batch_size=4), image, valid)
+    got = predict_array(engine_from(path, batch_size=4), image, valid)
+    want = predict_array(engine_for(net, spec, batch_size=4), image, valid)
     assert (got != want).mean() <= 1e-4
     # softmax of the runtime's logits gives the model's probabilities back (--save-probs)
     x, v = tiles()
-    eng = Engine.from_file(path, device="cpu", batch_size=4, save_probs=True)
+    eng = engine_from(path, batch_size=4, save_probs=True)
     _, probs = eng.predict(x, v)
-    _, ref = Engine(net, spec, "cpu", batch_size=4, save_probs=True).predict(x, v)
+    _, ref = engine_for(net, spec, batch_size=4, save_probs=True).predict(x, v)
     np.testing.assert_allclose(probs.astype(np.float32), ref.astype(np.float32), atol=2e-3)
 
 
@@ -185,10 +192,10 @@ def test_fixed_input_size_and_batch_pad_and_chunk(tmp_path: Path) -> None:
     with pytest.raises(ModelFileError, match=r"64x64 inputs only.*--tile-size 64"):
         runtime(torch.rand(1, 3, 96, 64))
     image, valid = scene(100, 90)  # every tile is 64x64: the same ids as torch
-    got_ids = predict_array(Engine.from_file(path, device="cpu", batch_size=4), image, valid)
-    want_ids = predict_array(Engine(net, spec, "cpu", batch_size=4), image, valid)
+    got_ids = predict_array(engine_from(path, batch_size=4), image, valid)
+    want_ids = predict_array(engine_for(net, spec, batch_size=4), image, valid)
     assert (got_ids != want_ids).mean() <= 1e-4
-    eng = Engine.from_file(path, device="cpu", batch_size=4)
+    eng = engine_from(path, batch_size=4)
     with pytest.raises(ModelFileError, match="--tile-size 64"):  # before any scene
         eng.check((128, 128))
 
@@ -213,7 +220,7 @@ def test_sigmoid_model_with_seg_thresh(tmp_path: Path) -> None:
     assert [c.name for c in spec.classes] == ["background", "building"]
     assert spec.extra["seg_thresh"] == t and spec.mean == (0.0, 0.0, 0.0)
     x, v = tiles(4)
-    ids, probs = Engine.from_file(path, device="cpu", batch_size=4, save_probs=True).predict(x, v)
+    ids, probs = engine_from(path, batch_size=4, save_probs=True).predict(x, v)
     with torch.no_grad():
         p = torch.sigmoid(net(torch.from_numpy(x).float() / 255)).numpy()[:, 0].astype(np.float64)
     clear = np.abs(p - t) > 1e-5  # float rounding can only move pixels at the threshold
@@ -228,7 +235,7 @@ def test_one_channel_logit_model_in_tilesegd_json(tmp_path: Path) -> None:
     spec = spec_for(2, multiple=2, tile_size=64, seg_thresh=0.7)  # output: logits (default)
     path = to_onnx(net, tmp_path / "l.onnx", tilesegd_json(spec))
     x, v = tiles(2)
-    ids, _ = Engine.from_file(path, device="cpu", batch_size=2).predict(x, v)
+    ids, _ = engine_from(path, batch_size=2).predict(x, v)
     with torch.no_grad():
         z = net(torch.from_numpy(x).float() / 255).numpy()[:, 0].astype(np.float64)
     p = 1 / (1 + np.exp(-z))
@@ -329,8 +336,8 @@ def test_external_data_beside_the_model_loads(tmp_path: Path) -> None:
     )
     assert (tmp_path / "e.bin").is_file()
     x, v = tiles(2)
-    got, _ = Engine.from_file(path, device="cpu", batch_size=2).predict(x, v)
-    want, _ = Engine(net, read_spec(path), "cpu", batch_size=2).predict(x, v)
+    got, _ = engine_from(path, batch_size=2).predict(x, v)
+    want, _ = engine_for(net, read_spec(path), batch_size=2).predict(x, v)
     assert (got != want).mean() <= 1e-4
 
 
@@ -526,10 +533,8 @@ def test_export_onnx_parity_and_interop_metadata(tmp_path: Path, case: str) -> N
     assert (via_keys.tile_size, via_keys.overlap) == (64, 20)
     assert via_keys.extra.get("gsd") == via_json.extra.get("gsd")
     x, v = tiles(2)
-    a, _ = Engine.from_file(out, device="cpu", batch_size=2).predict(x, v)
-    b, _ = Engine.from_file(tmp_path / "deepness_only.onnx", device="cpu", batch_size=2).predict(
-        x, v
-    )
+    a, _ = engine_from(out, batch_size=2).predict(x, v)
+    b, _ = engine_from(tmp_path / "deepness_only.onnx", batch_size=2).predict(x, v)
     np.testing.assert_array_equal(a, b)
 
 
@@ -576,10 +581,10 @@ def test_exported_onnx_sees_nodata_and_borders_like_the_torchscript_file(tmp_pat
     valid[100:, 120:] = False
     # a fixed-size graph caps the tile at its input: compare at the same tile grid
     kw = {} if dynamic else {"tile_size": 64}
-    a = predict_array(Engine.from_file(ts, device="cpu", batch_size=2), img, valid, **kw)
-    b = predict_array(Engine.from_file(ox, device="cpu", batch_size=2), img, valid, **kw)
+    a = predict_array(engine_from(ts, batch_size=2), img, valid, **kw)
+    b = predict_array(engine_from(ox, batch_size=2), img, valid, **kw)
     assert (a == b).mean() >= 0.9999, (a != b).sum()
     small = img[:, :50, :45]  # smaller than the 64-px fixed input: padded like nodata
-    a = predict_array(Engine.from_file(ts, device="cpu", batch_size=2), small)
-    b = predict_array(Engine.from_file(ox, device="cpu", batch_size=2), small)
+    a = predict_array(engine_from(ts, batch_size=2), small)
+    b = predict_array(engine_from(ox, batch_size=2), small)
     assert (a == b).mean() >= (0.9999 if dynamic else 0.95)

@@ -8,7 +8,7 @@ from pathlib import Path
 from unittest import mock
 
 import numpy as np
-from conftest import make_raster, read_png, smooth_image
+from conftest import engine_from, make_raster, read_png, smooth_image
 
 from tilesegd.batch.runner import (
     RunSetup,
@@ -18,7 +18,6 @@ from tilesegd.batch.runner import (
     preview_sampler,
 )
 from tilesegd.config import RunConfig
-from tilesegd.inference.engine import Engine
 from tilesegd.outputs.preview import PreviewSampler
 from tilesegd.raster.tiling import TileGrid
 
@@ -71,7 +70,7 @@ def _plan(tmp_path: Path, tiny_model, scene: Path, preview_size: int = 128):
         workers=2,
         preview_size=preview_size,
     ).validate()
-    engine = Engine.from_file(model, device="cpu", batch_size=4)
+    engine = engine_from(model, batch_size=4)
     run = RunSetup.resolve(cfg, engine.spec, tmp_path / "out", "", "cpu", "torch.float32")
     return run, engine, plan_scene(scene, "s", run)
 

@@ -12,8 +12,8 @@ import torch
 from click.testing import CliRunner
 from test_train import config, synthetic_pairs
 
+from tilesegd.api import evaluate
 from tilesegd.errors import ConfigError, DeviceError
-from tilesegd.evaluation.evaluate import evaluate
 from tilesegd.evaluation.metrics import confusion_matrix, scores
 from tilesegd.model.model_file import load_model
 from tilesegd.training.checkpoint import load_checkpoint

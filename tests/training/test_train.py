@@ -134,7 +134,7 @@ def test_train_writes_run_directory(run: Path, data: Path, tmp_path: Path) -> No
     assert cm.sum() == 92 * 96  # one held-out 96 x 96 pair less its 4 nodata rows
     assert float(best["val_miou"]) == pytest.approx((tp / union)[union > 0].mean(), abs=1e-6)
     # ...and what `tilesegd eval` gives model.ts on the held-out pair (the deployed path)
-    from tilesegd.evaluation.evaluate import evaluate
+    from tilesegd.api import evaluate
     from tilesegd.training.split import make_split
 
     images = sorted((data / "images").glob("*.tif"))

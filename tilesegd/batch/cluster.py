@@ -2,8 +2,9 @@
 
 :func:`open_client` connects to a scheduler or starts a local (CPU or CUDA) cluster.
 :func:`compute_task` is the unit of work: it segments a group of blocks of one scene into the
-scene's shared work store. :func:`worker_engine` keeps one loaded model per worker process, so
-the model loads once per worker, not once per task (only small :class:`SceneJob` descriptions
+scene's shared work store. :func:`worker_network` keeps one loaded model per worker process, so
+the model loads once per worker, not once per task, and :func:`worker_engine` one engine built
+from it with the run's geometry (only small :class:`SceneJob` descriptions
 travel with the tasks). Workers reopen the client's stores with
 :meth:`~tilesegd.outputs.zarr_store.ZarrMaskStore.reopen`, which checks and repairs nothing, so
 they never disturb each other's writes.
@@ -26,14 +27,17 @@ from tilesegd.errors import ConfigError, DeviceError, OutputError
 
 if TYPE_CHECKING:  # pragma: no cover
     from tilesegd.batch.plan import RunSetup, ScenePlan
+    from tilesegd.inference.build import Network
     from tilesegd.inference.engine import Engine
+    from tilesegd.inference.geometry import Geometry
     from tilesegd.outputs.zarr_store import ZarrMaskStore
 
 log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 30
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 _LOCK = threading.Lock()
-_ENGINES: dict[tuple, Engine] = {}
+_NETWORKS: dict[tuple, Network] = {}  # (model path, SHA-256, EngineOptions) -> network
+_ENGINES: dict[tuple, Engine] = {}  # (network, Geometry) -> engine
 _STORES: OrderedDict[tuple, ZarrMaskStore] = OrderedDict()
 
 
@@ -61,64 +65,70 @@ class SceneJob:
     run_id: str
 
 
-def worker_engine(cfg: RunConfig, model_sha: str) -> Engine:
-    """This process's engine for ``cfg``'s model and settings: loaded on first use, then kept,
-    so a worker loads the model once, not once per task.
+def network_key(cfg: RunConfig, model_sha: str) -> tuple:
+    """What a worker's loaded network depends on: the model file, its SHA-256 and the engine's
+    settings (:meth:`~tilesegd.config.RunConfig.engine_options`)."""
+    return (str(Path(cfg.model or "").resolve()), model_sha, cfg.engine_options())
+
+
+def worker_network(cfg: RunConfig, model_sha: str) -> Network:
+    """This process's loaded network for ``cfg``'s model and engine settings
+    (:meth:`~tilesegd.config.RunConfig.engine_options`): loaded on first use, then kept, so a
+    worker loads the model once, not once per task (one model per worker process at a time).
 
     Raises:
         ModelFileError: unusable model file, or its SHA-256 is not ``model_sha``.
         DeviceError: the device or precision is not available on this worker.
     """
-    from tilesegd.inference.engine import Engine
+    from tilesegd.inference.build import load_network
 
-    key = (
-        str(Path(cfg.model or "").resolve()),
-        model_sha,
-        cfg.device,
-        cfg.precision,
-        cfg.batch_size,
-        cfg.save_probs,
-        cfg.compile,
-        cfg.runtime,
-        cfg.save_confidence,
-        cfg.min_confidence,
-    )
+    options = cfg.engine_options()
+    key = network_key(cfg, model_sha)
+    with _LOCK:
+        if key not in _NETWORKS:
+            _NETWORKS.clear()
+            _ENGINES.clear()
+            _NETWORKS[key] = load_network(cfg.model or "", options, sha256=model_sha or None)
+        return _NETWORKS[key]
+
+
+def worker_engine(cfg: RunConfig, model_sha: str, geometry: Geometry) -> Engine:
+    """This process's engine for ``cfg``'s model and settings with the run's ``geometry``:
+    built from :func:`worker_network` on first use, then kept (one at a time).
+
+    Raises:
+        ModelFileError, DeviceError: as :func:`worker_network`.
+    """
+    net = worker_network(cfg, model_sha)
+    key = (*network_key(cfg, model_sha), geometry)
     with _LOCK:
         if key not in _ENGINES:
-            _ENGINES.clear()  # one model per worker process at a time
-            engine = Engine.from_file(
-                cfg.model or "",
-                device=cfg.device,
-                sha256=model_sha or None,
-                precision=cfg.precision,
-                save_probs=cfg.save_probs,
-                compile=cfg.compile,
-                runtime=cfg.runtime,
-                confidence=cfg.save_confidence,
-                min_confidence=cfg.min_confidence,
-            )
-            _ENGINES[key] = engine
+            _ENGINES.clear()
+            _ENGINES[key] = net.engine(geometry)
         return _ENGINES[key]
 
 
 def prepare_worker(cfg: RunConfig, model_sha: str) -> tuple[str, str, int, int]:
-    """Dask task: load the engine on a worker and check the network on one tile of the model's
-    ``tile_size`` (so a bad model fails before any scene), then return the resolved
-    ``(device, dtype)`` as strings, which go into the run's fingerprint, and the worker's
-    memory budget and bytes per activation value (:func:`tilesegd.inference.geometry.device_budget`), from
-    which the client resolves the run's tile geometry (a client without a GPU plans for GPU
-    workers).
+    """Dask task: load the network on a worker, build its engine with the geometry this
+    worker's memory budget gives (:meth:`~tilesegd.config.RunConfig.geometry`, as the client
+    then resolves it from what this returns), check it on one tile of the model's
+    ``tile_size`` (so a bad model fails before any scene) and build its TensorRT engine when
+    that runtime was asked for. Returns the resolved ``(device, dtype)`` as strings, which go
+    into the run's fingerprint, and the worker's memory budget and bytes per activation value
+    (:class:`~tilesegd.inference.geometry.DeviceBudget`), from which the client resolves the
+    run's tile geometry (a client without a GPU plans for GPU workers).
 
     Raises:
         ModelFileError: the file or the network disagrees with its ``tilesegd.json``.
         DeviceError: the device or precision is not available on the worker.
     """
-    from tilesegd.inference.geometry import device_budget
-
-    engine = worker_engine(cfg, model_sha)
-    engine.check((engine.spec.tile_size, engine.spec.tile_size))
-    budget, _ = device_budget(engine.device)
-    return str(engine.device), str(engine.dtype), budget, engine.dtype.itemsize
+    net = worker_network(cfg, model_sha)
+    budget = net.target.budget
+    engine = worker_engine(cfg, model_sha, cfg.geometry(net.spec, budget.bytes, budget.dtype_bytes))
+    tile = (engine.spec.tile_size, engine.spec.tile_size)
+    engine.check(tile)
+    engine.build_tensorrt(tile)
+    return str(engine.device), str(engine.dtype), budget.bytes, budget.dtype_bytes
 
 
 def _worker_store(plan: ScenePlan, run_id: str) -> ZarrMaskStore:
@@ -161,8 +171,7 @@ def compute_task(job: SceneJob, block_ids: list[int]) -> dict[str, Any]:
     from tilesegd.batch.runner import compute_blocks
 
     t0 = time.perf_counter()
-    engine = worker_engine(job.run.cfg, job.model_sha)
-    engine.batch_size = job.run.geometry.batch_size
+    engine = worker_engine(job.run.cfg, job.model_sha, job.run.geometry)
     if (str(engine.device), str(engine.dtype)) != (job.device, job.dtype):
         raise DeviceError(
             f"worker {socket.gethostname()} runs the model on {engine.device} "

@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from tilesegd.batch.ledger import SCENE_OUTPUTS, input_stat, output_paths, publish
+from tilesegd.batch.folder import publish
+from tilesegd.batch.layout import SCENE_OUTPUTS, input_stat, output_paths
 from tilesegd.batch.plan import RunSetup, ScenePlan
 from tilesegd.batch.products import ProductSinks
 from tilesegd.errors import writing

@@ -6,11 +6,12 @@ scene's work store by its path (:attr:`ScenePlan.store_path`) and closes it.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tilesegd.batch.ledger import fingerprint, input_stat
+from tilesegd.batch.layout import fingerprint, input_stat
 from tilesegd.config import RunConfig
 from tilesegd.inference.geometry import Geometry
 from tilesegd.model.spec import ModelSpec
@@ -21,6 +22,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from tilesegd.raster.resample import GridResample, GrownRegion
     from tilesegd.vector.aoi import SceneAOI
     from tilesegd.vector.layers import PolygonLayer
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,7 @@ class RunSetup:
         aoi: the area of interest's polygons, or ``None``.
         zones: the zones' polygons, or ``None``.
         products: the optional products asked for (:func:`tilesegd.batch.products.requested_products`).
+        said: keys of the notes already given in this run (:meth:`warn_once`).
     """
 
     cfg: RunConfig
@@ -50,6 +54,14 @@ class RunSetup:
     aoi: PolygonLayer | None = None
     zones: PolygonLayer | None = None
     products: dict[str, dict[str, Any]] = field(default_factory=dict)
+    said: set[str] = field(default_factory=set, compare=False, repr=False)
+
+    def warn_once(self, key: str, message: str) -> None:
+        """Log ``message`` as a warning the first time ``key`` comes up in this run (a note
+        true of many scenes is given once, not once a scene)."""
+        if key not in self.said:
+            self.said.add(key)
+            log.warning("%s", message)
 
     @property
     def model_gsd(self) -> float | None:

@@ -1,7 +1,7 @@
 """One scene, end to end: profile, check, segment block by block, then COG, areas, preview.
 
 Work happens in ``DIR/.tilesegd/work/<scene>/``; only when every output is complete does that
-folder become ``DIR/<scene>/``, in one directory rename (:func:`tilesegd.batch.ledger.publish`), so
+folder become ``DIR/<scene>/``, in one directory rename (:func:`tilesegd.batch.folder.publish`), so
 nothing at a final path ever claims a success that did not happen. A killed scene resumes from
 the blocks listed in its work folder's ``blocks.done``.
 
@@ -22,14 +22,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tilesegd.batch.finish import finish_scene, open_store, scene_attrs
-from tilesegd.batch.ledger import work_dir
+from tilesegd.batch.layout import work_dir
 from tilesegd.batch.plan import RunSetup, ScenePlan
 from tilesegd.batch.progress import progress_bar
+from tilesegd.errors import Interrupted
 from tilesegd.inference.pipeline import SegmentStats, segment
 from tilesegd.inference.stitch import BlockCheckError
 from tilesegd.model.spec import NODATA
 from tilesegd.outputs.preview import PreviewSampler, preload
 from tilesegd.outputs.zarr_store import ZarrMaskStore
+from tilesegd.raster.exif import orientation_note
 from tilesegd.raster.gdalenv import gdal_env
 from tilesegd.raster.reader import SceneSource, Source
 from tilesegd.raster.resample import GrownRegion, ResampledSource, plan_resample
@@ -37,6 +39,7 @@ from tilesegd.raster.scene import Scene, check_compatible, open_run_scene
 from tilesegd.raster.tiling import Block, TileGrid, Win
 
 if TYPE_CHECKING:  # pragma: no cover
+    from tilesegd.batch.states import SceneRun
     from tilesegd.inference.engine import Engine
     from tilesegd.vector.aoi import SceneAOI
 
@@ -47,7 +50,7 @@ def plan_scene(path: Path, name: str, run: RunSetup) -> ScenePlan:
     """Profile and check a scene, open (or resume) its work store, write the blocks outside the
     area of interest, list the blocks to do.
 
-    The work folder must have been prepared (:meth:`tilesegd.batch.ledger.RunLedger.start`).
+    The work folder must have been prepared (:meth:`tilesegd.batch.states.RunStates.admit`).
 
     Raises:
         InputError, IncompatibleInputError: bad scene, found before any inference.
@@ -55,6 +58,7 @@ def plan_scene(path: Path, name: str, run: RunSetup) -> ScenePlan:
     cfg, spec = run.cfg, run.spec
     scene = open_run_scene(cfg, path, name)
     check_compatible(scene, run.bands, spec.dtypes)
+    say_what_scene_is(scene, run)
     if run.zones is not None:
         from tilesegd.vector.pixelgrid import require_georeferenced
 
@@ -86,6 +90,22 @@ def plan_scene(path: Path, name: str, run: RunSetup) -> ScenePlan:
         todo, outside = skip_outside(store, grid, aoi, todo, name)
     return ScenePlan(scene, name, run.bands, grid, work, path, todo, aoi, outside, resample,
                      fields)  # fmt: skip
+
+
+def say_what_scene_is(scene: Scene, run: RunSetup) -> None:
+    """Warn about what the outputs of ``scene`` will be that a user might not expect: an EXIF
+    orientation the outputs do not follow (once per scene), and, once per run, that inputs
+    without georeferencing get pixel coordinates."""
+    note = orientation_note(scene)
+    if note:
+        log.warning("%s", note)
+    if not scene.georeferenced:
+        run.warn_once(
+            "no-georef",
+            f"{scene.path} has no georeferencing: its outputs are in pixel coordinates (x = "
+            "column, y = row; no CRS) and areas.csv counts pixels without m2; so are those of "
+            "every other input without georeferencing in this run (said once)",
+        )
 
 
 def scene_aoi(
@@ -226,58 +246,59 @@ def compute_blocks(
 
 
 def run_scene(
-    path: Path,
-    name: str,
+    scene: SceneRun,
     engine: Engine,
     run: RunSetup,
     *,
     stop: threading.Event | None = None,
     progress: bool = True,
-) -> dict[str, Any]:
-    """Segment one scene into ``output/<name>/`` and return its ``run.json`` entry.
+) -> None:
+    """Segment one started scene into ``output/<name>/`` in this process, moving it through
+    its states (:mod:`tilesegd.batch.states`): planned, blocks done, finished; or failed /
+    interrupted, recorded in its ``run.json`` entry (``seconds``, ``megapixels_per_s``,
+    ``tiles_run``, ``tiles_skipped``, ``blocks``, ``blocks_resumed``, ``outputs``...).
 
-    Returns:
-        ``{"status": "done", "seconds", "megapixels", "megapixels_per_s", "tiles_run",
-        "tiles_skipped", "blocks", "blocks_resumed", "outputs": {...}, ...}``.
+    A bad scene (a bad input, a block that fails its check) is recorded and the run goes on.
 
     Raises:
-        InputError, IncompatibleInputError: bad scene (before any inference).
-        ModelFileError: the network disagrees with its metadata.
-        Interrupted: ``stop`` was set.
-        BlockCheckError: a block failed its check (a bug; nothing is published).
-        OutputError / OSError: an output could not be written.
+        OutputError: an output cannot be written, so no later scene could succeed
+            (:meth:`~tilesegd.batch.states.SceneRun.failed` raises it).
     """
     t0 = time.perf_counter()
-    plan = plan_scene(path, name, run)
-    resumed = plan.grid.n_blocks - len(plan.todo)
-    preview = preview_sampler(plan, run)
-    stats = compute_blocks(plan, engine, run, preview=preview, stop=stop, progress=progress)
-    t_seg = time.perf_counter() - t0
-    entry = finish_scene(plan, run, preview)
-    entry.update(aoi_fields(plan, stats))
-    return {
-        "status": "done",
-        "seconds": round(time.perf_counter() - t0, 3),
-        "megapixels_per_s": round(stats.pixels / 1e6 / t_seg, 3) if t_seg > 0 else None,
-        "tiles_run": stats.tiles_run,
-        "tiles_skipped": stats.tiles_skipped,
-        "blocks_resumed": resumed,
-        "tile_size": plan.grid.tile_size,
-        **entry,
-        **plan.resample_fields,
-    }
+    try:
+        plan = plan_scene(scene.path, scene.name, run)
+        scene.planned(plan.grid.n_blocks - len(plan.todo), plan.grid.tile_size)
+        preview = preview_sampler(plan, run)
+        stats = compute_blocks(plan, engine, run, preview=preview, stop=stop, progress=progress)
+        t_seg = time.perf_counter() - t0
+        scene.blocks_done(
+            megapixels_per_s=round(stats.pixels / 1e6 / t_seg, 3) if t_seg > 0 else None,
+            tiles_run=stats.tiles_run,
+            tiles_skipped=stats.tiles_skipped,
+        )
+        entry = finish_scene(plan, run, preview)
+    except Interrupted as exc:
+        scene.interrupted(str(exc))
+        return
+    except Exception as exc:  # one bad scene never stops the others (unless none could succeed)
+        scene.failed(exc)
+        return
+    scene.finished({**entry, **aoi_fields(plan, stats.tiles_outside_aoi), **plan.resample_fields})
+    done = scene.entry
+    log.info("%s: done in %.1f s (%.2f MP/s)", scene.name, done["seconds"],
+             done["megapixels_per_s"] or 0)  # fmt: skip
 
 
-def aoi_fields(plan: ScenePlan, stats: SegmentStats | None) -> dict[str, Any]:
-    """``run.json`` fields of the area of interest (empty without one)."""
+def aoi_fields(plan: ScenePlan, tiles_outside: int) -> dict[str, Any]:
+    """``run.json`` fields of the area of interest (empty without one); ``tiles_outside``:
+    the tiles of computed blocks skipped for lying outside it."""
     if plan.aoi is None:
         return {}
     out: dict[str, Any] = {
         "aoi_fraction": round(plan.aoi.fraction, 6),
         "blocks_outside_aoi": plan.blocks_outside,
+        "tiles_outside_aoi": tiles_outside,
     }
-    if stats is not None:
-        out["tiles_outside_aoi"] = stats.tiles_outside_aoi
     if plan.aoi.empty:
         out["note"] = "the scene is outside the AOI: nothing was computed, every pixel is nodata"
     return out

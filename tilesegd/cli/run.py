@@ -7,6 +7,7 @@ import click
 from tilesegd.cli.options import is_quiet, verbosity_options
 from tilesegd.config import COMPRESSIONS
 from tilesegd.errors import EXIT_SCENES_FAILED
+from tilesegd.inference.geometry import CPU_BUDGET, CUDA_BUDGET_SHARE
 from tilesegd.inference.runtimes import RUNTIMES
 
 
@@ -47,8 +48,12 @@ def _bands(ctx: click.Context, param: click.Parameter, value: str | None) -> lis
 @click.option(
     "--tile-size",
     type=int,
-    help="Network input side in pixels, a multiple of the model's multiple "
-    "[default: the model's tile_size, usually 512].",
+    help="Network input side in pixels, a multiple of the model's multiple; used for every "
+    "scene [default: chosen per scene from the model file's measured halo and the memory "
+    f"budget of one network call ({CPU_BUDGET / 2**30:g} GiB on the CPU, "
+    f"{CUDA_BUDGET_SHARE:.0%} of a GPU's memory): the tile between 4 x halo and the largest "
+    "that fits which runs the fewest network pixels; the model's tile_size for model files "
+    "without a measured overlap].",
 )
 @click.option(
     "--overlap",

@@ -16,16 +16,22 @@ import logging
 import os
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tilesegd.errors import ConfigError, DatasetError, IncompatibleInputError
 from tilesegd.evaluation.metrics import confusion_matrix, plot_confusion, scores
+from tilesegd.inference.geometry import TilingOptions
+from tilesegd.inference.options import EngineOptions
 from tilesegd.model.spec import ModelSpec
 from tilesegd.raster.labels import IGNORE_INDEX, ClassMap, find_pairs, read_classes, read_raster
 from tilesegd.raster.regrid import Grid, grid_for, read_image, read_valid, to_native
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tilesegd.inference.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -137,37 +143,54 @@ def score_on_grid(
     return cm, pred
 
 
-def evaluate(
-    model: str | os.PathLike[str],
-    images: str | os.PathLike[str],
-    masks: str | os.PathLike[str],
-    output: str | os.PathLike[str],
-    classes: str | os.PathLike[str] | None = None,
-    *,
-    ignore: Sequence[str] = (),
-    device: str = "auto",
-    precision: str = "auto",
-    batch_size: int | None = None,
-    tile_size: int | None = None,
-    overlap: int | None = None,
-    save_predictions: bool = False,
-) -> dict[str, Any]:
-    """Evaluate ``model`` on every image/mask pair and write the reports into ``output``.
+@dataclass(frozen=True)
+class EvalConfig:
+    """Every setting of ``tilesegd eval`` (:func:`tilesegd.api.evaluate` builds it).
 
-    Args:
-        model: a model file (TorchScript / torch.export with ``tilesegd.json``).
+    Attributes:
+        model: a model file (TorchScript, torch.export or ONNX, with its ``tilesegd.json``).
         images, masks: folders paired by file stem.
-        output: report directory (created).
-        classes: classes CSV of the masks (see :func:`model_classmap`).
+        output: the report directory (created).
+        classes: the masks' classes CSV (see :func:`model_classmap`); ``None``: the model's.
         ignore: class names to leave out of the scores.
-        device, precision, batch_size: as for ``tilesegd run``.
-        tile_size, overlap: tiling in pixels (default: as ``tilesegd run``, the model file's
-            tile size and measured overlap).
+        engine: device and precision, as for ``tilesegd run`` (the runtime stays ``auto``).
+        tiling: tile size, overlap and batch size (``None``: as ``tilesegd run``, the model
+            file's tile size and measured overlap on the device's memory budget).
+        save_predictions: also write ``pred/<stem>.png``.
+    """
+
+    model: str | os.PathLike[str]
+    images: str | os.PathLike[str]
+    masks: str | os.PathLike[str]
+    output: str | os.PathLike[str]
+    classes: str | os.PathLike[str] | None = None
+    ignore: tuple[str, ...] = ()
+    engine: EngineOptions = EngineOptions()
+    tiling: TilingOptions = TilingOptions()
+    save_predictions: bool = False
+
+    def open_engine(self) -> Engine:
+        """The engine images are scored with: the model on its device, with the geometry
+        ``tilesegd run`` resolves there for the same options
+        (:func:`tilesegd.inference.build.open_engine`).
+
+        Raises:
+            ModelFileError: the model file is unusable. DeviceError: the device or precision
+                is not available. ConfigError: the tiling cannot make a tile grid.
+        """
+        from tilesegd.inference.build import open_engine
+
+        return open_engine(self.model, self.engine, self.tiling)
+
+
+def evaluate(cfg: EvalConfig) -> dict[str, Any]:
+    """Evaluate ``cfg.model`` on every image/mask pair and write the reports into
+    ``cfg.output``: ``metrics.json``, ``metrics.csv`` and ``confusion.png`` (and the
+    predictions with ``cfg.save_predictions``).
 
     A model trained at a chosen resolution (its file's ``gsd`` or ``scale``) predicts each image
     resampled to it, as ``tilesegd run`` does, and is scored at the mask's native resolution
     (:func:`score_on_grid`).
-        save_predictions: also write ``pred/<stem>.png``.
 
     Returns:
         The ``metrics.json`` document: ``miou``, ``mean_dice``, ``pixel_accuracy``,
@@ -180,20 +203,15 @@ def evaluate(
             bands or dtype do not fit the model.
     """
     from tilesegd.evaluation.scoring import Scorer
-    from tilesegd.inference.engine import Engine
-    from tilesegd.inference.geometry import resolve_geometry
 
-    engine = Engine.from_file(model, device=device, precision=precision)
-    spec = engine.spec
-    geometry = resolve_geometry(spec, tile_size=tile_size, overlap=overlap, batch_size=batch_size)
-    scorer = Scorer(engine, geometry)
-    cmap, lut = model_classmap(spec, classes, ignore)
-    pairs = find_pairs(images, masks)
-    out = Path(output)
+    scorer = Scorer(cfg.open_engine())
+    spec = scorer.engine.spec
+    cmap, lut = model_classmap(spec, cfg.classes, cfg.ignore)
+    pairs = find_pairs(cfg.images, cfg.masks)
+    out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
-    if save_predictions:
+    if cfg.save_predictions:
         (out / "pred").mkdir(exist_ok=True)
-    names = [c.name for c in spec.classes]
     per_image: dict[str, Any] = {}
     resampled = 0
     for pair in pairs:
@@ -204,16 +222,26 @@ def evaluate(
             resampled += 1
         else:
             cm, pred = scorer.add(image, target, valid)
-        per_image[pair.name] = {"miou": scores(cm, names)["miou"], "pixels": int(cm.sum())}
-        if save_predictions:
+        per_image[pair.name] = {"miou": scores(cm, scorer.names)["miou"], "pixels": int(cm.sum())}
+        if cfg.save_predictions:
             _write_prediction(out / "pred" / f"{pair.name}.png", pred, cmap, lut)
         log.info("%s: mIoU %s", pair.name, per_image[pair.name]["miou"])
     doc = scorer.scores()
     doc.update(
-        model=str(Path(model).resolve()), images=str(images), masks=str(masks), per_image=per_image
+        model=str(Path(cfg.model).resolve()),
+        images=str(cfg.images),
+        masks=str(cfg.masks),
+        per_image=per_image,
     )
     doc.update(model_gsd_m=spec.gsd, model_scale=spec.scale)
     doc["resampled_images"] = resampled
+    write_reports(out, doc, scorer.confusion, scorer.names)
+    return doc
+
+
+def write_reports(out: Path, doc: dict[str, Any], confusion: np.ndarray, names: list[str]) -> None:
+    """``metrics.json``, ``metrics.csv`` and ``confusion.png`` of ``doc`` (:func:`evaluate`'s
+    document) and its (K, K) int64 ``confusion`` matrix into the folder ``out``."""
     (out / "metrics.json").write_text(json.dumps(doc, indent=2))
     with open(out / "metrics.csv", "w", newline="") as f:
         w = csv.writer(f)
@@ -224,5 +252,4 @@ def evaluate(
             )
         w.writerow(["", "mean", doc["miou"], doc["mean_dice"], "", "", doc["pixels"]])
         w.writerow(["", "pixel_accuracy", doc["pixel_accuracy"], "", "", "", doc["pixels"]])
-    plot_confusion(scorer.confusion, names, out / "confusion.png")
-    return doc
+    plot_confusion(confusion, names, out / "confusion.png")

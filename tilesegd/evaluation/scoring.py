@@ -1,9 +1,10 @@
 """Scoring through the deployed path, shared by ``tilesegd eval`` and training's validation.
 
 Every image is segmented whole by the same tiled, stitched inference as ``tilesegd run``
-(:func:`tilesegd.inference.pipeline.predict_array` with the run's geometry: tile size, overlap and batch
-size from :func:`tilesegd.inference.geometry.resolve_geometry`), and compared with its target in one
-confusion matrix summed over the images (:mod:`tilesegd.evaluation.metrics`).
+(:func:`tilesegd.inference.pipeline.predict_array` with the engine's geometry: tile size, overlap
+and batch size from :func:`tilesegd.inference.geometry.geometry_for` on the engine's device, as
+``tilesegd run`` resolves them), and compared with its target in one confusion matrix summed over
+the images (:mod:`tilesegd.evaluation.metrics`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tilesegd.evaluation.metrics import confusion_matrix, scores
-from tilesegd.inference.geometry import Geometry, resolve_geometry
 
 if TYPE_CHECKING:  # pragma: no cover
     from tilesegd.inference.engine import Engine
@@ -24,14 +24,13 @@ class Scorer:
     """Accumulates the confusion matrix of an engine's predictions over images.
 
     Args:
-        engine: the network; its batch size is set to the geometry's.
-        geometry: tile geometry (default: ``tilesegd run``'s for the engine's model).
+        engine: the network, built with the geometry its images are tiled with
+            (:mod:`tilesegd.inference.build`).
     """
 
-    def __init__(self, engine: Engine, geometry: Geometry | None = None) -> None:
+    def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.geometry = geometry or resolve_geometry(engine.spec)
-        engine.batch_size = self.geometry.batch_size
+        self.geometry = engine.geometry
         self.names = [c.name for c in engine.spec.classes]
         k = len(self.names)
         self.confusion = np.zeros((k, k), np.int64)

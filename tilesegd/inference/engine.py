@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
+from dataclasses import FrozenInstanceError
 from typing import Any
 
 import numpy as np
@@ -30,6 +30,7 @@ from tilesegd.inference.accel import (
     oom_error,
     resolve_runtime,
 )
+from tilesegd.inference.checks import check_output, network_failure
 from tilesegd.inference.device import (
     EngineTimes,
     Pending,
@@ -37,7 +38,9 @@ from tilesegd.inference.device import (
     resolve_precision,
     submit_cuda,
 )
-from tilesegd.model.model_file import ModelSpec, Runtime, load_model
+from tilesegd.inference.geometry import Geometry
+from tilesegd.inference.options import DEFAULT_OPTIONS, EngineOptions
+from tilesegd.model.model_file import ModelSpec, Runtime
 from tilesegd.model.spec import CONFIDENCE_LOW
 
 log = logging.getLogger(__name__)
@@ -50,69 +53,69 @@ def _pad(t: torch.Tensor, size: int) -> torch.Tensor:
     return torch.cat([t, t.new_zeros((size - len(t), *t.shape[1:]))])
 
 
+COUNTERS = frozenset({"calls", "tiles", "slots", "oom_retries"})
+"""The engine's public attributes that change while it runs (statistics); every other public
+attribute is fixed when it is built."""
+
+
 class Engine:
     """Run a segmentation network on batches of raw tiles.
+
+    Built once, from everything it needs, and never changed afterwards: its settings
+    (``options``), its tile ``geometry`` and what follows from them are read-only (assigning a
+    public attribute raises :class:`dataclasses.FrozenInstanceError`; build another engine
+    instead). Only its statistics (:data:`COUNTERS`, ``times``) change as it runs, and, on its
+    own, the call size after a CUDA out-of-memory error and the runtime after a failed
+    TensorRT build. :mod:`tilesegd.inference.build` builds engines in the order a run does:
+    model file, device and memory budget, geometry, engine.
 
     Args:
         module: a :class:`~tilesegd.model.model_file.Runtime` mapping float32 (B, C, H, W) to logits
             (B, K, H, W): an ``nn.Module``, TorchScript or ``torch.export`` module, or an ONNX
             model (:class:`tilesegd.model.onnx_model.OnnxModel`, always run eagerly on NCHW input).
         spec: the model's :class:`~tilesegd.model.model_file.ModelSpec` (normalisation, classes).
-        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        precision: ``auto``, ``fp32``, ``fp16`` or ``bf16`` (autocast on the device).
-        batch_size: the most tiles per network call (halved on CUDA out-of-memory).
-        save_probs: also return softmax probabilities (float16).
-        confidence: also return the top class's softmax probability as uint8
-            ``floor(100 p)`` (0-100), computed on the device next to the argmax.
-        min_confidence: a probability in (0, 1): where the top class's probability is below
-            it, the confidence value gets the :data:`~tilesegd.model.spec.CONFIDENCE_LOW` bit (+128); implies
-            ``confidence``.
-        compile: shorthand for ``runtime="compile"`` (``torch.compile``).
-        runtime: ``auto`` (CUDA: TensorRT if installed, else CUDA graphs; CPU: eager),
-            ``eager``, ``compile``, ``cudagraph`` or ``tensorrt`` (see :mod:`tilesegd.inference.accel`).
+        geometry: the run's :class:`~tilesegd.inference.geometry.Geometry`; its ``batch_size``
+            is the most tiles per network call (halved on CUDA out-of-memory).
+        options: device, precision, runtime and outputs
+            (:class:`~tilesegd.inference.options.EngineOptions`).
+        source: the model's name in messages (its path).
 
     Raises:
-        DeviceError: device, precision or runtime not available.
+        DeviceError: device, precision or runtime not available. ConfigError: an unknown
+            precision or runtime name.
     """
 
     def __init__(
         self,
         module: Runtime,
         spec: ModelSpec,
-        device: str = "auto",
-        precision: str = "auto",
-        batch_size: int = 8,
-        save_probs: bool = False,
-        compile: bool = False,
-        confidence: bool = False,
-        min_confidence: float | None = None,
+        geometry: Geometry,
+        options: EngineOptions = DEFAULT_OPTIONS,
+        *,
         source: str = "<model>",
-        runtime: str = "auto",
     ) -> None:
-        self.device = resolve_device(device)
-        self.dtype = resolve_precision(precision, self.device)
-        self.runtime = resolve_runtime("compile" if compile else runtime, self.device)
+        self.options, self.geometry, self.spec, self.source = options, geometry, spec, source
+        self.device = resolve_device(options.device)
+        self.dtype = resolve_precision(options.precision, self.device)
+        self._runtime = resolve_runtime(options.runtime, self.device)
         # a runtime that is not a torch module (onnxruntime: tilesegd.model.onnx_model.OnnxModel) is
         # called as is: eager, NCHW float32, no autocast; it picks its own accelerations
         self._torch_net = isinstance(module, torch.nn.Module)
-        if not self._torch_net and self.runtime != "eager":
-            log.debug("%s: not a torch module; runtime %s -> eager", source, self.runtime)
-            self.runtime = "eager"
-        self.spec = spec
-        self.batch_size = max(1, int(batch_size))
-        self.save_probs = save_probs
-        self.min_confidence = min_confidence
-        self.confidence = confidence or min_confidence is not None
-        self.source = source
+        if not self._torch_net and self._runtime != "eager":
+            log.debug("%s: not a torch module; runtime %s -> eager", source, self._runtime)
+            self._runtime = "eager"
+        self.save_probs = options.save_probs
+        self.min_confidence = options.min_confidence
+        self.confidence = options.computes_confidence
+        self._batch = max(1, int(geometry.batch_size))  # halved on CUDA out-of-memory
         self._cuda = self.device.type == "cuda"
         # NHWC input: on the CPU oneDNN's convolutions run 1.6-2x faster on it than on NCHW
         # (smp Unet-mobilenet_v2 and a 1x1 conv, 2 threads; benchmarks/RESULTS.md); on CUDA
         # the module's weights are converted too (below). A fixed rule, never autotuned, so a
         # rerun or resumed run always takes the same kernels (byte-identical masks).
         self._channels_last = not self._cuda and self._torch_net
-        module = self._prepare(module)
-        self.module = module
-        self._net = module  # what the step calls: the module, or its TensorRT engine
+        self.module = self._prepare(module)
+        self._net = self.module  # what the step calls: the module, or its TensorRT engine
         self._autocast_on = self.dtype != torch.float32 and self._torch_net
         self._a, self._b, self._fill = self._normalisation(spec)
         self._checked: set[tuple[int, int]] = set()
@@ -124,11 +127,30 @@ class Engine:
         self.calls = 0  # network calls made (for tests and statistics)
         self.tiles = 0  # tiles run through the network
         self.slots = 0  # tiles the network computed: with padding and verification calls
-        self.trim_batches = True  # run verified short slices without padding (_call_padded)
         # (tile shape, batch size) -> {call size: same logits as a full call, bit for bit}
         self._exact: dict[tuple[tuple[int, ...], int], dict[int, bool]] = {}
         self.oom_retries = 0  # times a batch was halved after an out-of-memory error
         self.times = EngineTimes()
+        self._built = True
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if "_built" in self.__dict__ and not name.startswith("_") and name not in COUNTERS:
+            raise FrozenInstanceError(
+                f"Engine.{name} is fixed when the engine is built; build another Engine "
+                "(tilesegd.inference.build) with the EngineOptions / Geometry you need"
+            )
+        object.__setattr__(self, name, value)
+
+    @property
+    def batch_size(self) -> int:
+        """The most tiles per network call: the geometry's, halved after each CUDA
+        out-of-memory error."""
+        return self._batch
+
+    @property
+    def runtime(self) -> str:
+        """The runtime running the network (``eager`` after a failed accelerated build)."""
+        return self._runtime
 
     def _prepare(self, module: Runtime) -> Runtime:
         """The module on the device, in eval mode, channels-last on CUDA, compiled when asked
@@ -139,20 +161,20 @@ class Engine:
             except NotImplementedError:  # torch.export modules are always in eval mode
                 pass
             module = module.to(self.device)
-            if self._cuda and self.runtime != "tensorrt":
+            if self._cuda and self._runtime != "tensorrt":
                 try:  # NHWC lets cuDNN use tensor cores without layout transposes
                     module = module.to(memory_format=torch.channels_last)
                     self._channels_last = True
                 except Exception:
                     pass
-        if self.runtime == "compile" and isinstance(module, torch.jit.ScriptModule):
+        if self._runtime == "compile" and isinstance(module, torch.jit.ScriptModule):
             log.warning(
                 "%s: torch.compile cannot compile a TorchScript model; running it eagerly "
                 "(save the network as torch.export .pt2 to compile it)",
                 self.source,
             )
-            self.runtime = "eager"
-        if self.runtime == "compile":
+            self._runtime = "eager"
+        if self._runtime == "compile":
             module = torch.compile(module)
         return module
 
@@ -167,17 +189,9 @@ class Engine:
         fill_t = torch.from_numpy(fill).view(1, -1, 1, 1).to(self.device) if fill.any() else None
         return a, b, fill_t
 
-    @classmethod
-    def from_file(
-        cls, path: str | Path, device: str = "auto", sha256: str | None = None, **kwargs: Any
-    ) -> Engine:
-        """Load a model file (see :func:`tilesegd.model.model_file.load_model`) into an engine."""
-        dev = resolve_device(device)
-        loaded = load_model(path, dev, sha256=sha256)
-        return cls(loaded.module, loaded.spec, device=str(dev), source=str(path), **kwargs)
-
     def check(self, tile_shape: tuple[int, int]) -> None:
-        """Run one all-zero tile and check the output shape against the spec.
+        """Validate the network on one all-zero ``tile_shape`` (H, W) tile: its output against
+        the spec (once per shape). Only validates; :meth:`build_tensorrt` compiles.
 
         Raises:
             ModelFileError: the network's class count or output size disagrees with its
@@ -198,43 +212,31 @@ class Engine:
         except ModelFileError:  # a runtime's own diagnosis (e.g. a fixed ONNX input size)
             raise
         except Exception as exc:
-            raise ModelFileError(
-                f"{self.source}: the network fails on a (1, {self.spec.in_channels}, "
-                f"{tile_shape[0]}, {tile_shape[1]}) input ({type(exc).__name__}: "
-                f"{str(exc)[:200]}); check in_channels, multiple and the tile size"
-            ) from None
-        if isinstance(out, (tuple, list)):
-            out = out[0]
-        if out.ndim != 4 or out.shape[1] != self.spec.num_classes:
-            raise ModelFileError(
-                f"{self.source}: the network outputs {out.shape[1]} channels, but "
-                f"tilesegd.json lists {self.spec.num_classes} classes; fix the metadata or "
-                "re-export the model"
-            )
-        if tuple(out.shape[2:]) != tuple(tile_shape):
-            raise ModelFileError(
-                f"{self.source}: output size {tuple(out.shape[2:])} differs from the input size "
-                f"{tuple(tile_shape)}; tilesegd needs logits at full input resolution"
-            )
-        if self.runtime == "tensorrt" and self._net is self.module:
-            try:
-                from tilesegd.inference.tensorrt import compile_tensorrt
-
-                self._net = compile_tensorrt(
-                    self.module,
-                    self.spec.in_channels,
-                    tile_shape,
-                    self.batch_size,
-                    self.dtype,
-                    self.device,
-                )
-                self._autocast_on = False  # TensorRT picks its own kernel precisions
-            except Exception as exc:
-                log.warning("TensorRT build failed (%s); running eagerly", str(exc)[:300])
-                self.runtime = "eager"
+            raise network_failure(self.source, tuple(x.shape), exc) from None
+        check_output(out, self.spec, tile_shape, self.source)
         if self._cuda:
             torch.cuda.synchronize(self.device)
         self._checked.add(tile_shape)
+
+    def build_tensorrt(self, tile_shape: tuple[int, int]) -> None:
+        """With the ``tensorrt`` runtime, compile the network's TensorRT engine for
+        ``tile_shape`` (H, W) tiles, batches of 1 to :attr:`batch_size` (once: later calls, and
+        other runtimes, do nothing). A build that fails is a warning, then eager.
+        """
+        if self._runtime != "tensorrt" or self._net is not self.module:
+            return
+        from tilesegd.inference.tensorrt import compile_tensorrt
+
+        try:
+            self._net = compile_tensorrt(
+                self.module, self.spec.in_channels, tile_shape, self._batch, self.dtype, self.device
+            )
+            self._autocast_on = False  # TensorRT picks its own kernel precisions
+        except Exception as exc:
+            log.warning("TensorRT build failed (%s); running eagerly", str(exc)[:300])
+            self._runtime = "eager"
+        if self._cuda:
+            torch.cuda.synchronize(self.device)
 
     def _autocast(self):
         if not self._autocast_on:
@@ -294,7 +296,7 @@ class Engine:
 
     def _call(self, x: torch.Tensor, valid: torch.Tensor):
         """One network call on a slice of the batch (the unit that may run out of memory)."""
-        if self.runtime == "cudagraph":
+        if self._runtime == "cudagraph":
             if self._graphs is None:
                 self._graphs = GraphRunner(self._step)
             with torch.inference_mode():
@@ -321,7 +323,7 @@ class Engine:
         known = self._exact.setdefault((tuple(x.shape[2:]), size), {})
         call = next((k for k in range(n, size) if known.get(k)), size)
         trial = next((k for k in range(n, call) if k not in known), None)
-        if trial is not None and self.trim_batches and self.runtime == "eager":
+        if trial is not None and self.options.trim_batches and self._runtime == "eager":
             if self.oom_retries == 0:
                 return self._verify(x, valid, size, trial, known)
         self.slots += call
@@ -344,7 +346,7 @@ class Engine:
         """Run ``x`` in slices of at most ``batch_size`` tiles; on out-of-memory halve the
         slice and retry (device-independent, so the logic is testable on the CPU)."""
         parts, n, i = [], len(x), 0
-        step = self.batch_size
+        step = self._batch
         while i < n:
             try:
                 parts.append(self._call_padded(x[i : i + step], valid[i : i + step], step))
@@ -355,7 +357,7 @@ class Engine:
                 if step == 1:
                     raise oom_error(tuple(x.shape)) from None
                 step = max(1, step // 2)
-                self.batch_size = step
+                self._batch = step
                 self.oom_retries += 1
                 if self._cuda:
                     torch.cuda.empty_cache()
@@ -382,6 +384,7 @@ class Engine:
             DeviceError: out of device memory even for one tile.
         """
         self.check(tuple(x.shape[2:]))
+        self.build_tensorrt(tuple(x.shape[2:]))  # at the first batch, unless built before
         if x.dtype not in (np.uint8, np.float32):
             x = x.astype(np.float32)
         if self._core != tuple(core):

@@ -2,7 +2,9 @@
 
 Every part of a run (the engine's batch size, each scene's tile grid, the distributed workers,
 the fingerprint that decides what may be resumed) receives the same :class:`Geometry`, made by
-:func:`resolve_geometry`; nothing else picks a tile size, an overlap or a batch size.
+:func:`geometry_for` from the user's :class:`TilingOptions` and the device's
+:class:`DeviceBudget`; ``tilesegd eval`` and training's validation resolve theirs the same way,
+and nothing else picks a tile size, an overlap or a batch size.
 
 **The default rule** (a model file with a measured ``overlap`` = 2 x halo, which
 ``tilesegd train`` writes; :mod:`tilesegd.model.halo`). Exact ("crop the halo") stitching runs about
@@ -123,13 +125,17 @@ def warn_capped(tile: int, overlap: int, needed: int, model_tile: int) -> None:
 
 
 @functools.cache
-def warn_over_budget(tile: int, budget_tile: int) -> None:
-    """Warn, once, that the smallest seamless tile is larger than the memory budget allows."""
+def warn_over_budget(tile: int, budget_tile: int, budget: int, call_bytes: float) -> None:
+    """Warn, once, that the smallest seamless tile is larger than the memory budget allows
+    (``budget`` bytes per call at ``call_bytes`` bytes per input pixel)."""
     log.warning(
         "the model's measured halo needs %d-px tiles, more than the %d px the memory budget "
-        "allows; running %d-px tiles (pass --tile-size to choose)",
+        "allows (%.0f MiB per network call at %.0f bytes per input pixel); running %d-px "
+        "tiles (pass --tile-size to choose)",
         tile,
         budget_tile,
+        budget / 2**20,
+        call_bytes,
         tile,
     )
 
@@ -162,6 +168,77 @@ def device_budget(device: object) -> tuple[int, int]:
         return memory_budget("cpu"), 4
     total = torch.cuda.get_device_properties(dev).total_memory
     return memory_budget("cuda", total), 2
+
+
+@dataclass(frozen=True)
+class DeviceBudget:
+    """What one network call may use on a device (the budget half of :func:`geometry_for`).
+
+    Attributes:
+        bytes: bytes one network call may use (:func:`memory_budget`).
+        dtype_bytes: bytes per activation value at the engine's precision (4 fp32, 2 fp16 /
+            bf16).
+    """
+
+    bytes: int = CPU_BUDGET
+    dtype_bytes: int = 4
+
+    @classmethod
+    def of(cls, device: object, dtype: object) -> DeviceBudget:
+        """The budget of a ``torch.device`` (:func:`device_budget`) at a ``torch.dtype``'s
+        precision (``dtype.itemsize`` bytes per value)."""
+        budget, _ = device_budget(device)
+        return cls(budget, int(dtype.itemsize))  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class TilingOptions:
+    """The user's tiling options, before they meet a model and a device (``None``: the default
+    rule of the module docstring).
+
+    Attributes:
+        tile_size: network input side, pixels (used as is for every scene).
+        overlap: pixels shared by neighbouring tiles.
+        block_size: approximate block side, pixels.
+        batch_size: tiles per network call.
+    """
+
+    tile_size: int | None = None
+    overlap: int | None = None
+    block_size: int = DEFAULT_BLOCK
+    batch_size: int | None = None
+
+
+DEFAULT_TILING = TilingOptions()
+"""No tiling options: the default rule (a frozen instance, shared)."""
+
+
+def geometry_for(
+    spec: ModelSpec, tiling: TilingOptions, budget: DeviceBudget, *, save_probs: bool = False
+) -> Geometry:
+    """The tile geometry for a model on a device: the one function ``tilesegd run`` (local and
+    distributed), ``tilesegd eval`` and training's validation resolve their geometry with, so
+    the three tile alike for the same model, device and options.
+
+    Args:
+        spec: the model's metadata.
+        tiling: the user's options (:class:`TilingOptions`).
+        budget: the device's memory budget and precision (:meth:`DeviceBudget.of`).
+        save_probs: probabilities are kept (more bytes per pixel).
+
+    Raises:
+        ConfigError: the options cannot make a tile grid (:func:`resolve_geometry`).
+    """
+    return resolve_geometry(
+        spec,
+        tile_size=tiling.tile_size,
+        overlap=tiling.overlap,
+        block_size=tiling.block_size,
+        batch_size=tiling.batch_size,
+        budget=budget.bytes,
+        dtype_bytes=budget.dtype_bytes,
+        save_probs=save_probs,
+    )
 
 
 def call_bytes_per_pixel(
@@ -278,6 +355,8 @@ def resolve_geometry(
             budget=budget or CPU_BUDGET,
         )
     tile = tile_size or spec.tile_size
+    if tile_size is not None:
+        check_tile_size(tile_size, spec)
     if overlap is None and spec.overlap is not None:
         overlap = fit_overlap(tile, spec.overlap, spec.multiple)
     if overlap is None:
@@ -300,7 +379,7 @@ def _budget_geometry(
     call_pixels = budget / call_bytes
     tile = budget_tile(halo, m, call_pixels)
     if tile * tile > call_pixels:
-        warn_over_budget(tile, math.isqrt(int(call_pixels)) // m * m)
+        warn_over_budget(tile, math.isqrt(int(call_pixels)) // m * m, budget, call_bytes)
     cap = spec.max_tile_size  # e.g. an ONNX graph with a fixed input size
     if cap and tile > cap:
         tile = max(m, cap // m * m)
@@ -308,6 +387,30 @@ def _budget_geometry(
     batch = batch_size or max(1, min(default_batch(tile), int(call_pixels // (tile * tile))))
     lo = min(tile, min_seamless_tile(halo, m))
     return _checked(Geometry(tile, overlap, m, block_size, batch, min_tile=lo))
+
+
+def check_tile_size(tile: int, spec: ModelSpec) -> None:
+    """Check a ``--tile-size`` against the model's ``multiple`` before anything is said about
+    its overlap, suggesting a tile the model can use: with a measured overlap, the smallest
+    seamless tile (:func:`min_seamless_tile`, as :func:`warn_capped` says) when ``tile`` is
+    below it, else the two nearest multiples.
+
+    Raises:
+        ConfigError: ``tile`` is not a positive multiple of ``spec.multiple``.
+    """
+    m = max(1, int(spec.multiple))
+    if tile >= m and tile % m == 0:
+        return
+    what = f"--tile-size {tile} must be a positive multiple of the model's multiple ({m})"
+    if spec.overlap is not None:
+        need = min_seamless_tile(spec.overlap // 2, m)
+        if tile < need:
+            raise ConfigError(
+                f"{what}; use {need} or more, the smallest tile with room for the model's "
+                f"measured {spec.overlap}-px overlap (smaller multiples run, but not seamlessly)"
+            )
+    below = max(m, tile // m * m)
+    raise ConfigError(f"{what}; try {below} or {below + m}")
 
 
 def _checked(geometry: Geometry) -> Geometry:

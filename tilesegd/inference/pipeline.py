@@ -345,9 +345,9 @@ def predict_array(
         engine: the network and its normalisation (its ``batch_size`` is used as is).
         image: (C, H, W) raw values, any numeric dtype, bands already in model order.
         valid: (H, W) bool, False for nodata; ``None`` = all valid (NaN/Inf always invalid).
-        tile_size, overlap: pixels; default as ``tilesegd run``
-            (:func:`~tilesegd.inference.geometry.resolve_geometry`: the model file's tile size and
-            measured overlap).
+        tile_size, overlap: pixels; default as ``tilesegd run`` on the engine's device
+            (:func:`~tilesegd.inference.geometry.geometry_for`: the model file's tile size and
+            measured overlap, the device's memory budget).
         block_size: approximate block side in pixels.
         geometry: a resolved :class:`~tilesegd.inference.geometry.Geometry` (wins over the three above;
             its tile is fitted to this image as in ``tilesegd run``).
@@ -358,13 +358,13 @@ def predict_array(
     Raises:
         ConfigError: the tile size / overlap cannot make a tile grid.
     """
-    from tilesegd.inference.geometry import resolve_geometry
+    from tilesegd.inference.geometry import DeviceBudget, TilingOptions, geometry_for
 
     src = ArraySource(image, valid)
     if geometry is None:
-        geometry = resolve_geometry(
-            engine.spec, tile_size=tile_size, overlap=overlap, block_size=block_size
-        )
+        tiling = TilingOptions(tile_size, overlap, block_size)
+        budget = DeviceBudget.of(engine.device, engine.dtype)
+        geometry = geometry_for(engine.spec, tiling, budget, save_probs=engine.save_probs)
     out = np.full((src.height, src.width), NODATA, np.uint8)
 
     def put(block: Block, ids: np.ndarray) -> None:

@@ -28,13 +28,13 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tilesegd import atomic
 from tilesegd.errors import ModelFileError
 from tilesegd.model.spec import (
     DEFAULT_PALETTE,
@@ -298,8 +298,7 @@ def save_model(
     meta = json.dumps(spec.to_dict(), indent=1)
     warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=FutureWarning)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = str(atomic.new_temporary(path))  # 0666 less the umask, not mkstemp's 0600
     try:
         if fmt == "export":
             n = torch.export.Dim("n", min=1, max=1024)
@@ -316,7 +315,7 @@ def save_model(
             with torch.no_grad():
                 traced = torch.jit.trace(model, example, check_trace=False)
             torch.jit.save(traced, tmp, _extra_files={META_NAME: meta})
-        os.replace(tmp, path)
+        atomic.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -30,10 +30,11 @@ from typing import Any
 
 import numpy as np
 
+from tilesegd import atomic
 from tilesegd.errors import writing
 from tilesegd.model.spec import NODATA, ClassInfo
 from tilesegd.outputs.style import class_qml, ramp_qml, rat_aux_xml
-from tilesegd.raster.gdalenv import gdal_env
+from tilesegd.raster.gdalenv import gdal_env, quiet_georef
 from tilesegd.raster.tiling import Block
 
 # Fastest DEFLATE / ZSTD levels: class-id masks compress well at any level, and on a 8192^2
@@ -140,16 +141,17 @@ def write_cog(
             _write_gtiff(path, tmp, blocks, read_block, height, width, crs, transform, on_block)
             with writing(path):
                 _decorate(tmp, spec, classes, tags)
-                rasterio.shutil.copy(tmp, tmp_cog, driver="COG", **_cog_options(comp, spec))
+                with quiet_georef():
+                    rasterio.shutil.copy(tmp, tmp_cog, driver="COG", **_cog_options(comp, spec))
         for final, text in styles.items():
             with writing(final):
                 staged[final].write_text(text, encoding="utf-8")
         for final, tmp_style in staged.items():  # sidecars first: a raster has its sidecars
             with writing(final):
-                os.replace(tmp_style, final)
+                atomic.replace(tmp_style, final)
             placed.append(final)
         with writing(path):
-            os.replace(tmp_cog, path)
+            atomic.replace(tmp_cog, path)
     except BaseException:
         for p in placed:  # no sidecars without their raster
             p.unlink(missing_ok=True)
@@ -197,7 +199,7 @@ def _write_gtiff(
     )
     if crs is not None:
         profile.update(crs=crs, transform=transform)
-    with writing(path):
+    with writing(path), quiet_georef():  # no CRS: a plain frame's mask
         dst = rasterio.open(tmp, "w", **profile)
     try:
         for block in blocks:
@@ -224,7 +226,16 @@ def _decorate(
         all_tags.update({f"CLASS_{c.id}": c.name for c in classes})
     for k, v in (tags or {}).items():
         all_tags[k] = v if isinstance(v, str) else json.dumps(v)
-    with rasterio.open(tmp, "r+") as dst:
+    with quiet_georef():
+        dst = rasterio.open(tmp, "r+")
+    with dst:
+        # Overviews first: GDAL computes each level from the one before, and on a palette band
+        # it warned ("Computing overviews on palette index raster bands without a palette
+        # ...") for every level past the first, as the overviews hold no colour table; MODE
+        # of the ids is the same either way, and the COG step gives every level the palette.
+        factors = overview_factors(dst.height, dst.width)
+        if factors:
+            dst.build_overviews(factors, Resampling[spec.resampling.lower()])
         if spec.classes:
             # a TIFF palette stores RGB only: GDAL reads every entry opaque but nodata's (255)
             cmap = {i: (0, 0, 0, 0) for i in range(256)}
@@ -232,9 +243,6 @@ def _decorate(
             dst.write_colormap(1, cmap)
         dst.update_tags(**all_tags)
         dst.set_band_description(1, spec.description)
-        factors = overview_factors(dst.height, dst.width)
-        if factors:
-            dst.build_overviews(factors, Resampling[spec.resampling.lower()])
 
 
 def _cog_options(comp: str | None, spec: RasterKind) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from tilesegd import atomic
 from tilesegd.errors import ConfigError, OutputError, output_failure
 from tilesegd.model.spec import ClassInfo
 from tilesegd.outputs.regions import Region, RegionTracer
@@ -306,7 +307,7 @@ class PolygonWriter:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(self._tmp, self.path)
+            atomic.replace(self._tmp, self.path)  # SQLite made it 0644
         except OSError as e:
             raise output_failure(e, self.path, writing=True) or OutputError(
                 f"{self.path}: {e}"

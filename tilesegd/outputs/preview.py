@@ -10,8 +10,10 @@ from typing import Any
 
 import numpy as np
 
+from tilesegd import atomic
 from tilesegd.errors import writing
 from tilesegd.model.spec import NODATA, ClassInfo
+from tilesegd.raster.gdalenv import gdal_env, quiet_georef
 
 _preloading: threading.Thread | None = None
 
@@ -165,22 +167,28 @@ def write_preview(
     from matplotlib.patches import Patch
     from rasterio.enums import Resampling
 
-    # GDAL decodes the blocks of a decimated read in parallel with NUM_THREADS
     show = list(bands)[:3]
     if sampled is not None and not sampled.complete:
         sampled = None
-    with rasterio.open(mask_path, num_threads="ALL_CPUS") as m:
+    # GDAL decodes the blocks of a decimated read in parallel with GDAL_NUM_THREADS (a config
+    # option, read at open: the NUM_THREADS open option made JPEG / PNG drivers warn)
+    with gdal_env(GDAL_NUM_THREADS="ALL_CPUS"):
+        with quiet_georef():  # a plain frame's mask
+            m = rasterio.open(mask_path)
+        with m:
+            if sampled is not None:
+                shape = sampled.image.shape[1:]
+            else:
+                scale = min(1.0, max_size / max(m.height, m.width))
+                shape = (max(1, round(m.height * scale)), max(1, round(m.width * scale)))
+            mask = m.read(1, out_shape=shape, resampling=Resampling.nearest)
         if sampled is not None:
-            shape = sampled.image.shape[1:]
+            img = sampled.image[: len(show)]
         else:
-            scale = min(1.0, max_size / max(m.height, m.width))
-            shape = (max(1, round(m.height * scale)), max(1, round(m.width * scale)))
-        mask = m.read(1, out_shape=shape, resampling=Resampling.nearest)
-    if sampled is not None:
-        img = sampled.image[: len(show)]
-    else:
-        with rasterio.open(scene_path, num_threads="ALL_CPUS") as s:
-            img = s.read(show, out_shape=(len(show), *shape), resampling=Resampling.average)
+            with quiet_georef():  # ...and image
+                s = rasterio.open(scene_path)
+            with s:
+                img = s.read(show, out_shape=(len(show), *shape), resampling=Resampling.average)
     valid = mask != NODATA
     rgb = _display(img, valid)
     lut = np.zeros((256, 3), np.float32)
@@ -209,7 +217,7 @@ def write_preview(
     try:
         with writing(path):
             fig.savefig(tmp)
-            os.replace(tmp, path)
+            atomic.replace(tmp, path)
     finally:
         plt.close(fig)
         tmp.unlink(missing_ok=True)

@@ -27,8 +27,17 @@ their (h, w) uint8 class ids, and returns each finished region as one polygon in
   that shared edges match vertex for vertex. Each edge inside a block is thus simplified once,
   for both its sides, and the exact block borders still dissolve exactly: neighbouring
   polygons share identical edges (no gaps, no overlaps) whenever each of them closes, at no
-  extra memory. The price: a boundary keeps its exact pixel corner where it crosses a block
-  border (one pinned vertex per crossing), so the result depends (slightly) on the block size.
+  extra memory. Along a block border every piece, not only those dissolved across it, gets
+  the corners where the piece on either side changes, and no vertex is dropped afterwards
+  (even where it lies on a straight line), so the polygons written are an edge-matched
+  coverage (``shapely.coverage_is_valid``): two polygons or two rings of one polygon meet only
+  at vertices of both. That is what keeps them valid and gap-free in the CRS: the pixel -> CRS
+  transform rounds coordinates (x * 0.1 + 315000.0), which moves a vertex lying on another
+  ring's edge off that edge (issue 20.2: a hole touching its shell on the shell's dropped
+  collinear vertex became a self-intersection at 10 cm pixels). The price: a boundary keeps
+  its exact pixel corner where it crosses a block border (one pinned vertex per crossing), so
+  the result depends (slightly) on the block size, and a node where three regions meet stays
+  a vertex of all three, also of the one whose outline runs straight through it.
 """
 
 from __future__ import annotations
@@ -310,11 +319,15 @@ class RegionTracer:
             self._open[root].open -= 1
             touched.append(root)
         same = (prev_ids > 0) & (gids > 0) & (prev_cls == cls)
-        if same.any():
-            pairs = np.unique(np.stack([prev_ids[same], gids[same]], axis=1), axis=0)
-            self._node_edge(prev_ids, gids, corners, np.unique(pairs))
-            for a, b in pairs.tolist():
-                touched.append(self._union(a, b))
+        pairs = np.unique(np.stack([prev_ids[same], gids[same]], axis=1), axis=0)
+        # exact outlines: node only the pieces to dissolve (GDAL's output, unchanged);
+        # simplified ones: every piece, so neighbours across the edge match vertex for vertex
+        noded = np.concatenate([prev_ids, gids]) if self.simplify > 0 else pairs.ravel()
+        noded = np.unique(noded[noded > 0])
+        if len(noded):
+            self._node_edge(prev_ids, gids, corners, noded)
+        for a, b in pairs.tolist():
+            touched.append(self._union(a, b))
         return touched
 
     def _node_edge(
@@ -323,7 +336,8 @@ class RegionTracer:
         """Add to the ``joined`` pieces on both sides of a block edge the corners along it where
         the piece on either side changes, so that pieces of one region match vertex for vertex
         along the edge, as ``shapely.coverage_union_all`` needs (``shapely.snap``, tolerance
-        1e-6 px: each corner lies on the outline, so only that vertex is inserted, exactly)."""
+        1e-6 px: each corner lies on the outline, so only that vertex is inserted, exactly);
+        when simplifying, ``joined`` is every piece on the edge."""
         import shapely
 
         k = np.flatnonzero((prev_ids[1:] != prev_ids[:-1]) | (gids[1:] != gids[:-1])) + 1
@@ -350,12 +364,12 @@ class RegionTracer:
             for g in region.pieces:
                 del self._parent[g]
             pieces = list(region.pieces.values())
-            if len(pieces) > 1 or self.simplify > 0:
+            if len(pieces) > 1 and self.simplify == 0:
                 touched.append(len(out))
             geom = dissolve(pieces) if len(pieces) > 1 else pieces[0]
             out.append(Region(region.class_id, region.pixels, geom))
-        # drop the collinear vertices left where pieces were dissolved and the T-junction
-        # nodes that node_coverage added (GDAL's own outlines have none)
+        # exact outlines: drop the collinear vertices left where pieces were dissolved (GDAL's
+        # own outlines have none); simplified ones keep them (see the module's docstring)
         clean = drop_collinear(np.array([out[k].geometry for k in touched], dtype=object))
         for k, g in zip(touched, clean, strict=True):
             out[k].geometry = g

@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from tilesegd import atomic
 from tilesegd.errors import writing
 from tilesegd.model.spec import ClassInfo
 from tilesegd.outputs.areas import AREA_COLUMNS, row_pixel_areas
@@ -336,7 +337,7 @@ def atomic_write(path: Path, write: Callable[[Path], None], suffix: str = "") ->
     try:
         with writing(path):  # classified before the temporary file frees its space
             write(tmp)
-            os.replace(tmp, path)
+            atomic.replace(tmp, path)  # a GeoPackage: SQLite made it 0644
     finally:
         for p in (tmp, *(Path(f"{tmp}{side}") for side in ("-journal", "-wal", "-shm"))):
             p.unlink(missing_ok=True)  # with SQLite's side files (GeoPackages)

@@ -1,8 +1,13 @@
-"""GDAL settings for tilesegd's own raster I/O (a bounded block cache)."""
+"""GDAL settings for tilesegd's own raster I/O (a bounded block cache), and opens of plain
+frames without rasterio's not-georeferenced warning."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+import warnings
+from collections.abc import Iterator
 from typing import Any
 
 # GDAL's block cache defaults to 5 % of RAM and fills up as a large scene streams through it:
@@ -20,3 +25,39 @@ def gdal_env(**options: Any):
     if "GDAL_CACHEMAX" not in os.environ:
         options.setdefault("GDAL_CACHEMAX", GDAL_CACHE_MB)
     return rasterio.Env(**options)
+
+
+_WARNINGS_LOCK = threading.RLock()  # warnings.catch_warnings swaps process-wide state
+
+
+@contextlib.contextmanager
+def quiet_georef() -> Iterator[list[warnings.WarningMessage]]:
+    """Open rasters inside the block without rasterio's ``NotGeoreferencedWarning``.
+
+    A plain JPEG / PNG frame (or a GeoTIFF run with ``--allow-no-georef``) has no
+    georeferencing by design, and rasterio warned at every open of it and of each output written
+    without a CRS: 7 lines a frame under ``-q``. The run says once instead that such inputs get
+    pixel coordinates (:func:`tilesegd.batch.runner.plan_scene`). Keep only opens inside the block:
+    it holds a lock, since :func:`warnings.catch_warnings` changes process-wide state.
+
+    Yields:
+        The ``NotGeoreferencedWarning`` messages caught (a list, filled when the block exits);
+        every other warning is shown as usual.
+    """
+    from rasterio.errors import NotGeoreferencedWarning
+
+    caught: list[warnings.WarningMessage] = []
+    with _WARNINGS_LOCK:
+        seen: list[warnings.WarningMessage] = []
+        try:
+            with warnings.catch_warnings(record=True) as seen:
+                warnings.simplefilter("always", NotGeoreferencedWarning)
+                yield caught
+        finally:
+            for w in seen:
+                if issubclass(w.category, NotGeoreferencedWarning):
+                    caught.append(w)
+                else:
+                    warnings.showwarning(
+                        w.message, w.category, w.filename, w.lineno, w.file, w.line
+                    )

@@ -16,6 +16,7 @@ from typing import Protocol
 import numpy as np
 
 from tilesegd.errors import InputError
+from tilesegd.raster.gdalenv import quiet_georef
 from tilesegd.raster.scene import Scene
 from tilesegd.raster.tiling import Win, clip_window
 
@@ -90,7 +91,8 @@ class SceneSource:
         if ds is None:
             import rasterio
 
-            ds = rasterio.open(self.scene.path)
+            with quiet_georef():  # a plain frame: the run said so once
+                ds = rasterio.open(self.scene.path)
             self._local.ds = ds
             with self._lock:
                 self._handles.append(ds)

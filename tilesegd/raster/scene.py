@@ -11,29 +11,21 @@ from __future__ import annotations
 import logging
 import math
 import os
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tilesegd.errors import IncompatibleInputError, InputError
+from tilesegd.raster.exif import exif_orientation
+from tilesegd.raster.gdalenv import quiet_georef
 
 log = logging.getLogger(__name__)
 PLAIN_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 _NETWORK_PREFIXES = (
-    "/vsicurl",
-    "/vsis3",
-    "/vsigs",
-    "/vsiaz",
-    "/vsihttp",
-    "http://",
-    "https://",
-    "ftp://",
-    "/vsiadls",
-    "/vsioss",
-    "/vsiswift",
+    *("/vsicurl", "/vsis3", "/vsigs", "/vsiaz", "/vsihttp", "/vsiadls", "/vsioss", "/vsiswift"),
+    *("http://", "https://", "ftp://"),
 )
 
 
@@ -53,6 +45,10 @@ class Scene:
         has_mask: True when some pixels may be invalid (nodata value, alpha band, internal
             mask) so the reader must fetch the mask.
         driver: GDAL driver short name.
+        colorinterp: GDAL colour interpretation of each band.
+        orientation: the EXIF ``Orientation`` tag (1-8; 1 = as stored, also when absent): how
+            a photo viewer turns the stored pixels for display. tilesegd never turns them: the
+            outputs follow the stored pixel order (:func:`tilesegd.raster.exif.orientation_note`).
     """
 
     path: Path
@@ -67,6 +63,7 @@ class Scene:
     has_mask: bool = False
     driver: str = ""
     colorinterp: list[str] = field(default_factory=list)
+    orientation: int = 1
 
     @property
     def georeferenced(self) -> bool:
@@ -142,7 +139,7 @@ def open_scene(
     """
     import rasterio
     from rasterio.enums import MaskFlags
-    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+    from rasterio.errors import RasterioIOError
 
     path = Path(path)
     if not path.is_file():
@@ -151,8 +148,7 @@ def open_scene(
         raise InputError(f"{path}: the file is empty (0 bytes); re-copy or remove it")
     check_vrt(path, allow_vrt)
     _check_png_complete(path)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with quiet_georef() as caught:
         try:
             ds = rasterio.open(path)
         except RasterioIOError as exc:
@@ -161,14 +157,15 @@ def open_scene(
                 "image?"
             ) from None
     with ds:
-        not_georef = any(issubclass(w.category, NotGeoreferencedWarning) for w in caught)
+        not_georef = bool(caught)
         h, w = ds.height, ds.width
         if h < 1 or w < 1 or ds.count < 1:
             raise InputError(f"{path}: the raster has no pixels or no bands")
         if h * w / 1e6 > max_megapixels:
+            declared, budget = megapixel_figures(h * w / 1e6, max_megapixels)
             raise InputError(
-                f"{path}: declares {w} x {h} pixels ({h * w / 1e6:,.0f} megapixels), over the "
-                f"pixel budget of {max_megapixels:,.0f}; raise --max-megapixels if it is real"
+                f"{path}: declares {w} x {h} pixels ({declared} megapixels), over the pixel "
+                f"budget of {budget} megapixels; raise --max-megapixels if it is real"
             )
         dtype = ds.dtypes[0]
         if dtype not in SUPPORTED_DTYPES:
@@ -192,7 +189,25 @@ def open_scene(
             has_mask=has_mask,
             driver=ds.driver,
             colorinterp=[c.name for c in ds.colorinterp],
+            orientation=exif_orientation(ds.tags()),
         )
+
+
+def megapixel_figures(value: float, budget: float) -> tuple[str, str]:
+    """``value`` and ``budget`` (megapixels) as text with thousands separators and the fewest
+    significant digits (at least 3) that tell them apart: ``(0.42, 0.1) -> ("0.42", "0.1")``,
+    ``(20000.4, 20000) -> ("20,000.4", "20,000")``."""
+
+    def text(v: float, digits: int) -> str:
+        magnitude = math.floor(math.log10(abs(v))) if v else 0
+        out = f"{v:,.{max(0, digits - 1 - magnitude)}f}"
+        return out.rstrip("0").rstrip(".") if "." in out else out
+
+    for digits in range(3, 16):
+        figures = text(value, digits), text(budget, digits)
+        if figures[0] != figures[1]:
+            return figures
+    return repr(value), repr(budget)
 
 
 def open_run_scene(cfg: Any, path: str | os.PathLike[str], name: str) -> Scene:

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from tilesegd import atomic
 from tilesegd.errors import ModelFileError
 
 FORMAT = "tilesegd-ckpt/1"
@@ -85,11 +85,10 @@ def save_checkpoint(
     tensors.update(extra)
     meta = {"format": FORMAT, META_KEY: json.dumps(tree)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = str(atomic.new_temporary(path))
     try:
         save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
+        atomic.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -20,13 +20,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from tilesegd import atomic
 from tilesegd.errors import ConfigError, ModelFileError
 from tilesegd.model.model_file import META_NAME, ModelSpec, load_model, save_model
 from tilesegd.training.checkpoint import load_checkpoint
@@ -162,11 +162,10 @@ def _export_tensorrt(
     }
     spec = ModelSpec.from_dict(meta, str(output))
     output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
-    os.close(fd)
+    tmp = str(atomic.new_temporary(output))
     try:
         torch.jit.save(trt_mod, tmp, _extra_files={META_NAME: json.dumps(spec.to_dict())})
-        os.replace(tmp, output)
+        atomic.replace(tmp, output)
     except OSError as exc:
         raise ModelFileError(f"{output}: cannot write the TensorRT model ({exc})") from None
     finally:

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from tilesegd import atomic
 from tilesegd.errors import ModelFileError
 from tilesegd.model.model_file import ModelSpec, load_model
 from tilesegd.training.parity import compare_scores
@@ -105,8 +105,7 @@ def export_onnx(
     deploy = DeployNet(net.eval().cpu(), trained).eval()
     props = interop_metadata(spec)
     output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp.onnx", dir=output.parent)
-    os.close(fd)
+    tmp = str(atomic.new_temporary(output, ".tmp.onnx"))
     dynamic = False
     try:
         for dynamic in [True, False] if dynamic_size else [False]:
@@ -117,7 +116,7 @@ def export_onnx(
             log.warning(
                 "%s: the network needs a fixed input size; exported %d px", output, spec.tile_size
             )
-        os.replace(tmp, output)
+        atomic.replace(tmp, output)
     except OSError as exc:
         raise ModelFileError(f"{output}: cannot write the ONNX model ({exc})") from None
     finally:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import csv
 import logging
 import math
-import os
 import random
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from tilesegd import atomic
 from tilesegd.batch.progress import progress_bar
 from tilesegd.errors import ConfigError
 from tilesegd.evaluation.metrics import plot_confusion, plot_curves
@@ -87,7 +87,7 @@ def write_yaml(path: Path, cfg: TrainConfig) -> None:
 
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(yaml.safe_dump({"train": cfg.to_dict()}, sort_keys=False))
-    os.replace(tmp, path)
+    atomic.replace(tmp, path)
 
 
 def write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
@@ -97,7 +97,7 @@ def write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
         w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
         w.writeheader()
         w.writerows(history)
-    os.replace(tmp, path)
+    atomic.replace(tmp, path)
 
 
 def check_resume(cfg: TrainConfig, saved: dict[str, Any]) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -16,6 +16,9 @@ from tilesegd.raster.regrid import to_native
 from tilesegd.training.data import PairStore
 from tilesegd.training.model import TwoClassLogits
 from tilesegd.training.split import Region, as_region
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tilesegd.inference.engine import Engine
 
 
 def validate_epoch(
@@ -33,8 +36,9 @@ def validate_epoch(
     The loss is computed on fixed validation tiles ``val_tiles`` (x (n, C, T, T) float32
     normalised, y (n, T, T) int64); the metrics come from whole validation images run through
     the deployed path: a copy of the network in :class:`tilesegd.inference.engine.Engine` (precision
-    ``auto``: fp32 on the CPU, fp16 on CUDA) scored by :class:`tilesegd.evaluation.scoring.Scorer` (the
-    tiled, stitched inference of ``tilesegd run``, with its default geometry). ``val_idx`` holds
+    ``auto``: fp32 on the CPU, fp16 on CUDA; :func:`validation_engine`) scored by
+    :class:`tilesegd.evaluation.scoring.Scorer` (the tiled, stitched inference of ``tilesegd run``,
+    with the geometry it resolves on this device without tiling options). ``val_idx`` holds
     pair indices or :class:`~tilesegd.training.split.Region` s: each image is predicted whole,
     once, on its training grid, and only the rows of its validation regions are scored. A pair
     resampled for training (``--gsd`` / ``--scale``) is predicted at the training resolution and
@@ -45,24 +49,29 @@ def validate_epoch(
     Returns:
         ``(val_loss or None, scores)`` with ``scores`` from :func:`tilesegd.evaluation.metrics.scores`.
     """
-    from tilesegd.inference.engine import Engine
-
     model.eval()
     val_loss = None
     if val_tiles is not None:
         with torch.no_grad():
             x, y = val_tiles
             val_loss = float(loss_fn(model(x.to(device)), y.to(device)))
-    net = copy.deepcopy(model)
-    engine = Engine(
-        TwoClassLogits(net) if binary else net,
-        spec,
-        device=str(device),
-        precision="auto",
-        runtime="eager",
-    )
-    scorer = Scorer(engine)  # tilesegd run's default geometry and batch for this spec
+    scorer = Scorer(validation_engine(model, spec, binary, device))
     return val_loss, score_store(scorer, store, val_idx)
+
+
+def validation_engine(
+    model: torch.nn.Module, spec: ModelSpec, binary: bool, device: torch.device
+) -> Engine:
+    """The deployed path validation scores with: an engine on a copy of ``model`` (eager,
+    precision ``auto``), with the geometry ``tilesegd run`` resolves for ``spec`` on ``device``
+    without tiling options (:func:`tilesegd.inference.build.build_engine`: the device's memory
+    budget, as ``run`` and ``eval``)."""
+    from tilesegd.inference.build import build_engine
+    from tilesegd.inference.options import EngineOptions
+
+    net = copy.deepcopy(model)
+    options = EngineOptions(device=str(device), runtime="eager")
+    return build_engine(TwoClassLogits(net) if binary else net, spec, options)
 
 
 def score_store(
