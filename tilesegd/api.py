@@ -95,7 +95,7 @@ def run(
         Scene errors do not raise: they are recorded as ``failed`` in ``run.json``.
     """
     from tilesegd.batch.discovery import discover, scene_names, select_shard
-    from tilesegd.batch.ledger import clean_stale, make_output_dir, output_lock
+    from tilesegd.batch.folder import clean_stale, make_output_dir, output_lock
 
     cfg = config or resolve(RunConfig, config_file, options)
     if not cfg.input or not cfg.model or not cfg.output:

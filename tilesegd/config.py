@@ -213,9 +213,9 @@ class RunConfig:
                 f"min_confidence must be a probability between 0 and 1 (e.g. 0.5), got "
                 f"{self.min_confidence}"
             )
-        for name, value in (("min_area", self.min_area), ("simplify", self.simplify)):
-            if not value >= 0 or value == float("inf"):
-                raise ConfigError(f"{name} must be a finite number >= 0, got {value}")
+        from tilesegd.outputs.polygons import check_options
+
+        check_options(self.min_area, self.simplify)
         for option, needs in (
             ("aoi_crs", "aoi"),
             ("zones_crs", "zones"),
@@ -231,7 +231,7 @@ class RunConfig:
                 raise ConfigError(f"{name} must be metres per pixel > 0, got {value}")
         if not 0 <= self.gsd_tolerance < float("inf"):
             raise ConfigError(f"gsd_tolerance must be >= 0 (e.g. 0.1), got {self.gsd_tolerance}")
-        if isinstance(self.vector_classes, str):
+        if isinstance(self.vector_classes, str):  # the flag's, or YAML's, "a,b"
             self.vector_classes = [n for n in self.vector_classes.split(",") if n.strip()]
 
     def engine_options(self) -> EngineOptions:

@@ -171,6 +171,7 @@ def test_finish_refuses_a_store_with_a_missing_block(tmp_path: Path, tiny_model)
     from tilesegd.batch.finish import check_blocks_done, finish_scene
     from tilesegd.batch.runner import RunSetup, plan_scene
     from tilesegd.config import RunConfig
+    from tilesegd.outputs.zarr_store import ZarrMaskStore
 
     inp = tmp_path / "in"
     inp.mkdir()
@@ -181,15 +182,16 @@ def test_finish_refuses_a_store_with_a_missing_block(tmp_path: Path, tiny_model)
     eng = engine_from(model)
     run = RunSetup.resolve(cfg, eng.spec, tmp_path / "o", "", "cpu", "torch.float32")
     plan = plan_scene(inp / "s.tif", "s", run)
-    plan.store.write_block(plan.grid.blocks()[0], np.zeros((48, 48), np.uint8))
+    store = ZarrMaskStore.reopen(plan.store_path)
+    store.write_block(plan.grid.blocks()[0], np.zeros((48, 48), np.uint8))
     with pytest.raises(
         BlockCheckError, match=r"3 block\(s\) were never written \(ids \[1, 2, 3\]\)"
     ):
-        check_blocks_done(plan)
+        check_blocks_done(plan, store)
     for b in plan.grid.blocks()[1:]:
-        plan.store.write_block(b, np.zeros((b.window.height, b.window.width), np.uint8))
-    assert check_blocks_done(plan) == 70 * 90
-    plan.store.mask[0:5, 0:5] = 255  # a chunk changed after it was logged: 25 pixels lost
+        store.write_block(b, np.zeros((b.window.height, b.window.width), np.uint8))
+    assert check_blocks_done(plan, store) == 70 * 90
+    store.mask[0:5, 0:5] = 255  # a chunk changed after it was logged: 25 pixels lost
     with pytest.raises(BlockCheckError, match="records 6300 class-id pixels written, but 6275"):
         finish_scene(plan, run)
     assert not (tmp_path / "o" / "s").exists()

@@ -10,7 +10,13 @@ from unittest import mock
 import numpy as np
 from conftest import engine_from, make_raster, read_png, smooth_image
 
-from tilesegd.batch.runner import RunSetup, compute_blocks, finish_scene, plan_scene
+from tilesegd.batch.runner import (
+    RunSetup,
+    compute_blocks,
+    finish_scene,
+    plan_scene,
+    preview_sampler,
+)
 from tilesegd.config import RunConfig
 from tilesegd.outputs.preview import PreviewSampler
 from tilesegd.raster.tiling import TileGrid
@@ -74,11 +80,10 @@ def test_run_uses_the_sampled_image_and_never_rereads_the_scene(tmp_path: Path, 
     data[:, :20, :30] = 0
     scene = make_raster(tmp_path / "s.tif", data, nodata=0)
     run, engine, plan = _plan(tmp_path, tiny_model, scene)
-    compute_blocks(plan, engine, run, progress=False)
-    assert plan.preview is not None and plan.preview.complete
-    np.testing.assert_array_equal(
-        plan.preview.image, data[:, :: plan.preview.step, :: plan.preview.step]
-    )
+    preview = preview_sampler(plan, run)
+    compute_blocks(plan, engine, run, preview=preview, progress=False)
+    assert preview is not None and preview.complete
+    np.testing.assert_array_equal(preview.image, data[:, :: preview.step, :: preview.step])
 
     import rasterio
 
@@ -90,7 +95,7 @@ def test_run_uses_the_sampled_image_and_never_rereads_the_scene(tmp_path: Path, 
         return real_open(path, *a, **k)
 
     with mock.patch.object(rasterio, "open", spy):
-        finish_scene(plan, run)
+        finish_scene(plan, run, preview)
     assert "s.tif" not in opened  # the preview took the sampled image
     assert_preview_shows_classes(tmp_path / "out" / "s" / "preview.png", engine.spec)
 
@@ -101,9 +106,10 @@ def test_resumed_scene_falls_back_to_reading_the_scene(tmp_path: Path, tiny_mode
     compute_blocks(plan, engine, run, plan.todo[:2], progress=False)  # "killed" after 2 blocks
     run, engine, plan = _plan(tmp_path, tiny_model, scene)  # the rerun: resumes the rest
     assert len(plan.todo) == plan.grid.n_blocks - 2
-    compute_blocks(plan, engine, run, progress=False)
-    assert plan.preview is not None and not plan.preview.complete
-    finish_scene(plan, run)
+    preview = preview_sampler(plan, run)
+    compute_blocks(plan, engine, run, preview=preview, progress=False)
+    assert preview is not None and not preview.complete
+    finish_scene(plan, run, preview)
     assert_preview_shows_classes(tmp_path / "out" / "s" / "preview.png", engine.spec)
 
 

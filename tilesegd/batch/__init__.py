@@ -1,1 +1,2 @@
-"""Runs of many scenes: discovery, plans, the ledger, local and Dask runners."""
+"""Runs of many scenes: discovery, plans, the scene state machine and its ledger, local and Dask
+runners."""

@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from tilesegd.inference.build import Network
     from tilesegd.inference.engine import Engine
     from tilesegd.inference.geometry import Geometry
+    from tilesegd.outputs.zarr_store import ZarrMaskStore
 
 log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 30
@@ -37,7 +38,7 @@ THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 _LOCK = threading.Lock()
 _NETWORKS: dict[tuple, Network] = {}  # (model path, SHA-256, EngineOptions) -> network
 _ENGINES: dict[tuple, Engine] = {}  # (network, Geometry) -> engine
-_PLANS: OrderedDict[tuple, ScenePlan] = OrderedDict()
+_STORES: OrderedDict[tuple, ZarrMaskStore] = OrderedDict()
 
 
 @dataclass(frozen=True)
@@ -45,9 +46,9 @@ class SceneJob:
     """What a worker needs to compute blocks of one scene (about 2 kB per task).
 
     Attributes:
-        plan: the client's :class:`~tilesegd.batch.plan.ScenePlan` without its store (``store``
-            is ``None``, ``todo`` empty): scene profile, bands, tile grid, work folder. Workers
-            never re-plan, so every worker computes exactly the client's grid.
+        plan: the client's :class:`~tilesegd.batch.plan.ScenePlan` (``todo`` empty): scene
+            profile, bands, tile grid, work store path. Workers never re-plan, so every worker
+            computes exactly the client's grid.
         run: the run's :class:`~tilesegd.batch.plan.RunSetup` (its ``cfg.workers`` = reader /
             writer threads per task).
         model_sha: SHA-256 of the model file: every worker must load these exact bytes.
@@ -130,28 +131,27 @@ def prepare_worker(cfg: RunConfig, model_sha: str) -> tuple[str, str, int, int]:
     return str(engine.device), str(engine.dtype), budget.bytes, budget.dtype_bytes
 
 
-def _worker_plan(job: SceneJob) -> ScenePlan:
-    """The job's plan with the scene's work store reopened (cached per run and scene)."""
+def _worker_store(plan: ScenePlan, run_id: str) -> ZarrMaskStore:
+    """The scene's work store, reopened (cached per run and scene)."""
     from tilesegd.outputs.zarr_store import ZarrMaskStore
 
-    key = (job.run_id, job.plan.name)
+    key = (run_id, plan.name)
     with _LOCK:
-        if key in _PLANS:
-            _PLANS.move_to_end(key)
-            return _PLANS[key]
+        if key in _STORES:
+            _STORES.move_to_end(key)
+            return _STORES[key]
     try:
-        store = ZarrMaskStore.reopen(job.plan.store_path or job.plan.work / "pred.zarr")
+        store = ZarrMaskStore.reopen(plan.store_path)
     except FileNotFoundError:
         raise OutputError(
-            f"{job.plan.store_path}: the work store of scene {job.plan.name} is gone "
+            f"{plan.store_path}: the work store of scene {plan.name} is gone "
             "(removed by another run with --overwrite?); rerun the same command to resume"
         ) from None
-    plan = replace(job.plan, store=store)
     with _LOCK:
-        _PLANS[key] = plan
-        while len(_PLANS) > 8:
-            _PLANS.popitem(last=False)
-    return plan
+        _STORES[key] = store
+        while len(_STORES) > 8:
+            _STORES.popitem(last=False)
+    return store
 
 
 def compute_task(job: SceneJob, block_ids: list[int]) -> dict[str, Any]:
@@ -178,15 +178,16 @@ def compute_task(job: SceneJob, block_ids: list[int]) -> dict[str, Any]:
             f"{engine.dtype}, but the run was planned for {job.device} {job.dtype}; give "
             "--device and --precision explicitly so every worker computes the same masks"
         )
-    plan = _worker_plan(job)
-    done = plan.store.done_blocks()
+    plan = job.plan
+    store = _worker_store(plan, job.run_id)
+    done = store.done_blocks()
     by_id = {b.id: b for b in plan.grid.blocks()}
     todo = [by_id[i] for i in block_ids if i not in done]
     out = {"blocks": list(block_ids), "computed": len(todo), "tiles_run": 0}
     out.update(tiles_skipped=0, pixels=0, worker=f"{socket.gethostname()}:{os.getpid()}")
     if todo:
         # the preview is drawn on the client, from the scene (no sampler on workers)
-        stats = compute_blocks(plan, engine, job.run, todo, progress=False, sample_preview=False)
+        stats = compute_blocks(plan, engine, job.run, todo, store=store, progress=False)
         out.update(tiles_run=stats.tiles_run, tiles_skipped=stats.tiles_skipped)
         out["tiles_outside_aoi"] = stats.tiles_outside_aoi
         out["pixels"] = stats.pixels

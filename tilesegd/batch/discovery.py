@@ -13,7 +13,7 @@ import logging
 import os
 from pathlib import Path
 
-from tilesegd.batch.ledger import REQUIRED_OUTPUTS, RUN_JSON, WORK_DIR, holds_run, outputs_present
+from tilesegd.batch.layout import REQUIRED_OUTPUTS, RUN_JSON, WORK_DIR, holds_run, outputs_present
 from tilesegd.config import parse_shard
 from tilesegd.errors import InputError
 from tilesegd.storage.urls import RemotePath, parse_location
@@ -161,7 +161,7 @@ def search_folder(root: Path, output: Path | None, skipped: dict[Path, str]) -> 
 def output_folder(folder: Path, output: Path | None, *, top: bool = False) -> str | None:
     """Why ``folder`` holds tilesegd outputs rather than scenes (``None``: it does not): it is
     the run's ``output`` folder (resolved), a folder holding a tilesegd run (``run.json``, see
-    :func:`tilesegd.batch.ledger.holds_run`), or a published scene folder (``mask.tif``,
+    :func:`tilesegd.batch.layout.holds_run`), or a published scene folder (``mask.tif``,
     ``pred.zarr``, ``areas.csv``). With ``top`` (a folder named as input) only the last."""
     if outputs_present(folder):
         return "a tilesegd scene's outputs"

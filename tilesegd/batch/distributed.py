@@ -7,7 +7,8 @@ the model once and keeps it (:mod:`tilesegd.batch.cluster`), reopens the scene a
 path, segments its blocks with the same code as a local run and writes them into the shared
 store: every block is one Zarr chunk, so writers never overlap. A scene is finished on the
 client (COG, areas, preview, publish: :func:`tilesegd.batch.runner.finish_scene`) as soon as its
-blocks are done, while the blocks of later scenes keep the workers busy.
+blocks are done, while the blocks of later scenes keep the workers busy. Every scene's status
+goes through the same state machine as a local run (:mod:`tilesegd.batch.states`).
 
 Results do not depend on the cluster: a block is computed by the same code whatever worker runs
 it, and the engine pads short batches, so a tile's class ids never depend on its batch-mates.
@@ -33,15 +34,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tilesegd.batch.cluster import SceneJob, compute_task, open_client, prepare_worker
-from tilesegd.batch.ledger import RunLedger
-from tilesegd.batch.local import add_products
+from tilesegd.batch.local import run_header, scene_states
 from tilesegd.batch.progress import progress_bar
 from tilesegd.batch.runner import RunSetup, aoi_fields, finish_scene, plan_scene
 from tilesegd.config import RunConfig
-from tilesegd.errors import DeviceError, Interrupted, ModelFileError, OutputError
+from tilesegd.errors import DeviceError, ModelFileError, TilesegdError
 
 if TYPE_CHECKING:  # pragma: no cover
     from tilesegd.batch.plan import ScenePlan
+    from tilesegd.batch.states import SceneRun
     from tilesegd.raster.tiling import Block
 
 log = logging.getLogger(__name__)
@@ -56,11 +57,11 @@ def group_blocks(blocks: list[Block], per_task: int) -> list[list[Block]]:
 
 
 @dataclass
-class SceneState:
-    """A scene in flight on the cluster: its plan, run.json entry and block counters."""
+class SceneTasks:
+    """A scene's blocks in flight on the cluster: its state, plan and block counters."""
 
+    scene: SceneRun
     plan: ScenePlan
-    entry: dict[str, Any]
     t0: float
     pending: set[str] = field(default_factory=set)
     done_ids: set[int] = field(default_factory=set)
@@ -69,8 +70,6 @@ class SceneState:
     tiles_skipped: int = 0
     tiles_outside_aoi: int = 0
     pixels: int = 0
-    t_blocks: float = 0.0
-    failed: bool = False
 
 
 def run_distributed(
@@ -86,8 +85,8 @@ def run_distributed(
     """Segment ``paths`` into ``output`` on a Dask cluster (see the module docstring).
 
     Called by :func:`tilesegd.api.run` (which holds the output lock) when ``cfg.scheduler``
-    or ``cfg.cluster`` is set; keeps the same books as a local run (:mod:`tilesegd.batch.ledger`),
-    so either kind of run resumes the other's half-done scenes.
+    or ``cfg.cluster`` is set; its scenes go through the same state machine as a local run
+    (:mod:`tilesegd.batch.states`), so either kind of run resumes the other's half-done scenes.
 
     Args:
         cfg: the resolved configuration.
@@ -142,21 +141,19 @@ def run_distributed(
 
 
 class DistributedRun:
-    """One distributed run: plan and submit scenes, gather blocks, finish scenes."""
+    """One distributed run: plan and submit scenes, gather blocks, finish scenes; every
+    status goes through the scene state machine (:class:`~tilesegd.batch.states.RunStates`)."""
 
     def __init__(self, run: RunSetup, job: SceneJob, client: Any) -> None:
         self.setup, self.job, self.client = run, job, client
         self.output = run.output
         self.n = max(1, len(client.scheduler_info().get("workers", {})))
-        self.states: dict[str, SceneState] = {}
+        self.tasks: dict[str, SceneTasks] = {}
         self.owner: dict[Any, str] = {}  # dask future -> scene name
         self.finishing: dict[Future, str] = {}
-        self.fatal: BaseException | None = None
 
     def header(self) -> dict[str, Any]:
         """run.json's run-level fields, with the cluster's."""
-        from tilesegd.batch.local import run_header
-
         doc = run_header(self.setup, self.job.model_sha, self.job.device, self.job.dtype)
         doc["distributed"] = {
             "scheduler": self.client.scheduler.address,
@@ -169,65 +166,39 @@ class DistributedRun:
         """Submit every scene (earlier scenes first), finish each as its blocks are done."""
         from distributed import as_completed
 
-        cfg = self.setup.cfg
-        self.ledger = RunLedger(self.output, names, self.header(), self.setup.fingerprint,
-                                cfg.overwrite)  # fmt: skip
+        self.states = scene_states(self.setup, self.output, names, self.header(), stop)
         self.bar = progress_bar(progress, total=0, unit="MP", desc="blocks", leave=False)
         self.finisher = ThreadPoolExecutor(2, thread_name_prefix="tilesegd-finish")
         ac = as_completed()
-        try:
-            for idx, (path, name) in enumerate(zip(paths, names, strict=True)):
-                if self.ledger.skip(name, path, self.setup.products):
-                    continue
-                if self.ledger.finished(name, path) and not stop.is_set():
-                    add_products(self.ledger, self.setup, path, name)  # no worker needed
-                    continue
-                if stop.is_set() or self.fatal is not None:
-                    self.ledger.pending(name, path)
-                    continue
-                entry = self.ledger.start(name, path)
-                self._submit_scene(Path(path).resolve(), name, entry, idx, ac, per_task)
-                self._gather(ac)
-            while (not ac.is_empty() or self.finishing) and self.fatal is None:
-                if stop.wait(0.05):
-                    break
-                self._gather(ac)
-        finally:
-            if self.owner:
-                self.client.cancel(list(self.owner))
-            self.finisher.shutdown(wait=True)
-            for fut in list(self.finishing):
-                self._finished(fut)
-            self.bar.close()
-        return self._close(stop.is_set() and self.fatal is None)
+        with self.states:
+            try:
+                for idx, (path, name) in enumerate(zip(paths, names, strict=True)):
+                    scene = self.states.admit(path, name)
+                    if scene is not None:
+                        self._submit_scene(scene, idx, ac, per_task)
+                        self._gather(ac)
+                while not ac.is_empty() or self.finishing:
+                    if stop.wait(0.05):
+                        break  # the close marks the scenes in flight interrupted
+                    self._gather(ac)
+            finally:
+                if self.owner:
+                    self.client.cancel(list(self.owner))
+                self.finisher.shutdown(wait=True)
+                self._drain()
+                self.bar.close()
+        return self.states.doc
 
-    def _close(self, interrupted: bool) -> dict[str, Any]:
-        why = str(self.fatal or "stopped by a signal; finished blocks are kept")
-        for e in self.ledger.scenes.values():
-            if e.get("status") == "running":
-                e.update(status="interrupted" if interrupted else "failed", error=why)
-        if self.fatal is not None:
-            self.ledger.stop(self.fatal)
-        self.ledger.finish(interrupted)
-        if interrupted:
-            raise Interrupted(
-                f"{self.output}: stopped by a signal; finished scenes and blocks are kept "
-                "(run.json says which); rerun the same command to resume"
-            )
-        return self.ledger.doc
-
-    def _submit_scene(self, path, name, entry, idx, ac, per_task) -> None:
+    def _submit_scene(self, scene: SceneRun, idx: int, ac: Any, per_task: int | None) -> None:
         """Plan one scene on the client, then submit its block groups (priority: scene order)."""
         try:
-            plan = plan_scene(path, name, self.setup)
+            plan = plan_scene(Path(scene.path).resolve(), scene.name, self.setup)
         except Exception as exc:  # recorded in run.json; the others go on
-            self._failed(name, path, entry, exc)
+            scene.failed(exc)
             return
-        entry["status"] = "running"
-        st = self.states[name] = SceneState(plan, entry, time.perf_counter())
-        entry["blocks_resumed"] = plan.grid.n_blocks - len(plan.todo)
-        entry["tile_size"] = plan.grid.tile_size
-        job = replace(self.job, plan=replace(plan, store=None, todo=[]))
+        scene.planned(plan.grid.n_blocks - len(plan.todo), plan.grid.tile_size)
+        st = self.tasks[scene.name] = SceneTasks(scene, plan, time.perf_counter())
+        job = replace(self.job, plan=replace(plan, todo=()))
         per_task = per_task or min(MAX_BLOCKS_PER_TASK, math.ceil(len(plan.todo) / 4 / self.n))
         self.bar.total += sum(b.window.height * b.window.width for b in plan.todo)
         self.bar.refresh()
@@ -236,23 +207,27 @@ class DistributedRun:
                 compute_task,
                 job,
                 [b.id for b in group],
-                key=f"tilesegd-{name}-b{group[0].id}-{uuid.uuid4().hex[:8]}",
+                key=f"tilesegd-{scene.name}-b{group[0].id}-{uuid.uuid4().hex[:8]}",
                 pure=False,
                 retries=RETRIES,
                 priority=-idx,
             )
-            self.owner[fut] = name
+            self.owner[fut] = scene.name
             st.pending.add(fut.key)
             ac.add(fut)
         if not st.pending:  # every block was done before (a resumed scene)
-            self._start_finish(st)
+            self._start_finish(st, 0.0)
 
     def _gather(self, ac) -> None:
-        """Handle finished block tasks and finished scenes (without blocking)."""
+        """Handle finished block tasks and finished scenes (without blocking).
+
+        Raises:
+            OutputError / DeviceError: a fatal error (the run stops).
+        """
         for fut in ac.next_batch(block=False):
             name = self.owner.pop(fut, None)
-            st = self.states.get(name) if name else None
-            if st is None or st.failed or fut.status == "cancelled":
+            st = self.tasks.get(name) if name else None
+            if st is None or st.scene.ended or fut.status == "cancelled":
                 continue
             st.pending.discard(fut.key)
             if fut.status == "finished":
@@ -265,60 +240,51 @@ class DistributedRun:
                 st.pixels += r["pixels"]
                 self.bar.update(r["pixels"])
                 if not st.pending:
-                    st.t_blocks = time.perf_counter() - st.t0
-                    self._start_finish(st)
+                    self._start_finish(st, time.perf_counter() - st.t0)
                 continue
-            st.failed = True
             self.client.cancel([f for f, n in self.owner.items() if n == name])
-            st.entry["seconds"] = round(time.perf_counter() - st.t0, 3)
-            self._failed(name, st.entry["input"], st.entry, fut.exception())
+            exc = fut.exception()
+            if not isinstance(exc, Exception):  # e.g. a worker's KeyboardInterrupt
+                exc = RuntimeError(str(exc))
+            # a worker that cannot run the model (device, precision) dooms every scene
+            st.scene.failed(exc, ends_run=isinstance(exc, DeviceError))
         for fut in [f for f in self.finishing if f.done()]:
             self._finished(fut)
 
-    def _start_finish(self, st: SceneState) -> None:
+    def _start_finish(self, st: SceneTasks, t_blocks: float) -> None:
+        """Every block of the scene is done (in ``t_blocks`` s): finish it on a thread."""
+        st.scene.blocks_done(
+            megapixels_per_s=round(st.pixels / 1e6 / t_blocks, 3) if t_blocks else None,
+            tiles_run=st.tiles_run,
+            tiles_skipped=st.tiles_skipped,
+            workers=sorted(st.workers),
+        )
         # finish_scene checks that every block is in the store's log before it publishes
         self.finishing[self.finisher.submit(finish_scene, st.plan, self.setup)] = st.plan.name
 
     def _finished(self, fut: Future) -> None:
-        name = self.finishing.pop(fut)
-        st = self.states[name]
+        """Record a finished (or failed) finish step.
+
+        Raises:
+            OutputError: a fatal error (the run stops).
+        """
+        st = self.tasks[self.finishing.pop(fut)]
         try:
             result = fut.result()
         except Exception as exc:  # recorded in run.json; the others go on
-            self._failed(name, st.entry["input"], st.entry, exc)
+            st.scene.failed(exc)
             return
-        else:
-            seconds = time.perf_counter() - st.t0
-            st.entry.update(
-                status="done",
-                seconds=round(seconds, 3),
-                megapixels_per_s=round(st.pixels / 1e6 / st.t_blocks, 3) if st.t_blocks else None,
-                tiles_run=st.tiles_run,
-                tiles_skipped=st.tiles_skipped,
-                workers=sorted(st.workers),
-                **result,
-                **st.plan.resample_fields,
-            )
-            if st.plan.aoi is not None:
-                st.entry.update(aoi_fields(st.plan, None), tiles_outside_aoi=st.tiles_outside_aoi)
-            log.info("%s: done in %.1f s on %d worker(s)", name, seconds, len(st.workers))
-        self._write()
+        aoi = aoi_fields(st.plan, st.tiles_outside_aoi)
+        st.scene.finished({**result, **aoi, **st.plan.resample_fields})
+        log.info("%s: done in %.1f s on %d worker(s)", st.scene.name, st.scene.entry["seconds"],
+                 len(st.workers))  # fmt: skip
 
-    def _failed(self, name: str, path: Any, entry: dict[str, Any], exc: BaseException) -> None:
-        """Record a scene's failure as a local run does; a model that cannot run, an output
-        that cannot be written or a full disk end the whole run (``self.fatal``)."""
-        if not isinstance(exc, Exception):  # e.g. a worker's KeyboardInterrupt
-            exc = RuntimeError(str(exc))
-        fatal = self.ledger.fail(entry, Path(path), exc)
-        if isinstance(exc, DeviceError):
-            fatal = exc
-        if fatal is not None and self.fatal is None:
-            self.fatal = fatal
-        self._write()
-
-    def _write(self) -> None:
-        try:
-            self.ledger.write()
-        except OutputError as exc:
-            if self.fatal is None:
-                self.fatal = exc
+    def _drain(self) -> None:
+        """Record every finish step still in hand, also after a fatal error (a scene published
+        by its finisher thread is done); the run's fatal error is raised by its close."""
+        for fut in list(self.finishing):
+            try:
+                self._finished(fut)
+            except TilesegdError as exc:
+                if exc is not self.states.fatal:
+                    raise

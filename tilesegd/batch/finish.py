@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from tilesegd.batch.ledger import SCENE_OUTPUTS, input_stat, output_paths, publish
+from tilesegd.batch.folder import publish
+from tilesegd.batch.layout import SCENE_OUTPUTS, input_stat, output_paths
 from tilesegd.batch.plan import RunSetup, ScenePlan
 from tilesegd.batch.products import ProductSinks
 from tilesegd.errors import writing
@@ -30,7 +31,7 @@ from tilesegd.inference.stitch import BlockCheckError
 from tilesegd.model.spec import NODATA
 from tilesegd.outputs.areas import AreaCounter, row_pixel_areas, write_areas_csv
 from tilesegd.outputs.cog import write_cog
-from tilesegd.outputs.preview import write_preview
+from tilesegd.outputs.preview import PreviewSampler, write_preview
 from tilesegd.outputs.zarr_store import ZarrMaskStore
 from tilesegd.raster.scene import Scene, open_run_scene
 from tilesegd.raster.tiling import TileGrid
@@ -71,9 +72,9 @@ def open_store(
     )
 
 
-def check_blocks_done(plan: ScenePlan) -> int | None:
-    """Check that every block of the scene is in the store's ``blocks.done`` log before the
-    scene is finished (a block never written would read back as all nodata).
+def check_blocks_done(plan: ScenePlan, store: ZarrMaskStore) -> int | None:
+    """Check that every block of the scene is in its ``store``'s ``blocks.done`` log before
+    the scene is finished (a block never written would read back as all nodata).
 
     Returns:
         The class-id pixels the blocks' log records (``None`` if an older log lacks counts).
@@ -81,7 +82,7 @@ def check_blocks_done(plan: ScenePlan) -> int | None:
     Raises:
         BlockCheckError: blocks are missing (named; the scene is not published).
     """
-    done = plan.store.done_counts()
+    done = store.done_counts()
     missing = [b.id for b in plan.grid.blocks() if b.id not in done]
     if missing:
         raise BlockCheckError(
@@ -106,14 +107,16 @@ class MaskPass:
     """What the ``mask.tif`` pass does with each block: areas, products, low-confidence
     pixels (valid input whose top-class probability was below ``--min-confidence``)."""
 
-    def __init__(self, plan: ScenePlan, run: RunSetup, sinks: ProductSinks) -> None:
+    def __init__(
+        self, plan: ScenePlan, store: ZarrMaskStore, run: RunSetup, sinks: ProductSinks
+    ) -> None:
         scene = plan.scene
-        self.store, self.sinks = plan.store, sinks
+        self.store, self.sinks = store, sinks
         self.areas = AreaCounter(
             run.spec.num_classes,
             row_pixel_areas(scene.crs, scene.transform, scene.height, scene.width),
         )
-        self.low_confidence = 0 if plan.store.confidence is not None else None
+        self.low_confidence = 0 if store.confidence is not None else None
         self.entry: dict[str, Any] = {}
 
     def __call__(self, block: Any, ids: np.ndarray) -> None:
@@ -147,8 +150,10 @@ def scene_cog(plan: ScenePlan, run: RunSetup, name: str, read: Any, **options: A
     )
 
 
-def write_mask_and_products(plan: ScenePlan, run: RunSetup, which: set[str]) -> MaskPass:
-    """Build ``mask.tif`` from the finished store, with ``areas.csv`` and the products
+def write_mask_and_products(
+    plan: ScenePlan, store: ZarrMaskStore, run: RunSetup, which: set[str]
+) -> MaskPass:
+    """Build ``mask.tif`` from the finished ``store``, with ``areas.csv`` and the products
     ``which`` in the same pass.
 
     Raises:
@@ -156,11 +161,11 @@ def write_mask_and_products(plan: ScenePlan, run: RunSetup, which: set[str]) -> 
             than its blocks' log records. OSError / OutputError: an output cannot be written.
     """
     scene, spec = plan.scene, run.spec
-    written = check_blocks_done(plan)
+    written = check_blocks_done(plan, store)
     sinks = ProductSinks(plan.work, scene, plan.grid, spec, run.cfg, which, run.zones)
     with sinks:
-        done = MaskPass(plan, run, sinks)
-        scene_cog(plan, run, "mask.tif", plan.store.read_block, classes=spec.classes,
+        done = MaskPass(plan, store, run, sinks)
+        scene_cog(plan, run, "mask.tif", store.read_block, classes=spec.classes,
                   on_block=done)  # fmt: skip
         counted = done.areas.valid_pixels
         if written is not None and written != counted:
@@ -175,9 +180,13 @@ def write_mask_and_products(plan: ScenePlan, run: RunSetup, which: set[str]) -> 
     return done
 
 
-def finish_scene(plan: ScenePlan, run: RunSetup) -> dict[str, Any]:
+def finish_scene(
+    plan: ScenePlan, run: RunSetup, preview: PreviewSampler | None = None
+) -> dict[str, Any]:
     """Build the scene's outputs from its finished store, then publish them to
-    ``output/<name>/``.
+    ``output/<name>/``; ``preview`` holds the image sampled while the blocks were computed
+    (:func:`tilesegd.batch.runner.preview_sampler`; ``None`` or incomplete: the preview reads
+    the scene).
 
     Returns:
         Partial ``run.json`` entry: sizes, pixel counts, products and output paths.
@@ -189,10 +198,12 @@ def finish_scene(plan: ScenePlan, run: RunSetup) -> dict[str, Any]:
     scene = plan.scene
     clear_outputs(plan.work)
     if plan.resample is not None:
-        plan = on_scene_grid(plan, run)
-    done = write_mask_and_products(plan, run, set(run.products))
+        plan, store = on_scene_grid(plan, run)
+    else:
+        store = ZarrMaskStore.reopen(plan.store_path)
+    done = write_mask_and_products(plan, store, run, set(run.products))
     if run.cfg.save_confidence:
-        scene_cog(plan, run, "confidence.tif", plan.store.read_confidence, kind="confidence")
+        scene_cog(plan, run, "confidence.tif", store.read_confidence, kind="confidence")
     if run.cfg.preview_size > 0:
         write_preview(
             plan.work / "preview.png",
@@ -203,7 +214,7 @@ def finish_scene(plan: ScenePlan, run: RunSetup) -> dict[str, Any]:
             done.areas.rows(run.spec.classes),
             run.cfg.preview_size,
             title=f"{plan.name} ({scene.width} x {scene.height})",
-            sampled=plan.preview,
+            sampled=preview,
         )
     shutil.rmtree(plan.work / "model_grid", ignore_errors=True)
     final = publish(plan.work, run.output / plan.name)
@@ -234,8 +245,9 @@ def clear_outputs(work: Path) -> None:
             (work / name).unlink(missing_ok=True)
 
 
-def on_scene_grid(plan: ScenePlan, run: RunSetup) -> ScenePlan:
-    """The plan of a scene segmented on its model grid, moved to the scene's own grid: every
+def on_scene_grid(plan: ScenePlan, run: RunSetup) -> tuple[ScenePlan, ZarrMaskStore]:
+    """The plan of a scene segmented on its model grid, moved to the scene's own grid, and its
+    scene-grid store: every
     model-grid block must be done; ``pred.zarr`` on the scene grid is then written from it
     (nearest neighbour, :func:`tilesegd.raster.resample.to_scene_grid`), with the AOI applied on the
     scene grid by the pixel-centre rule and the input's own nodata (dataset mask, NaN / Inf)
@@ -249,7 +261,8 @@ def on_scene_grid(plan: ScenePlan, run: RunSetup) -> ScenePlan:
     from tilesegd.raster.reader import SceneSource
     from tilesegd.raster.resample import to_scene_grid
 
-    check_blocks_done(plan)
+    model_store = ZarrMaskStore.reopen(plan.store_path)
+    check_blocks_done(plan, model_store)
     scene = plan.scene
     shape = (scene.height, scene.width)
     grid = run.geometry.grid(*shape)
@@ -261,18 +274,18 @@ def on_scene_grid(plan: ScenePlan, run: RunSetup) -> ScenePlan:
         keep = SceneAOI(run.aoi, scene.crs, scene.transform, *shape, scene=str(scene.path))
     source = SceneSource(scene, plan.bands) if scene.has_mask else None
     try:
-        to_scene_grid(plan.store, store, grid, plan.resample, keep,
+        to_scene_grid(model_store, store, grid, plan.resample, keep,
                       None if source is None else source.valid)  # fmt: skip
     finally:
         if source is not None:
             source.close()
-    return dataclasses.replace(plan, grid=grid, store=store, store_path=store.path)
+    return dataclasses.replace(plan, grid=grid, store_path=store.path), store
 
 
 def add_products(plan: ScenePlan, run: RunSetup, which: set[str]) -> dict[str, Any]:
     """Make products ``which`` for a scene finished earlier, from its published
-    ``pred.zarr`` (``plan.store``; ``plan.work`` is the published folder), without running the
-    network.
+    ``pred.zarr`` (``plan.store_path``; ``plan.work`` is the published folder), without
+    running the network.
 
     Returns:
         The ``run.json`` fields of the products written.
@@ -281,10 +294,11 @@ def add_products(plan: ScenePlan, run: RunSetup, which: set[str]) -> dict[str, A
         ConfigError / InputError: bad product options for this scene. OutputError: a file
             cannot be written.
     """
+    store = ZarrMaskStore.reopen(plan.store_path)
     sinks = ProductSinks(plan.work, plan.scene, plan.grid, run.spec, run.cfg, which, run.zones)
     with sinks:
         for block in plan.grid.blocks():
-            sinks.add(block, plan.store.read_block(block))
+            sinks.add(block, store.read_block(block))
     log.info("%s: added %s from the stored mask", plan.name, ", ".join(sorted(which)))
     return sinks.entry()
 
@@ -302,7 +316,6 @@ def add_scene_products(path: Path, name: str, run: RunSetup, which: set[str]) ->
     """
     scene = open_run_scene(run.cfg, path, name)
     folder = run.output / name
-    store = ZarrMaskStore.reopen(folder / "pred.zarr")
     plan = ScenePlan(scene, name, run.bands, run.geometry.grid(scene.height, scene.width),
-                     folder, store, [])  # fmt: skip
+                     folder, folder / "pred.zarr")  # fmt: skip
     return add_products(plan, run, which)

@@ -1,23 +1,23 @@
 """Run the scenes on this machine, one after the other, with one loaded engine.
 
-The same bookkeeping as a distributed run (:mod:`tilesegd.batch.ledger`): scenes already done are
-skipped, half-done ones resume, a bad scene is recorded as failed and the others carry on, and
-an output that cannot be written (a full disk) ends the run.
+The same scene state machine as a distributed run (:mod:`tilesegd.batch.states`): scenes already
+done are skipped, half-done ones resume, a bad scene is recorded as failed and the others carry
+on, and an output that cannot be written (a full disk) ends the run. Only the blocks are
+computed differently: here, in this process.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tilesegd.batch.finish import add_scene_products
-from tilesegd.batch.ledger import RunLedger
+from tilesegd.batch.ledger import FolderLedger
 from tilesegd.batch.runner import RunSetup, run_scene
+from tilesegd.batch.states import RunStates
 from tilesegd.config import RunConfig
-from tilesegd.errors import Interrupted
 
 if TYPE_CHECKING:  # pragma: no cover
     from tilesegd.inference.engine import Engine
@@ -76,25 +76,26 @@ def load_engine(cfg: RunConfig, output: Path) -> tuple[Engine, RunSetup, str]:
     return engine, run, model_sha
 
 
-def add_products(ledger: RunLedger, run: RunSetup, path: Path, name: str) -> None:
-    """Add the products a finished scene lacks (from its stored mask), recording them, or
-    the failure, in ``run.json``.
+def scene_states(
+    run: RunSetup, output: Path, names: list[str], header: dict[str, Any], stop: threading.Event
+) -> RunStates:
+    """The scene state machine of a run into the folder ``output`` (local or distributed):
+    products a finished scene lacks are added from its stored mask (the network does not
+    run)."""
 
-    Raises:
-        OutputError: a file cannot be written (the run stops).
-    """
-    which = ledger.products_to_add(name, run.products)
-    try:
-        fields = add_scene_products(path, name, run, which)
-    except Exception as exc:
-        entry = {**ledger.previous[name]}
-        ledger.scenes[name] = entry
-        fatal = ledger.fail(entry, path, exc)
-        if fatal is not None:
-            ledger.stop(fatal)
-    else:
-        ledger.added(name, fields, {p: run.products[p] for p in which})
-    ledger.write()
+    def add_products(path: Path, name: str, which: set[str]) -> dict[str, Any]:
+        return add_scene_products(path, name, run, which)
+
+    return RunStates(
+        FolderLedger(output),
+        names,
+        header,
+        run.fingerprint,
+        overwrite=run.cfg.overwrite,
+        stop=stop,
+        products=run.products,
+        add_products=add_products,
+    )
 
 
 def run_local(
@@ -107,7 +108,7 @@ def run_local(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Segment ``paths`` into ``output`` in this process (see :func:`tilesegd.api.run`, which
-    holds the output lock).
+    holds the output lock), one scene after the other (:func:`tilesegd.batch.runner.run_scene`).
 
     Returns:
         The ``run.json`` document.
@@ -119,44 +120,9 @@ def run_local(
     """
     engine, run, model_sha = load_engine(cfg, output)
     header = run_header(run, model_sha, str(engine.device), str(engine.dtype))
-    ledger = RunLedger(output, names, header, run.fingerprint, cfg.overwrite)
-    interrupted = False
-    for path, name in zip(paths, names, strict=True):
-        if ledger.skip(name, path, run.products):
-            continue
-        if ledger.finished(name, path) and not stop.is_set():
-            add_products(ledger, run, path, name)
-            continue
-        if stop.is_set():
-            interrupted = True
-            ledger.pending(name, path)
-            continue
-        t0 = time.perf_counter()
-        entry = ledger.start(name, path)
-        try:
-            entry.update(run_scene(path, name, engine, run, stop=stop, progress=progress))
-            log.info(
-                "%s: done in %.1f s (%.2f MP/s)",
-                name,
-                entry["seconds"],
-                entry["megapixels_per_s"] or 0,
-            )
-        except Interrupted as exc:
-            interrupted = True
-            entry.update(status="interrupted", error=str(exc))
-        except Exception as exc:  # one bad scene never stops the others...
-            fatal = ledger.fail(entry, path, exc)
-            if fatal is not None:  # ...unless no later scene could succeed either
-                ledger.stop(fatal)
-        entry.setdefault("seconds", round(time.perf_counter() - t0, 3))
-        try:
-            ledger.write()
-        except Exception as exc:
-            ledger.stop(exc)
-    ledger.finish(interrupted)
-    if interrupted:
-        raise Interrupted(
-            f"{output}: stopped by a signal; finished scenes and blocks are kept (run.json "
-            "says which); rerun the same command to resume"
-        )
-    return ledger.doc
+    with scene_states(run, output, names, header, stop) as states:
+        for path, name in zip(paths, names, strict=True):
+            scene = states.admit(path, name)
+            if scene is not None:
+                run_scene(scene, engine, run, stop=stop, progress=progress)
+    return states.doc

@@ -1,6 +1,7 @@
 """What a run's scenes share (:class:`RunSetup`), and what one scene's work needs
-(:class:`ScenePlan`): plain data, resolved once, passed to the runner, the finish step and
-the Dask workers (both pickle).
+(:class:`ScenePlan`): immutable plain data, resolved once, passed to the runner, the finish
+step and the Dask workers (both pickle). Neither holds an open file: each phase opens the
+scene's work store by its path (:attr:`ScenePlan.store_path`) and closes it.
 """
 
 from __future__ import annotations
@@ -8,16 +9,19 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tilesegd.batch.ledger import fingerprint, input_stat
+from tilesegd.batch.layout import fingerprint, input_stat
 from tilesegd.config import RunConfig
 from tilesegd.inference.geometry import Geometry
 from tilesegd.model.spec import ModelSpec
-from tilesegd.outputs.preview import PreviewSampler
-from tilesegd.outputs.zarr_store import ZarrMaskStore
 from tilesegd.raster.scene import Scene
 from tilesegd.raster.tiling import Block, TileGrid
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tilesegd.raster.resample import GridResample, GrownRegion
+    from tilesegd.vector.aoi import SceneAOI
+    from tilesegd.vector.layers import PolygonLayer
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +51,9 @@ class RunSetup:
     output: Path
     fingerprint: str
     model: str
-    aoi: Any = None
-    zones: Any = None
-    products: dict[str, Any] = field(default_factory=dict)
+    aoi: PolygonLayer | None = None
+    zones: PolygonLayer | None = None
+    products: dict[str, dict[str, Any]] = field(default_factory=dict)
     said: set[str] = field(default_factory=set, compare=False, repr=False)
 
     def warn_once(self, key: str, message: str) -> None:
@@ -61,8 +65,8 @@ class RunSetup:
 
     @property
     def model_gsd(self) -> float | None:
-        """The model's GSD in metres (``--gsd``, else the model file's ``gsd``), or ``None``."""
-        gsd = self.cfg.gsd or self.spec.extra.get("gsd")
+        """The model's GSD in metres (:func:`model_gsd`), as a float, or ``None``."""
+        gsd = model_gsd(self.cfg, self.spec)
         return None if gsd is None else float(gsd)
 
     @property
@@ -100,7 +104,7 @@ class RunSetup:
             resolve_keep(spec.classes, cfg.vector_classes)  # unknown names: fail now
         aoi_id = (str(Path(cfg.aoi).resolve()), input_stat(cfg.aoi), cfg.aoi_crs) if aoi else None
         confidence = (cfg.save_confidence, cfg.min_confidence)
-        gsd = (cfg.resample, cfg.gsd or spec.extra.get("gsd"), cfg.gsd_tolerance, cfg.scene_gsd)
+        gsd = (cfg.resample, model_gsd(cfg, spec), cfg.gsd_tolerance, cfg.scene_gsd)
         settings = (*geometry.settings(), bands, cfg.save_probs, *confidence, aoi_id, *gsd)
         fp = fingerprint(model_sha, settings, device, dtype)
         return cls(
@@ -117,7 +121,13 @@ class RunSetup:
         )
 
 
-def load_layers(cfg: RunConfig) -> tuple[Any, Any]:
+def model_gsd(cfg: RunConfig, spec: ModelSpec) -> float | None:
+    """The model's GSD in metres per pixel: ``--gsd``, else the model file's ``gsd``, else
+    ``None``; the number as given (the run's fingerprint records it so)."""
+    return cfg.gsd or spec.gsd
+
+
+def load_layers(cfg: RunConfig) -> tuple[PolygonLayer | None, PolygonLayer | None]:
     """The AOI and zones polygon layers of a run (``None`` when not asked for), read once.
 
     Raises:
@@ -133,27 +143,28 @@ def load_layers(cfg: RunConfig) -> tuple[Any, Any]:
     return aoi, zones
 
 
-@dataclass
+@dataclass(frozen=True)
 class ScenePlan:
-    """Everything needed to compute and finish one scene (see :func:`plan_scene`).
+    """Everything needed to compute and finish one scene (see
+    :func:`tilesegd.batch.runner.plan_scene`); a phase that changes it returns a new plan
+    (:func:`dataclasses.replace`).
 
     Attributes:
         scene: the profiled input.
         name: output folder name.
         bands: 1-based bands fed to the network.
         grid: tile / block geometry.
-        work: the scene's work folder; ``store`` lives in it.
-        store: the (possibly half-done) ``pred.zarr``.
+        work: the scene's work folder (the published folder for a finished scene).
+        store_path: the scene's (possibly half-done) ``pred.zarr``, in ``work``; each phase
+            opens it (:meth:`tilesegd.outputs.zarr_store.ZarrMaskStore.reopen`), Dask workers
+            too.
         todo: blocks still to compute.
-        preview: the preview image sampled from the blocks decoded by :func:`compute_blocks`.
-        aoi: the area of interest on the grid the tiles run on (:class:`tilesegd.vector.aoi.SceneAOI`),
-            or ``None``.
+        aoi: the area of interest on the grid the tiles run on, or ``None``.
         blocks_outside: blocks outside the area of interest (written as nodata, never read).
-        resample: how the scene maps onto its model grid (:class:`tilesegd.raster.resample.GridResample`)
-            when it runs at the model's GSD, else ``None``; ``grid``, ``store`` and ``aoi`` are
-            then on the model grid, and the finish step writes the scene-grid outputs.
+        resample: how the scene maps onto its model grid when it runs at the model's GSD, else
+            ``None``; ``grid``, ``store_path`` and ``aoi`` are then on the model grid, and the
+            finish step writes the scene-grid outputs.
         resample_fields: ``run.json`` fields of the GSDs and the factor.
-        store_path: where ``store`` lives (workers reopen it by path).
     """
 
     scene: Scene
@@ -161,14 +172,12 @@ class ScenePlan:
     bands: tuple[int, ...]
     grid: TileGrid
     work: Path
-    store: ZarrMaskStore | None
-    todo: list[Block]
-    preview: PreviewSampler | None = None
-    aoi: Any = None
+    store_path: Path
+    todo: tuple[Block, ...] = ()
+    aoi: SceneAOI | GrownRegion | None = None
     blocks_outside: int = 0
-    resample: Any = None
+    resample: GridResample | None = None
     resample_fields: dict[str, Any] = field(default_factory=dict)
-    store_path: Path | None = None
 
     @property
     def done_pixels(self) -> int:

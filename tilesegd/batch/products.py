@@ -3,8 +3,8 @@
 
 They are fed the blocks of the finished store in the same pass that builds ``mask.tif``
 (:class:`ProductSinks`), or, when a rerun only adds them to a finished scene, in a pass of
-their own over the published ``pred.zarr`` (the network does not run again; the ledger
-decides: :meth:`tilesegd.batch.ledger.RunLedger.products_to_add`). Each file is
+their own over the published ``pred.zarr`` (the network does not run again; the state machine
+decides: :meth:`tilesegd.batch.states.RunStates.products_to_add`). Each file is
 written atomically. The settings of each product are recorded in the scene's ``run.json``
 entry (``products``), so the run knows which products a finished scene already has.
 """
@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from tilesegd.batch.ledger import input_stat
+from tilesegd.batch.layout import input_stat
 from tilesegd.config import RunConfig
 from tilesegd.model.spec import ModelSpec
 from tilesegd.raster.tiling import Block, TileGrid

@@ -296,8 +296,6 @@ def run(
     from tilesegd.config import RunConfig, resolve
 
     overrides = dict(opts, input=list(inputs) or None, compile=compile_)
-    if overrides.get("vector_classes"):
-        overrides["vector_classes"] = overrides["vector_classes"].split(",")
     cfg = resolve(RunConfig, config_file, overrides, section="run")
     quiet = is_quiet(ctx)
     doc = api_run(cfg, progress=not quiet)

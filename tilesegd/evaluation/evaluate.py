@@ -56,7 +56,7 @@ def model_classmap(
         lut = np.arange(256, dtype=np.uint8)
         return cmap, lut
     in_csv = {e.name.lower() for e in read_classes(classes).entries}
-    trained_ignored = [n for n in spec.extra.get("ignored_classes", []) if n.lower() in in_csv]
+    trained_ignored = [n for n in spec.ignored_classes if n.lower() in in_csv]
     cmap = read_classes(classes, [*ignore, *trained_ignored])
     model_ids = {c.name.lower(): c.id for c in spec.classes}
     unknown = [n for n in cmap.names if n.lower() not in model_ids]
@@ -105,7 +105,7 @@ def read_pair(
             unknown mask value.
     """
     image, valid = read_image(pair.image, grid, spec.bands)
-    dtypes = spec.extra.get("dtypes")
+    dtypes = spec.dtypes
     if dtypes and image.dtype.name not in dtypes:
         raise IncompatibleInputError(
             f"{pair.image}: {image.dtype.name} imagery, but the model was trained on "
@@ -215,7 +215,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     per_image: dict[str, Any] = {}
     resampled = 0
     for pair in pairs:
-        grid = grid_for(pair.image, spec.extra.get("gsd"), spec.extra.get("scale"))
+        grid = grid_for(pair.image, spec.gsd, spec.scale)
         image, valid, target = read_pair(pair, spec, grid, cmap, lut)
         if grid.resampled:  # predicted at the model's resolution, scored at the mask's
             cm, pred = score_on_grid(scorer, image, valid, target)
@@ -233,7 +233,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         masks=str(cfg.masks),
         per_image=per_image,
     )
-    doc.update(model_gsd_m=spec.extra.get("gsd"), model_scale=spec.extra.get("scale"))
+    doc.update(model_gsd_m=spec.gsd, model_scale=spec.scale)
     doc["resampled_images"] = resampled
     write_reports(out, doc, scorer.confusion, scorer.names)
     return doc

@@ -57,7 +57,6 @@ LoveDA demo U-Net (Unet-mobilenet_v2, slim decoder) adds 448 / 1089 / 1417 MiB a
 profiling run): 380 plus the engine's own buffers covers it for 1400-1900-px tiles. Torch's
 profiler sees only 112 B/px of tensors there (:func:`tilesegd.model.halo.measure_activation_bytes`);
 smp Unet-mobilenet_v2 with the default decoder holds 318.5 B/px of tensors in eager mode."""
-ACTIVATION_KEY = "activation_bytes_per_pixel"  # the model file's field (tilesegd.json)
 
 
 @dataclass(frozen=True)
@@ -258,7 +257,7 @@ def call_bytes_per_pixel(
     validity, the argmax values and int64 indices and the uint8 ids (14), and with
     ``save_probs`` the float32 softmax and its float16 copy (``6 x K``).
     """
-    act = activation_bytes or spec.extra.get(ACTIVATION_KEY) or DEFAULT_ACTIVATION_BYTES
+    act = activation_bytes or spec.activation_bytes or DEFAULT_ACTIVATION_BYTES
     engine = 12 * spec.in_channels + 14 + (6 * spec.num_classes if save_probs else 0)
     return float(act) * dtype_bytes / 4 + engine
 
@@ -381,9 +380,9 @@ def _budget_geometry(
     tile = budget_tile(halo, m, call_pixels)
     if tile * tile > call_pixels:
         warn_over_budget(tile, math.isqrt(int(call_pixels)) // m * m, budget, call_bytes)
-    cap = spec.extra.get("max_tile_size")  # e.g. an ONNX graph with a fixed input size
-    if cap and tile > int(cap):
-        tile = max(m, int(cap) // m * m)
+    cap = spec.max_tile_size  # e.g. an ONNX graph with a fixed input size
+    if cap and tile > cap:
+        tile = max(m, cap // m * m)
         overlap = fit_overlap(tile, overlap, m)
     batch = batch_size or max(1, min(default_batch(tile), int(call_pixels // (tile * tile))))
     lo = min(tile, min_seamless_tile(halo, m))

@@ -54,7 +54,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-OUTPUTS = ("logits", "probabilities")
 DEEPNESS_KEYS = ("model_type", "class_names", "names")
 _EPS = 1e-7  # probabilities are clamped to [eps, 1 - eps] before the logit
 _TINY = 1e-30  # smallest logit margin that still wins argmax (float32-normal)
@@ -238,8 +237,9 @@ def check_against_graph(spec: ModelSpec, io: GraphIO, source: str) -> None:
 
     Raises:
         ModelFileError: input not (B, C, H, W), another channel count, an output rank other
-            than 4, an output channel count that is neither K nor 1 (for K = 2 classes), a
-            ``tile_size`` larger than a fixed input, or a bad ``output`` / ``seg_thresh``.
+            than 4, an output channel count that is neither K nor 1 (for K = 2 classes), or a
+            ``tile_size`` larger than a fixed input (``output`` and ``seg_thresh`` were
+            checked when the spec was read: :data:`tilesegd.model.spec.OPTIONAL_KEYS`).
     """
     if io.input_shape is not None and len(io.input_shape) != 4:
         raise ModelFileError(
@@ -269,11 +269,6 @@ def check_against_graph(spec: ModelSpec, io: GraphIO, source: str) -> None:
             f"{source}: tile_size {spec.tile_size} is larger than the graph's fixed input "
             f"{io.fixed_hw[0]}x{io.fixed_hw[1]}; set tile_size to at most {min(io.fixed_hw)}"
         )
-    if spec.extra.get("output", "logits") not in OUTPUTS:
-        raise ModelFileError(f"{source}: output must be one of {', '.join(OUTPUTS)}")
-    t = spec.extra.get("seg_thresh", 0.5)
-    if not isinstance(t, (int, float)) or not 0.0 <= t <= 1.0:
-        raise ModelFileError(f"{source}: seg_thresh must be a number in [0, 1], got {t!r}")
 
 
 def _dims(shape: tuple[int | None, ...]) -> str:
@@ -369,7 +364,6 @@ def interop_metadata(spec: ModelSpec) -> dict[str, str]:
         "seg_thresh": json.dumps(0.0),
         "seg_small_segment": json.dumps(0),
     }
-    gsd = spec.to_dict().get("gsd")
-    if gsd:
-        props["resolution"] = json.dumps(round(float(gsd) * 100.0, 6))
+    if spec.gsd:
+        props["resolution"] = json.dumps(round(float(spec.gsd) * 100.0, 6))
     return props

@@ -281,8 +281,8 @@ class OnnxModel:
         self.spec = spec
         self.source = source
         self.providers: list[str] = list(session.get_providers())
-        self._output = str(spec.extra.get("output", "logits"))
-        self._thresh = float(spec.extra.get("seg_thresh", 0.5))
+        self._output = spec.output
+        self._thresh = spec.seg_thresh
         self._bind = device.type == "cuda" and any(p in self.providers for p in _GPU_PROVIDERS)
         self._device_id = device.index or 0
         if device.type == "cuda" and not self._bind:

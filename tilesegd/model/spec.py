@@ -7,6 +7,8 @@ networks that carry this metadata). See the README, "The model file", for every 
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -23,6 +25,10 @@ CONFIDENCE_LOW = 128
 below ``--min-confidence`` (the pixel becomes nodata in the mask)."""
 META_NAME = "tilesegd.json"
 REQUIRED_FIELDS = ("classes", "in_channels")
+OUTPUTS = ("logits", "probabilities")
+"""What a graph's output holds (the optional ``output`` key; ``logits`` by default)."""
+ACTIVATION_KEY = "activation_bytes_per_pixel"
+"""The optional key of the network's float32 activation bytes per input pixel."""
 DEFAULT_PALETTE = [
     (0, 0, 0),
     (230, 25, 75),
@@ -72,7 +78,11 @@ class ModelSpec:
         mean, std: per-channel normalisation applied after scaling, ``len == in_channels``.
         multiple: model height and width must be multiples of this (pixels).
         tile_size: suggested tile size in pixels (a multiple of ``multiple``).
-        extra: every other key of ``tilesegd.json`` (e.g. ``overlap``, ``arch``).
+        extra: every other key of ``tilesegd.json``, in the file's order (written back as
+            read). The optional keys of :data:`OPTIONAL_KEYS` are checked when the spec is
+            read (:meth:`from_dict`) and read through properties: ``overlap``, ``gsd``,
+            ``scale``, ``dtypes``, ``max_tile_size``, ``ignored_classes``, ``output``,
+            ``seg_thresh``, ``activation_bytes``; others (``arch``...) are kept as they are.
     """
 
     classes: tuple[ClassInfo, ...]
@@ -90,6 +100,53 @@ class ModelSpec:
         """Suggested tile overlap in pixels (``2 * halo``), or ``None`` if the file has none."""
         v = self.extra.get("overlap")
         return None if v is None else int(v)
+
+    @property
+    def gsd(self) -> float | None:
+        """The ground sampling distance the model was trained at, metres per pixel (as the
+        file writes it), or ``None``."""
+        return self.extra.get("gsd")
+
+    @property
+    def scale(self) -> float | None:
+        """The factor its training frames were resampled by (``tilesegd train --scale``), or
+        ``None``."""
+        return self.extra.get("scale")
+
+    @property
+    def dtypes(self) -> tuple[str, ...] | None:
+        """The pixel types (NumPy names) the model was trained on, or ``None`` (any)."""
+        v = self.extra.get("dtypes")
+        return None if v is None else tuple(v)
+
+    @property
+    def max_tile_size(self) -> int | None:
+        """The largest tile side the network takes (pixels; a fixed-size ONNX graph), or
+        ``None``."""
+        v = self.extra.get("max_tile_size")
+        return None if v is None else int(v)
+
+    @property
+    def ignored_classes(self) -> tuple[str, ...]:
+        """Names of the dataset classes left out of training (``()`` when none)."""
+        return tuple(self.extra.get("ignored_classes") or ())
+
+    @property
+    def output(self) -> str:
+        """What the graph outputs: ``logits`` (the default) or ``probabilities``."""
+        return str(self.extra.get("output") or "logits")
+
+    @property
+    def seg_thresh(self) -> float:
+        """The threshold of a one-channel (sigmoid) output (default 0.5)."""
+        v = self.extra.get("seg_thresh")
+        return 0.5 if v is None else float(v)
+
+    @property
+    def activation_bytes(self) -> float | None:
+        """The network's float32 activation bytes per input pixel (``ACTIVATION_KEY``), or
+        ``None``."""
+        return self.extra.get(ACTIVATION_KEY)
 
     @property
     def nodata_fill(self) -> tuple[float, ...]:
@@ -129,8 +186,9 @@ class ModelSpec:
         """Validate and parse a ``tilesegd.json`` mapping.
 
         Raises:
-            ModelFileError: a required field is missing or a field has a bad value; the message
-                names every missing field and the file.
+            ModelFileError: a required field is missing or a field (required or one of
+                :data:`OPTIONAL_KEYS`) has a bad value; the message names the file and every
+                missing field, or the bad one.
         """
         if not isinstance(meta, dict):
             raise ModelFileError(f"{source}: {META_NAME} must hold a JSON object")
@@ -193,7 +251,58 @@ class ModelSpec:
             "tile_size",
         }
         extra = {k: v for k, v in meta.items() if k not in known}
+        check_optional(extra, source)
         return cls(tuple(classes), in_ch, bands, scale, mean, std, multiple, tile_size, extra)
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _positive(v: Any) -> bool:
+    return _number(v) and v > 0
+
+
+def _fraction(v: Any) -> bool:
+    return _number(v) and 0 <= v <= 1
+
+
+def _whole(v: Any, least: int) -> bool:
+    return _number(v) and v == int(v) and v >= least
+
+
+def _names(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(n, str) for n in v)
+
+
+OPTIONAL_KEYS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "overlap": (lambda v: _whole(v, 0), "a whole number of pixels >= 0"),
+    "gsd": (_positive, "metres per pixel > 0"),
+    "scale": (_positive, "a resampling factor > 0"),
+    "dtypes": (_names, 'a list of pixel type names (e.g. ["uint8"])'),
+    "max_tile_size": (lambda v: _whole(v, 1), "a whole number of pixels >= 1"),
+    "ignored_classes": (_names, "a list of class names"),
+    "output": (lambda v: v in OUTPUTS, " or ".join(OUTPUTS)),
+    "seg_thresh": (_fraction, "a number in [0, 1]"),
+    ACTIVATION_KEY: (_positive, "bytes per pixel > 0"),
+}
+"""The optional keys of ``tilesegd.json`` that tilesegd reads: ``{key: (check, what a good
+value is)}``. A key absent or ``null`` takes its default."""
+
+
+def check_optional(meta: dict[str, Any], source: str) -> None:
+    """Check the optional keys of a ``tilesegd.json`` mapping (:data:`OPTIONAL_KEYS`).
+
+    Raises:
+        ModelFileError: naming the file, the key, the value and what it must be.
+    """
+    for key, (ok, what) in OPTIONAL_KEYS.items():
+        v = meta.get(key)
+        if v is not None and not ok(v):
+            raise ModelFileError(
+                f"{source}: {META_NAME}: {key} must be {what}, got {v!r}; fix or remove it "
+                "(see README, the model file)"
+            )
 
 
 class Runtime(Protocol):

@@ -50,8 +50,9 @@ SQLITE_SIDE_FILES = ("-journal", "-wal", "-shm")
 
 
 def check_options(min_area_m2: float, simplify: float) -> None:
-    """Raise :class:`ConfigError` unless both are finite numbers >= 0."""
-    for name, value, unit in (("--min-area", min_area_m2, "m2"), ("--simplify", simplify, "px")):
+    """Raise :class:`ConfigError` unless both are finite numbers >= 0: the one check of the
+    ``min_area`` and ``simplify`` options (:meth:`tilesegd.config.RunConfig.validate` calls it)."""
+    for name, value, unit in (("min_area", min_area_m2, "m2"), ("simplify", simplify, "px")):
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{name} must be a number ({unit}), got {value!r}")
         if not math.isfinite(value) or value < 0:

@@ -12,15 +12,16 @@ The grid of an ``H x W`` image resampled by ``(fy, fx)`` is
 ``r`` covers native rows ``[r * H / h, (r + 1) * H / h)``), so image, mask and validity stay
 aligned:
 
-* images: GDAL ``average`` when shrinking (nodata and masked pixels excluded), ``bilinear``
-  when enlarging, through rasterio ``out_shape`` reads (never decoded whole at native size);
-* validity: a pixel is nodata when nodata covers half or more of its footprint (the average of
-  GDAL's dataset mask), the rule of ``tilesegd run``'s resampling;
+* images and validity: read by the rules of :mod:`tilesegd.raster.footprint`, those of
+  ``tilesegd run``'s resampling: GDAL ``average`` when shrinking (nodata and masked pixels
+  excluded), ``bilinear`` when enlarging, through rasterio ``out_shape`` reads (never decoded
+  whole at native size); a pixel is nodata when nodata covers more than half of its footprint
+  (shrinking) or the native pixel under its centre is nodata (enlarging);
 * masks: class ids by GDAL ``mode`` when shrinking, ``nearest`` when enlarging; the ignore id
   255 is a value like the others.
 
 Predictions made on a model grid go back to the native mask grid by nearest neighbour
-(:func:`to_native`), where they are scored.
+(:func:`to_native`, :func:`tilesegd.raster.footprint.nearest_index`), where they are scored.
 """
 
 from __future__ import annotations
@@ -32,12 +33,16 @@ from pathlib import Path
 
 import numpy as np
 
+from tilesegd.raster.footprint import (
+    grid_shape,
+    nearest_index,
+    read_onto,
+    shrinks,
+    valid_onto,
+    warp_pixels,
+)
 from tilesegd.raster.gsd import GsdXY, pixel_size_m, resample_factors
 from tilesegd.raster.labels import band_indexes, open_raster, read_raster
-
-# Any CRS serves for a pure pixel-grid resample with GDAL's warper (source and destination share
-# it, so nothing is reprojected); rasterio.warp.reproject insists on one.
-_PIXEL_CRS = "EPSG:3857"
 
 
 @dataclass(frozen=True)
@@ -118,7 +123,7 @@ def grid_for(path: str | Path, gsd: float | None = None, scale: float | None = N
     f = grid_factors(size, gsd, scale)
     if f is None:
         return Grid(h, w, h, w, size)
-    return Grid(h, w, max(1, round(h * f[0])), max(1, round(w * f[1])), size)
+    return Grid(h, w, *grid_shape((h, w), f), size)
 
 
 def read_valid(path: str | Path) -> np.ndarray:
@@ -147,31 +152,25 @@ def read_image(
         bands: 1-based bands to read (default: all).
 
     Returns:
-        ``(image (C, h, w) native dtype, valid (h, w) bool)`` with ``(h, w) = grid.shape``:
-        GDAL average (shrinking, nodata excluded) or bilinear (enlarging); valid where nodata
-        covers less than half of the footprint.
+        ``(image (C, h, w) native dtype, valid (h, w) bool)`` with ``(h, w) = grid.shape``,
+        by the rules of :mod:`tilesegd.raster.footprint`: GDAL average (shrinking, nodata
+        excluded) or bilinear (enlarging); nodata where nodata covers more than half of the
+        footprint (shrinking) or the native pixel under the centre is nodata (enlarging).
 
     Raises:
         DatasetError: the file cannot be read, or a band number is out of range.
     """
-    from rasterio.enums import MaskFlags, Resampling
-
     if not grid.resampled:
         return read_raster(Path(path), bands)
-    h, w = grid.shape
-    shrink = h * w < grid.height * grid.width
     with open_raster(path) as ds:
-        how = Resampling.average if shrink else Resampling.bilinear
         idx = band_indexes(path, ds.count, bands)
-        image = ds.read(indexes=idx, out_shape=(len(idx), h, w), resampling=how)
-        if all(MaskFlags.all_valid in f for f in ds.mask_flag_enums):
-            return image, np.ones((h, w), bool)
-        native = (ds.dataset_mask() > 0).astype(np.float32)
-    return image, resample_array(native, (h, w), "average") >= 0.5
+        image = read_onto(ds, idx, grid.native_shape, grid.shape)
+        return image, valid_onto(ds, grid.native_shape, grid.shape)
 
 
 def resample_array(array: np.ndarray, shape: tuple[int, int], how: str) -> np.ndarray:
-    """Resample a 2-D array onto an ``(h, w)`` grid over the same extent with GDAL's warper.
+    """Resample a 2-D array onto an ``(h, w)`` grid over the same extent with GDAL's warper
+    (:func:`tilesegd.raster.footprint.warp_pixels`).
 
     Args:
         array: (H, W) numeric array.
@@ -181,24 +180,7 @@ def resample_array(array: np.ndarray, shape: tuple[int, int], how: str) -> np.nd
     Returns:
         (h, w) array of ``array``'s dtype.
     """
-    from affine import Affine
-    from rasterio.crs import CRS
-    from rasterio.enums import Resampling
-    from rasterio.warp import reproject
-
-    h, w = shape
-    out = np.zeros((h, w), array.dtype)
-    crs = CRS.from_string(_PIXEL_CRS)
-    reproject(
-        np.ascontiguousarray(array),
-        out,
-        src_transform=Affine.identity(),
-        src_crs=crs,
-        dst_transform=Affine.scale(array.shape[1] / w, array.shape[0] / h),
-        dst_crs=crs,
-        resampling=Resampling[how],
-    )
-    return out
+    return warp_pixels(array, shape, how)
 
 
 def resample_ids(ids: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -207,14 +189,14 @@ def resample_ids(ids: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     any class id."""
     if ids.shape == tuple(shape):
         return ids
-    shrink = shape[0] * shape[1] < ids.size
-    return resample_array(ids, shape, "mode" if shrink else "nearest")
+    return resample_array(ids, shape, "mode" if shrinks(ids.shape, shape) else "nearest")
 
 
 def to_native(ids: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Bring (h, w) class ids back to an ``(H, W)`` grid over the same extent by nearest
-    neighbour (the training pixel under each native pixel's centre)."""
+    neighbour (the grid pixel under each native pixel's centre,
+    :func:`tilesegd.raster.footprint.nearest_index`)."""
     h, w = ids.shape
-    rows = np.minimum(((np.arange(shape[0]) + 0.5) * h / shape[0]).astype(np.int64), h - 1)
-    cols = np.minimum(((np.arange(shape[1]) + 0.5) * w / shape[1]).astype(np.int64), w - 1)
+    rows = nearest_index(shape[0], h, 0, shape[0])
+    cols = nearest_index(shape[1], w, 0, shape[1])
     return ids[rows[:, None], cols[None, :]]

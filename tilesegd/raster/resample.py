@@ -6,12 +6,11 @@ from it by more than ``--gsd-tolerance``, the scene is segmented on a *model gri
 extent cut into pixels of the model's GSD.
 
 * **Reading** (:class:`ResampledSource`): windows of the model grid are read from the scene by
-  GDAL with floating-point source windows (``rasterio`` ``read(window=..., out_shape=...)``):
-  ``average`` when shrinking (nodata values are left out of the averages), ``bilinear`` when
-  enlarging. **Nodata rule**: a model-grid pixel is nodata when nodata covers at least half of
-  its footprint in the scene (the scene's validity mask averaged by GDAL's warper,
-  :func:`rasterio.warp.reproject`), or, when enlarging, when the scene pixel under its centre is
-  nodata.
+  GDAL with floating-point source windows, by the rules of :mod:`tilesegd.raster.footprint`
+  (shared with ``tilesegd eval`` and training): ``average`` when shrinking (nodata values are
+  left out of the averages), ``bilinear`` when enlarging. **Nodata rule**: a model-grid pixel is
+  nodata when nodata covers more than half of its footprint (shrinking), or, when enlarging,
+  when the scene pixel under its centre is nodata.
 * **Tiles run on the model grid**, so the seamless stitching holds there.
 * **Writing back** (:func:`to_scene_grid`): every scene pixel takes the class id (and
   confidence, and probabilities) of the model-grid pixel under its centre (nearest neighbour),
@@ -33,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from tilesegd.model.spec import NODATA
+from tilesegd.raster.footprint import grid_shape, nearest_index, read_onto, valid_onto
 from tilesegd.raster.gsd import GsdXY, gsd_of, pixel_size_m, resample_factors
 from tilesegd.raster.reader import SceneSource, finite
 from tilesegd.raster.scene import Scene
@@ -130,8 +130,7 @@ def plan_resample(
         return None, {**fields, "resample_factor": 1.0}
     if factors is None:
         return None, {**fields, "resample_factor": 1.0}
-    fy, fx = factors
-    shape = (max(1, round(scene.height * fy)), max(1, round(scene.width * fx)))
+    shape = grid_shape((scene.height, scene.width), factors)
     plan = GridResample((scene.height, scene.width), shape, size, model_gsd)
     log.info("%s: %s: segmenting on a %d x %d grid", scene.path, why, shape[1], shape[0])
     return plan, plan.record()
@@ -159,55 +158,18 @@ class ResampledSource(SceneSource):
         Raises:
             InputError: GDAL cannot decode the scene there.
         """
-        from rasterio.enums import Resampling
-        from rasterio.windows import Window
-
         inner, (dr, dc) = clip_window(win, self.height, self.width)
         data = np.zeros((len(self.bands), win.height, win.width), self.scene.dtype)
         valid = np.zeros((win.height, win.width), bool)
         if inner.height and inner.width:
-            sy, sx = self.resample.step
-            fw = Window(inner.col_off * sx, inner.row_off * sy, inner.width * sx, inner.height * sy)
-            shape = (inner.height, inner.width)
-            how = Resampling.average if sx * sy > 1 else Resampling.bilinear
+            native, grid = self.resample.scene_shape, self.resample.model_shape
             dst = (slice(dr, dr + inner.height), slice(dc, dc + inner.width))
             with self.decoding(inner):
                 ds = self._ds()
-                data[(slice(None), *dst)] = ds.read(
-                    self.bands, window=fw, out_shape=(len(self.bands), *shape), resampling=how
-                )
-                valid[dst] = self._valid(ds, fw, shape) if self.scene.has_mask else True
+                data[(slice(None), *dst)] = read_onto(ds, self.bands, native, grid, inner)
+                valid[dst] = valid_onto(ds, native, grid, inner) if self.scene.has_mask else True
         finite(data, valid)
         return data, valid
-
-    def _valid(self, ds: Any, fw: Any, shape: tuple[int, int]) -> np.ndarray:
-        """Model-grid validity: at least half the footprint valid (shrinking), or the scene
-        pixel under the centre valid (enlarging)."""
-        from rasterio.enums import Resampling
-        from rasterio.windows import Window
-
-        sy, sx = self.resample.step
-        if sx * sy <= 1:
-            m = ds.dataset_mask(window=fw, out_shape=shape, resampling=Resampling.nearest)
-            return m > 0
-        from affine import Affine
-        from rasterio.warp import reproject
-
-        c0, r0 = math.floor(fw.col_off), math.floor(fw.row_off)
-        c1 = min(self.scene.width, math.ceil(fw.col_off + fw.width))
-        r1 = min(self.scene.height, math.ceil(fw.row_off + fw.height))
-        native = (ds.dataset_mask(window=Window(c0, r0, c1 - c0, r1 - r0)) > 0).astype(np.float32)
-        frac = np.zeros(shape, np.float32)
-        reproject(
-            native,
-            frac,
-            src_transform=Affine.translation(c0, r0),
-            dst_transform=Affine.translation(fw.col_off, fw.row_off) * Affine.scale(sx, sy),
-            src_crs="EPSG:3857",  # pixel space: any projected CRS, the same on both sides
-            dst_crs="EPSG:3857",
-            resampling=Resampling.average,
-        )
-        return frac >= 0.5
 
 
 class GrownRegion:
@@ -250,12 +212,6 @@ class GrownRegion:
         if p and m.any():
             m = binary_dilation(m, structure=np.ones((3, 3), bool), iterations=p)
         return m[p : p + win.height, p : p + win.width]
-
-
-def nearest_index(n_scene: int, n_model: int, start: int, stop: int) -> np.ndarray:
-    """Model-grid index under the centre of scene pixels ``start..stop-1`` along one axis."""
-    idx = np.floor((np.arange(start, stop) + 0.5) * (n_model / n_scene)).astype(np.int64)
-    return np.minimum(idx, n_model - 1)
 
 
 def scene_nodata(win: Win, keep: Any = None, valid: Any = None) -> np.ndarray | None:

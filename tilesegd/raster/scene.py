@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,11 +79,18 @@ class Scene:
         return self.width * self.height / 1e6
 
 
-def _check_vrt(path: Path, allow_vrt: bool) -> None:
+def check_vrt(path: Path, allow_vrt: bool) -> None:
+    """Refuse, before GDAL opens it, a VRT named other than ``.vrt`` and a VRT that reads from
+    the network (unless ``allow_vrt``). A file is a VRT when GDAL's VRT driver takes it: its
+    first 1024 bytes (GDAL's header) hold ``<VRTDataset`` before any NUL byte, whatever comes
+    first (a BOM, an XML declaration, comments).
+
+    Raises:
+        InputError: naming the file and ``--allow-vrt``.
+    """
     with open(path, "rb") as f:
-        head = f.read(4096)
-    is_xml_vrt = head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"<VRTDataset")
-    if not is_xml_vrt:
+        head = f.read(1024)
+    if b"<VRTDataset" not in head.split(b"\0", 1)[0]:
         return
     if path.suffix.lower() != ".vrt" and not allow_vrt:
         raise InputError(
@@ -144,7 +152,7 @@ def open_scene(
     if not remote and path.stat().st_size == 0:
         raise InputError(f"{path}: the file is empty (0 bytes); re-copy or remove it")
     if not remote:  # these read the file's head and tail
-        _check_vrt(path, allow_vrt)
+        check_vrt(path, allow_vrt)
         _check_png_complete(path)
     with quiet_georef() as caught:
         try:
@@ -159,11 +167,6 @@ def open_scene(
             raise InputError(
                 f"{path}: a GDAL VRT from a remote location may point at any file; refused by "
                 "default (pass --allow-vrt if you trust it)"
-            )
-        if ds.driver == "VRT" and path.suffix.lower() != ".vrt" and not allow_vrt:
-            raise InputError(
-                f"{path}: this {path.suffix} file is really a GDAL VRT that points at other "
-                "files; refused by default (pass --allow-vrt, or name it .vrt, if you trust it)"
             )
         not_georef = bool(caught)
         h, w = ds.height, ds.width
@@ -292,7 +295,7 @@ def scene_georeferencing(
     return crs, transform
 
 
-def check_compatible(scene: Scene, bands: tuple[int, ...], dtypes: list[str] | None) -> None:
+def check_compatible(scene: Scene, bands: tuple[int, ...], dtypes: Sequence[str] | None) -> None:
     """Check that ``scene`` can feed a model reading ``bands`` (1-based).
 
     Args:

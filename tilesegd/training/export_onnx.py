@@ -100,7 +100,7 @@ def export_onnx(
             output,
             trained.input_scale,
         )
-    if not spec.to_dict().get("gsd"):
+    if not spec.gsd:
         log.warning("%s: no gsd in the model: GeoDeep will assume 10 cm/px", output)
     deploy = DeployNet(net.eval().cpu(), trained).eval()
     props = interop_metadata(spec)

@@ -16,15 +16,15 @@ Which factor a pair gets (:func:`plan_grids`):
 * otherwise the native grid.
 
 The training grid of an ``H x W`` pair resampled by ``(fy, fx)`` is
-``max(1, round(H * fy)) x max(1, round(W * fx))`` over the same extent (pixel-is-area: training
-row ``r`` covers native rows ``[r * H / h, (r + 1) * H / h)``), so image, mask and validity stay
-aligned:
+``max(1, round(H * fy)) x max(1, round(W * fx))`` over the same extent, and images and their
+validity are read onto it by the rules of :mod:`tilesegd.raster.footprint`, those of
+``tilesegd run``'s resampling, so image, mask and validity stay aligned:
 
 * images: GDAL ``average`` when shrinking (each source pixel weighted by its share of the
   footprint; nodata and masked pixels excluded), ``bilinear`` when enlarging, through rasterio
   ``out_shape`` reads (the native image is never decoded whole into memory);
-* validity: a training pixel is nodata when nodata covers half or more of its footprint (the
-  average of GDAL's dataset mask), the rule of ``tilesegd run``'s resampling;
+* validity: a training pixel is nodata when nodata covers more than half of its footprint
+  (shrinking), or when the native pixel under its centre is nodata (enlarging);
 * masks: class ids (after the class map, so colour-coded masks work too) by GDAL ``mode`` (the
   class covering most of the footprint) when shrinking, ``nearest`` when enlarging; the ignore
   id 255 is a value like the others, so a pixel mostly ignored stays ignored. Pixels whose image
