@@ -563,10 +563,10 @@ def test_half_written_done_log_line_does_not_count(tmp_path) -> None:
 
     attrs = {"fingerprint": "x"}
     store = ZarrMaskStore(tmp_path / "pred.zarr", (10, 10), (5, 5), attrs, 2)
-    store.log_path.write_text("0\n1\n12")  # killed while appending "123\n"
+    store.log.path.write_text("0\n1\n12")  # killed while appending "123\n"
     store = ZarrMaskStore(tmp_path / "pred.zarr", (10, 10), (5, 5), attrs, 2)
     assert store.done_blocks() == {0, 1}
-    assert store.log_path.read_text() == "0\n1\n"
+    assert store.log.path.read_text() == "0\n1\n"
 
 
 def test_a_changed_input_is_recomputed_not_skipped(model, tmp_path) -> None:

@@ -17,26 +17,26 @@ no ``consolidated=False`` and gives no warning.
 from __future__ import annotations
 
 import os
-import shutil
-import threading
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from tilesegd.errors import writing
 from tilesegd.model.spec import NODATA
+from tilesegd.outputs.donelog import DONE_LOG, StorePlace
 from tilesegd.raster.tiling import Block, Tile
 
-DONE_LOG = "blocks.done"
+__all__ = ["DONE_LOG", "ZarrMaskStore"]
 
 
 class ZarrMaskStore:
     """Create or reopen ``pred.zarr`` for one scene.
 
     Args:
-        path: the ``pred.zarr`` folder (created).
+        path: the ``pred.zarr`` folder (created), or its URL on object storage
+            (``s3://bucket/prefix/pred.zarr``: one object per chunk,
+            :class:`~tilesegd.outputs.donelog.StorePlace`).
         shape: (H, W) of the scene in pixels.
         chunks: (rows, cols) of one block: the ``mask`` (and ``confidence``) chunk shape.
         attrs: group attributes (``crs`` WKT, ``transform`` GDAL geotransform, ``classes``...).
@@ -62,24 +62,23 @@ class ZarrMaskStore:
         probs_chunks: tuple[int, int] | None = None,
         confidence: bool = False,
     ) -> None:
-        self.path = Path(path)
-        self.log_path = self.path.parent / DONE_LOG
-        self._lock = threading.Lock()
+        self.place = StorePlace(path)
+        self.path, self.log = self.place.path, self.place.log
         wanted = ["mask"] + ["probs"] * (probs_chunks is not None) + ["confidence"] * confidence
         group = self._existing(attrs.get("fingerprint"), wanted)
         if group is None:
-            self.log_path.unlink(missing_ok=True)
+            self.log.clear()
             try:
                 with writing(self.path):
-                    group = create_store(self.path, shape, chunks, attrs, num_classes,
-                                         probs_chunks)  # fmt: skip
+                    group = create_store(self.place.zarr_store(), shape, chunks, attrs,
+                                         num_classes, probs_chunks)  # fmt: skip
                     if confidence:
                         create_confidence(group, shape, chunks, attrs)
-                    _consolidate(self.path)
+                    consolidate(group)
             except BaseException:  # no half-made store: the next run starts it afresh
-                shutil.rmtree(self.path, ignore_errors=True)
+                self.place.remove()
                 raise
-        self._repair_log()
+        self.log.repair()
         self._bind(group)
 
     def _existing(self, fingerprint: Any, arrays: list[str]) -> Any:
@@ -87,16 +86,17 @@ class ZarrMaskStore:
         ``None`` (anything else there is removed, with its log)."""
         import zarr
 
-        if not self.path.exists():
+        if not self.place.exists():
+            self.place.remove()  # chunks without metadata: a creation cut short
             return None
         try:
-            group = zarr.open_group(self.path, mode="r+")
+            group = zarr.open_group(self.place.zarr_store(), mode="r+")
             if group.attrs.get("fingerprint") == fingerprint and all(a in group for a in arrays):
                 return group
         except Exception:  # unreadable leftovers of a killed run: start over
             pass
-        shutil.rmtree(self.path, ignore_errors=True)
-        self.log_path.unlink(missing_ok=True)
+        self.place.remove()
+        self.log.clear()
         return None
 
     def _bind(self, group: Any) -> None:
@@ -104,16 +104,6 @@ class ZarrMaskStore:
         self.mask = group["mask"]
         self.probs = group["probs"] if "probs" in group else None
         self.confidence = group["confidence"] if "confidence" in group else None
-
-    def _repair_log(self) -> None:
-        """Cut a half-written last line (a kill or a full disk in mid-append) off
-        ``blocks.done``, so the next id appended is not glued to it."""
-        if not self.log_path.exists():
-            return
-        data = self.log_path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            with open(self.log_path, "r+b") as f:
-                f.truncate(data.rfind(b"\n") + 1)
 
     def done_blocks(self) -> set[int]:
         """Ids of the blocks whose chunks are complete: the newline-terminated lines of
@@ -123,15 +113,7 @@ class ZarrMaskStore:
     def done_counts(self) -> dict[int, int | None]:
         """``{block id: class-id (non-nodata) pixels written}`` of the finished blocks
         (``None`` for a line of an older log that carries no count)."""
-        if not self.log_path.exists():
-            return {}
-        done: dict[int, int | None] = {}
-        for line in self.log_path.read_text().split("\n")[:-1]:
-            parts = line.split()
-            if not parts or not all(p.isdigit() for p in parts) or len(parts) > 2:
-                continue
-            done[int(parts[0])] = int(parts[1]) if len(parts) == 2 else None
-        return done
+        return self.log.counts()
 
     def write_block(self, block: Block, ids: np.ndarray) -> None:
         """Write one block's (h, w) uint8 ids, then record it as done with its count of
@@ -142,11 +124,7 @@ class ZarrMaskStore:
         """
         with writing(self.path):
             self.mask[block.window.slices] = ids
-        n = ids.size - int(np.count_nonzero(ids == NODATA))
-        with writing(self.log_path), self._lock, open(self.log_path, "a") as f:
-            f.write(f"{block.id} {n}\n")
-            f.flush()
-            os.fsync(f.fileno())
+        self.log.add(block.id, ids.size - int(np.count_nonzero(ids == NODATA)))
 
     def write_probs(self, tile: Tile, probs: np.ndarray) -> None:
         """Write one tile core's (K, h, w) float16 probabilities.
@@ -195,24 +173,23 @@ class ZarrMaskStore:
         import zarr
 
         self = cls.__new__(cls)
-        self.path = Path(path)
-        self.log_path = self.path.parent / DONE_LOG
-        self._lock = threading.Lock()
-        if not (self.path / "zarr.json").is_file():
-            raise FileNotFoundError(f"{self.path}: no Zarr store here")
-        self._bind(zarr.open_group(self.path, mode="r+"))
+        self.place = StorePlace(path)
+        self.path, self.log = self.place.path, self.place.log
+        if not self.place.exists():
+            raise FileNotFoundError(f"{self.place}: no Zarr store here")
+        self._bind(zarr.open_group(self.place.zarr_store(), mode="r+"))
         return self
 
 
 def create_store(
-    path: Path,
+    path: Any,
     shape: tuple[int, int],
     chunks: tuple[int, int],
     attrs: dict[str, Any],
     num_classes: int,
     probs_chunks: tuple[int, int] | None,
 ) -> Any:
-    """A new group at ``path`` with ``attrs``, CF georeferencing, ``mask`` and, with
+    """A new group at ``path`` (a folder or a zarr store) with ``attrs``, CF georeferencing, ``mask`` and, with
     ``probs_chunks``, ``probs``."""
     import zarr
 
@@ -333,13 +310,13 @@ def write_georeferencing(
     return {"grid_mapping": "spatial_ref", "coordinates": "spatial_ref"} if georef else {}
 
 
-def _consolidate(path: Path) -> None:
-    """Consolidate the store's metadata (zarr warns that this is not yet in the v3 spec;
-    xarray reads it, and warns on every open without it)."""
+def consolidate(group: Any) -> None:
+    """Consolidate the metadata of ``group``'s store (zarr warns that this is not yet in the v3
+    spec; xarray reads it, and warns on every open without it)."""
     import warnings
 
     import zarr
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
-        zarr.consolidate_metadata(path)
+        zarr.consolidate_metadata(group.store)
