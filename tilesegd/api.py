@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import shutil
 import signal
 import threading
 from collections.abc import Iterator, Sequence
@@ -95,27 +96,68 @@ def run(
         Scene errors do not raise: they are recorded as ``failed`` in ``run.json``.
     """
     from tilesegd.batch.discovery import discover, scene_names, select_shard
-    from tilesegd.batch.folder import clean_stale, make_output_dir, output_lock
 
     cfg = config or resolve(RunConfig, config_file, options)
     if not cfg.input or not cfg.model or not cfg.output:
         raise ConfigError("run needs --input, --model and --output (flags or config file)")
-    output = Path(cfg.output)
-    make_output_dir(output)
-    paths = discover(cfg.input, output)
-    names = scene_names(paths)
-    cfg = with_local_model(cfg)
-    if cfg.shard:  # job arrays: scene i (by sorted path) goes to shard i % N
-        paths, names = select_shard(paths, names, cfg.shard)
-    with output_lock(output), stop_on_signals() as stop:
-        clean_stale(output)
-        if cfg.scheduler or cfg.cluster:  # blocks computed by Dask workers
-            from tilesegd.batch.distributed import run_distributed
+    with output_place(cfg) as (output, lock):
+        paths = discover(cfg.input, output if is_local(cfg.output) else None)
+        names = scene_names(paths)
+        source_model, cfg = cfg.model, with_local_model(cfg)
+        if cfg.shard:  # job arrays: scene i (by sorted path) goes to shard i % N
+            paths, names = select_shard(paths, names, cfg.shard)
+        with lock, stop_on_signals() as stop:
+            from tilesegd.batch.folder import clean_stale
 
-            return run_distributed(cfg, paths, names, output, stop=stop, progress=progress)
-        from tilesegd.batch.local import run_local
+            clean_stale(output)
+            if cfg.scheduler or cfg.cluster:  # blocks computed by Dask workers
+                from tilesegd.batch.distributed import run_distributed
 
-        return run_local(cfg, paths, names, output, stop=stop, progress=progress)
+                remote_model = None if source_model == cfg.model else source_model
+                return run_distributed(cfg, paths, names, output, stop=stop, progress=progress,
+                                       model_url=remote_model)  # fmt: skip
+            from tilesegd.batch.local import run_local
+
+            return run_local(cfg, paths, names, output, stop=stop, progress=progress)
+
+
+def is_local(output: str | None) -> bool:
+    """Whether ``--output`` names a local folder (not an object-storage prefix)."""
+    from tilesegd.storage.urls import parse_location
+
+    return parse_location(output) is None
+
+
+@contextlib.contextmanager
+def output_place(cfg: RunConfig) -> Iterator[tuple[Path, Any]]:
+    """The run's local output root and its (not yet entered) lock: the ``--output`` folder,
+    created and checked, with its ``flock``; or, for an object-storage prefix (checked before
+    any scene: bucket, listing, a probe write), a scratch folder for this run (removed
+    afterwards) and the prefix's lock (:func:`tilesegd.batch.objects.object_lock`).
+
+    Raises:
+        OutputError: the folder cannot be created or written. ConfigError: the prefix is
+            wrong (a missing bucket, access denied, an unreachable endpoint: exit 1).
+    """
+    from tilesegd.storage.objects import ObjectFolder, output_location
+
+    remote = output_location(cfg.output)
+    if remote is None:
+        from tilesegd.batch.folder import make_output_dir, output_lock
+
+        output = Path(cfg.output or "")
+        make_output_dir(output)
+        yield output, output_lock(output)
+        return
+    from tilesegd.batch.objects import object_lock, scratch_folder
+
+    folder = ObjectFolder(remote)
+    folder.check()
+    scratch = scratch_folder(cfg.scratch, remote)
+    try:
+        yield scratch, object_lock(folder)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def train(

@@ -58,7 +58,10 @@ class RunConfig:
     Attributes:
         input: raster files or directories (searched recursively).
         model: the model file (``.ts`` TorchScript or ``.pt2`` torch.export).
-        output: output directory.
+        output: output directory, or an object-storage prefix (``s3://bucket/prefix/``,
+            ``gs://``, ``az://``).
+        scratch: local folder where scene outputs are built before upload to an
+            object-storage output (``None``: the temp folder).
         tile_size: network input side, pixels, for every scene; ``None`` = chosen per scene
             from the model's measured halo and the memory budget
             (:func:`~tilesegd.inference.geometry.resolve_geometry`), or the model's ``tile_size``
@@ -121,6 +124,7 @@ class RunConfig:
     input: list[str] = field(default_factory=list)
     model: str | None = None
     output: str | None = None
+    scratch: str | None = None
     tile_size: int | None = None
     overlap: int | None = None
     batch_size: int | None = None

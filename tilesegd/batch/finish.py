@@ -22,8 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from tilesegd.batch.folder import publish
-from tilesegd.batch.layout import SCENE_OUTPUTS, input_stat, output_paths
+from tilesegd.batch.layout import SCENE_OUTPUTS, input_stat, work_dir
 from tilesegd.batch.plan import RunSetup, ScenePlan
 from tilesegd.batch.products import ProductSinks
 from tilesegd.errors import writing
@@ -58,7 +57,11 @@ def scene_attrs(scene: Scene, run: RunSetup, transform: Any = None) -> dict[str,
 
 
 def open_store(
-    path: Path, shape: tuple[int, int], grid: TileGrid, attrs: dict[str, Any], run: RunSetup
+    path: Path | str,
+    shape: tuple[int, int],
+    grid: TileGrid,
+    attrs: dict[str, Any],
+    run: RunSetup,
 ) -> ZarrMaskStore:
     """Create or reopen a scene's Zarr store for the run's arrays (mask, probs, confidence)."""
     return ZarrMaskStore(
@@ -216,8 +219,9 @@ def finish_scene(
             title=f"{plan.name} ({scene.width} x {scene.height})",
             sampled=preview,
         )
-    shutil.rmtree(plan.work / "model_grid", ignore_errors=True)
-    final = publish(plan.work, run.output / plan.name)
+    if plan.resample is not None:
+        remove_model_grid(run, plan.name)
+    outputs = run.ledger().publish(plan.name, plan.work)
     entry = {
         "megapixels": round(scene.megapixels, 4),
         "width": scene.width,
@@ -228,7 +232,7 @@ def finish_scene(
         "nodata_pixels": done.areas.nodata_pixels,
         "products": run.products,
         **done.entry,
-        "outputs": output_paths(final),
+        "outputs": outputs,
     }
     if done.low_confidence is not None:
         entry["low_confidence_pixels"] = done.low_confidence
@@ -266,7 +270,8 @@ def on_scene_grid(plan: ScenePlan, run: RunSetup) -> tuple[ScenePlan, ZarrMaskSt
     scene = plan.scene
     shape = (scene.height, scene.width)
     grid = run.geometry.grid(*shape)
-    store = open_store(plan.work / "pred.zarr", shape, grid, scene_attrs(scene, run), run)
+    path = run.store_location(plan.name)
+    store = open_store(path, shape, grid, scene_attrs(scene, run), run)
     keep = None
     if plan.aoi is not None:
         from tilesegd.vector.aoi import SceneAOI
@@ -280,6 +285,20 @@ def on_scene_grid(plan: ScenePlan, run: RunSetup) -> tuple[ScenePlan, ZarrMaskSt
         if source is not None:
             source.close()
     return dataclasses.replace(plan, grid=grid, store_path=store.path), store
+
+
+def remove_model_grid(run: RunSetup, name: str) -> None:
+    """Remove a resampled scene's model-grid store and its log once the scene-grid store is
+    written (the published folder holds only the scene grid's)."""
+    path = run.store_location(name, model_grid=True)
+    if isinstance(path, Path):
+        shutil.rmtree(path.parent, ignore_errors=True)
+    else:
+        from tilesegd.outputs.donelog import StorePlace
+
+        place = StorePlace(path)
+        place.remove()
+        place.log.clear()
 
 
 def add_products(plan: ScenePlan, run: RunSetup, which: set[str]) -> dict[str, Any]:
@@ -315,7 +334,18 @@ def add_scene_products(path: Path, name: str, run: RunSetup, which: set[str]) ->
             a file cannot be written. FileNotFoundError: the published store is gone.
     """
     scene = open_run_scene(run.cfg, path, name)
-    folder = run.output / name
-    plan = ScenePlan(scene, name, run.bands, run.geometry.grid(scene.height, scene.width),
-                     folder, folder / "pred.zarr")  # fmt: skip
-    return add_products(plan, run, which)
+    grid = run.geometry.grid(scene.height, scene.width)
+    if run.remote is None:
+        folder = run.output / name
+        return add_products(ScenePlan(scene, name, run.bands, grid, folder, folder / "pred.zarr"),
+                            run, which)  # fmt: skip
+    from tilesegd.batch.objects import ObjectLedger
+
+    ledger = ObjectLedger(run.remote, run.output)
+    work = work_dir(run.output, name)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    store = ledger.folder.url(f"{name}/pred.zarr")
+    fields = add_products(ScenePlan(scene, name, run.bands, grid, work, store), run, which)
+    ledger.upload(name, work)
+    return fields

@@ -28,12 +28,21 @@ import contextlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from tilesegd.batch.folder import clean_stale, output_error, prepare_work, write_json_atomic
+from tilesegd.batch.folder import (
+    clean_stale,
+    output_error,
+    prepare_work,
+    publish,
+    write_json_atomic,
+)
 from tilesegd.batch.layout import RUN_JSON, output_paths, outputs_present
 from tilesegd.batch.summary import write_summaries
 from tilesegd.errors import OutputError, output_failure, writing
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tilesegd.storage.urls import RemotePath
 
 
 class Ledger(Protocol):
@@ -65,6 +74,18 @@ class Ledger(Protocol):
 
         Raises:
             OutputError: it cannot be written.
+        """
+        ...
+
+    def publish(self, name: str, work: Path) -> dict[str, str]:
+        """Publish scene ``name`` from its finished local ``work`` folder (and its work store):
+        afterwards :meth:`published` is true and its outputs are all in place.
+
+        Returns:
+            ``{file name: location}`` of the scene's outputs.
+
+        Raises:
+            OSError / OutputError: it cannot be published (the work is kept: a rerun resumes).
         """
         ...
 
@@ -133,6 +154,11 @@ class FolderLedger:
         except OSError as exc:
             raise output_error(self.output, exc) from None
 
+    def publish(self, name: str, work: Path) -> dict[str, str]:
+        """See :meth:`Ledger.publish`: one directory rename
+        (:func:`tilesegd.batch.folder.publish`)."""
+        return output_paths(publish(work, self.output / name))
+
     def write_run(self, doc: dict[str, Any]) -> None:
         """See :meth:`Ledger.write_run`."""
         with writing(self.path):
@@ -152,3 +178,14 @@ class FolderLedger:
     def remove_temporaries(self) -> None:
         """See :meth:`Ledger.remove_temporaries` (:func:`tilesegd.batch.folder.clean_stale`)."""
         clean_stale(self.output)
+
+
+def open_ledger(output: Path, remote: RemotePath | None = None) -> Ledger:
+    """The ledger of a run's outputs: the folder ``output``, or, with ``remote``, that prefix on
+    object storage with ``output`` as its local scratch folder
+    (:class:`tilesegd.batch.objects.ObjectLedger`)."""
+    if remote is None:
+        return FolderLedger(output)
+    from tilesegd.batch.objects import ObjectLedger
+
+    return ObjectLedger(remote, output)

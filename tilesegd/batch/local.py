@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tilesegd.batch.finish import add_scene_products
-from tilesegd.batch.ledger import FolderLedger
 from tilesegd.batch.runner import RunSetup, run_scene
 from tilesegd.batch.states import RunStates
 from tilesegd.config import RunConfig
@@ -79,7 +78,8 @@ def load_engine(cfg: RunConfig, output: Path) -> tuple[Engine, RunSetup, str]:
 def scene_states(
     run: RunSetup, output: Path, names: list[str], header: dict[str, Any], stop: threading.Event
 ) -> RunStates:
-    """The scene state machine of a run into the folder ``output`` (local or distributed):
+    """The scene state machine of a run into the folder ``output`` or the run's object-storage
+    prefix (:meth:`RunSetup.ledger`; local or distributed):
     products a finished scene lacks are added from its stored mask (the network does not
     run)."""
 
@@ -87,7 +87,7 @@ def scene_states(
         return add_scene_products(path, name, run, which)
 
     return RunStates(
-        FolderLedger(output),
+        run.ledger(),
         names,
         header,
         run.fingerprint,

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tilesegd.batch.layout import fingerprint, input_stat
+from tilesegd.batch.layout import fingerprint, input_stat, work_dir
 from tilesegd.config import RunConfig
 from tilesegd.inference.geometry import Geometry
 from tilesegd.model.spec import ModelSpec
@@ -19,7 +19,9 @@ from tilesegd.raster.scene import Scene
 from tilesegd.raster.tiling import Block, TileGrid
 
 if TYPE_CHECKING:  # pragma: no cover
+    from tilesegd.batch.ledger import Ledger
     from tilesegd.raster.resample import GridResample, GrownRegion
+    from tilesegd.storage.urls import RemotePath
     from tilesegd.vector.aoi import SceneAOI
     from tilesegd.vector.layers import PolygonLayer
 
@@ -35,13 +37,15 @@ class RunSetup:
         spec: the model's metadata.
         geometry: tile size, overlap, block size and batch size (pixels / tiles).
         bands: 1-based raster bands fed to the network, in model input order.
-        output: the run's output directory.
+        output: the run's output directory; for outputs on object storage, the local scratch
+            folder where each scene's files are built before upload.
         fingerprint: identifies model + settings + device (what may be resumed or skipped).
         model: the model file's path (recorded in the masks' tags).
         aoi: the area of interest's polygons, or ``None``.
         zones: the zones' polygons, or ``None``.
         products: the optional products asked for (:func:`tilesegd.batch.products.requested_products`).
         said: keys of the notes already given in this run (:meth:`warn_once`).
+        remote: the output prefix on object storage (``--output s3://...``), or ``None``.
     """
 
     cfg: RunConfig
@@ -55,6 +59,24 @@ class RunSetup:
     zones: PolygonLayer | None = None
     products: dict[str, dict[str, Any]] = field(default_factory=dict)
     said: set[str] = field(default_factory=set, compare=False, repr=False)
+    remote: RemotePath | None = None
+
+    def store_location(self, name: str, model_grid: bool = False) -> Path | str:
+        """Where scene ``name``'s work ``pred.zarr`` is written: in its work folder, or, for
+        outputs on object storage, under the prefix's ``.tilesegd/work/<name>/`` (a URL);
+        ``model_grid``: the store on the model grid of a resampled scene."""
+        if self.remote is not None:
+            from tilesegd.batch.objects import scene_store_url
+
+            return scene_store_url(self.remote, name, model_grid)
+        work = work_dir(self.output, name)
+        return work / "model_grid" / "pred.zarr" if model_grid else work / "pred.zarr"
+
+    def ledger(self) -> Ledger:
+        """The run's :class:`~tilesegd.batch.ledger.Ledger` (its output folder or prefix)."""
+        from tilesegd.batch.ledger import open_ledger
+
+        return open_ledger(self.output, self.remote)
 
     def warn_once(self, key: str, message: str) -> None:
         """Log ``message`` as a warning the first time ``key`` comes up in this run (a note
@@ -95,6 +117,7 @@ class RunSetup:
                 ``--vector-classes`` names a class the model does not have.
         """
         from tilesegd.batch.products import requested_products
+        from tilesegd.storage.objects import output_location
 
         geometry, bands = cfg.geometry(spec, budget, dtype_bytes), cfg.bands_for(spec)
         aoi, zones = load_layers(cfg)
@@ -118,6 +141,7 @@ class RunSetup:
             aoi,
             zones,
             requested_products(cfg),
+            remote=output_location(cfg.output),
         )
 
 
@@ -155,7 +179,8 @@ class ScenePlan:
         bands: 1-based bands fed to the network.
         grid: tile / block geometry.
         work: the scene's work folder (the published folder for a finished scene).
-        store_path: the scene's (possibly half-done) ``pred.zarr``, in ``work``; each phase
+        store_path: the scene's (possibly half-done) ``pred.zarr``: in ``work``, or its URL for
+            outputs on object storage (:meth:`RunSetup.store_location`); each phase
             opens it (:meth:`tilesegd.outputs.zarr_store.ZarrMaskStore.reopen`), Dask workers
             too.
         todo: blocks still to compute.
@@ -172,7 +197,7 @@ class ScenePlan:
     bands: tuple[int, ...]
     grid: TileGrid
     work: Path
-    store_path: Path
+    store_path: Path | str
     todo: tuple[Block, ...] = ()
     aoi: SceneAOI | GrownRegion | None = None
     blocks_outside: int = 0

@@ -3,7 +3,9 @@
 Work happens in ``DIR/.tilesegd/work/<scene>/``; only when every output is complete does that
 folder become ``DIR/<scene>/``, in one directory rename (:func:`tilesegd.batch.folder.publish`), so
 nothing at a final path ever claims a success that did not happen. A killed scene resumes from
-the blocks listed in its work folder's ``blocks.done``.
+the blocks listed in its work folder's ``blocks.done``. Outputs on object storage keep the same
+layout under their prefix (:mod:`tilesegd.batch.objects`: the store is written in place, the
+other files are built in a local scratch folder and uploaded, a marker written last).
 
 Everything a run's scenes share (the model's spec, the resolved tile geometry, the bands, the
 fingerprint) is resolved once into a :class:`RunSetup`; planning reads only the spec, so a Dask
@@ -78,8 +80,9 @@ def plan_scene(path: Path, name: str, run: RunSetup) -> ScenePlan:
         aoi = GrownRegion(aoi)  # the scene grid applies the AOI exactly at the end
     grid = run.geometry.grid(*shape)
     work = work_dir(run.output, name)
-    path = work / "model_grid" / "pred.zarr" if resample else work / "pred.zarr"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = run.store_location(name, model_grid=resample is not None)
+    if isinstance(path, Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
     store = open_store(path, shape, grid, scene_attrs(scene, run, transform), run)
     done = store.done_blocks()
     todo = tuple(b for b in grid.blocks() if b.id not in done)

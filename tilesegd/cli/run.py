@@ -47,7 +47,15 @@ def _bands(ctx: click.Context, param: click.Parameter, value: str | None) -> lis
     "--output",
     "-o",
     type=click.Path(),
-    help="Output directory: one folder per scene, plus summary.csv and run.json.",
+    help="Output directory: one folder per scene, plus summary.csv and run.json; or an "
+    "object-storage prefix (s3://bucket/prefix/, gs://, az://) with the same layout.",
+)
+@click.option(
+    "--scratch",
+    type=click.Path(file_okay=False),
+    help="Local folder where each scene's COGs, GeoPackages, CSVs and preview are built "
+    "before upload to an object-storage --output (one scene at a time). [default: the temp "
+    "folder]",
 )
 @click.option(
     "--tile-size",
@@ -310,7 +318,7 @@ def run(
         )
         run_files = "summary.csv, run.json" + ", zones_summary.csv" * bool(cfg.zones)
         click.echo(
-            f"{len(done)} of {len(scenes)} scene(s) done -> {cfg.output}/ "
+            f"{len(done)} of {len(scenes)} scene(s) done -> {str(cfg.output).rstrip('/')}/ "
             f"(<scene>/{', '.join(made)}; {run_files})"
         )
     for name, e in failed.items():
