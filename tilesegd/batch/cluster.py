@@ -68,7 +68,11 @@ class SceneJob:
 def network_key(cfg: RunConfig, model_sha: str) -> tuple:
     """What a worker's loaded network depends on: the model file, its SHA-256 and the engine's
     settings (:meth:`~tilesegd.config.RunConfig.engine_options`)."""
-    return (str(Path(cfg.model or "").resolve()), model_sha, cfg.engine_options())
+    from tilesegd.storage.urls import is_remote
+
+    model = cfg.model or ""
+    return (model if is_remote(model) else str(Path(model).resolve()), model_sha,
+            cfg.engine_options())  # fmt: skip
 
 
 def worker_network(cfg: RunConfig, model_sha: str) -> Network:
@@ -88,8 +92,26 @@ def worker_network(cfg: RunConfig, model_sha: str) -> Network:
         if key not in _NETWORKS:
             _NETWORKS.clear()
             _ENGINES.clear()
-            _NETWORKS[key] = load_network(cfg.model or "", options, sha256=model_sha or None)
+            _NETWORKS[key] = load_network(local_model(cfg.model or "", model_sha), options,
+                                          sha256=model_sha or None)  # fmt: skip
         return _NETWORKS[key]
+
+
+def local_model(model: str, model_sha: str) -> str:
+    """The model file a worker loads: ``model`` itself, or, for a URL, its copy in this
+    machine's model cache (fetched on first use, checked against ``model_sha``:
+    :func:`tilesegd.storage.fetch.fetch_model`).
+
+    Raises:
+        ModelFileError: it cannot be fetched, or its SHA-256 differs.
+    """
+    from tilesegd.storage.urls import is_remote
+
+    if not is_remote(model):
+        return model
+    from tilesegd.storage.fetch import fetch_model
+
+    return str(fetch_model(model, model_sha or None))
 
 
 def worker_engine(cfg: RunConfig, model_sha: str, geometry: Geometry) -> Engine:

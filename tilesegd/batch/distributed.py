@@ -16,8 +16,12 @@ Tasks are idempotent: blocks already listed in ``blocks.done`` are skipped, and 
 worker that dies are recomputed by another one (Dask reschedules its tasks; errors raised in a
 task are retried ``RETRIES`` times).
 
-Workers must see the input, model and output paths at the same paths as the client (a shared
-filesystem such as NFS, Lustre or GPFS).
+Workers share no folder with the client when the inputs, the model and the output are on object
+storage (``s3://``, ``gs://``, ``az://``, ``https://``): they read windows of the scenes, fetch the
+model once per machine into its cache, and write the chunks and ``blocks.done`` entries of each
+scene's store under the output prefix; only the client builds and uploads the other outputs.
+Local paths must be seen by the workers at the same paths (a shared filesystem such as NFS,
+Lustre or GPFS).
 """
 
 from __future__ import annotations
@@ -81,6 +85,7 @@ def run_distributed(
     stop: threading.Event | None = None,
     progress: bool = True,
     blocks_per_task: int | None = None,
+    model_url: str | None = None,
 ) -> dict[str, Any]:
     """Segment ``paths`` into ``output`` on a Dask cluster (see the module docstring).
 
@@ -91,7 +96,11 @@ def run_distributed(
     Args:
         cfg: the resolved configuration.
         paths, names: the scenes and their output names.
-        output: the output directory.
+        output: the output directory (for outputs on object storage: the client's scratch
+            folder; the workers write only to the store).
+        model_url: where ``cfg.model`` (the client's cached copy) was fetched from; workers
+            then fetch it into their own machine's cache (checked against its SHA-256) instead
+            of reading the client's path.
         stop: set by SIGTERM / SIGINT: pending blocks are cancelled, finished ones kept.
         progress: show progress (megapixels).
         blocks_per_task: blocks per Dask task (default: about 4 tasks per worker per scene,
@@ -122,7 +131,8 @@ def run_distributed(
         threads = cfg.workers
         if cfg.cluster == "local":  # --workers counted processes: split the CPUs between them
             threads = max(1, (os.cpu_count() or 1) // cfg.workers)
-        task_cfg = replace(cfg, model=str(model), output=str(output.resolve()), workers=threads)
+        task_model = model_url or str(model)  # a URL: each worker machine fetches it once
+        task_cfg = replace(cfg, model=task_model, output=str(output.resolve()), workers=threads)
         log.info("Dask scheduler %s; loading the model on a worker", client.scheduler.address)
         device, dtype, budget, dtype_bytes = client.submit(
             prepare_worker, task_cfg, model_sha, pure=False
