@@ -10,7 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio
 import torch
+import zarr
 from hypothesis import settings
 
 from tilesegd.model.model_file import ModelSpec, save_model
@@ -354,6 +356,150 @@ def s3(s3_server: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Itera
     yield S3Bucket(s3_server, f"tilesegd-{uuid.uuid4().hex[:12]}")
     for name in set(os.environ) - before:  # GDAL settings the run put there (the endpoint)
         os.environ.pop(name, None)
+
+
+class FaultProxy:
+    """A loopback reverse proxy in front of the S3 server that fails the first try of one
+    request in ``every`` (chosen by a hash of method, path, query and range, so the choice does
+    not depend on timing): half of them answer ``503 SlowDown``, half drop the connection
+    without an answer. Retries of a request go through. ``faults`` counts what was injected."""
+
+    def __init__(self, upstream: str, every: int = 4) -> None:
+        import threading
+        from http.server import ThreadingHTTPServer
+
+        self.upstream, self.every = urlsplit_netloc(upstream), every
+        self.seen: set[str] = set()
+        self.faults = {"503": 0, "drop": 0}
+        self.lock = threading.Lock()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self.handler())
+        self.httpd.daemon_threads = True
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def fault(self, key: str) -> str | None:
+        import zlib
+
+        with self.lock:
+            if key in self.seen:
+                return None
+            self.seen.add(key)
+            h = zlib.crc32(key.encode())
+            if h % self.every:
+                return None
+            kind = "503" if (h // self.every) % 2 else "drop"
+            self.faults[kind] += 1
+            return kind
+
+    def handler(self):  # noqa: ANN201
+        import http.client
+        from http.server import BaseHTTPRequestHandler
+
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:  # noqa: ANN002
+                pass
+
+            def relay(self) -> None:
+                n = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(n) if n else None
+                key = f"{self.command} {self.path} {self.headers.get('Range')}"
+                kind = proxy.fault(key)
+                if kind == "drop":
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return
+                if kind == "503":
+                    msg = b"<Error><Code>SlowDown</Code><Message>Reduce your request rate."
+                    msg += b"</Message></Error>"
+                    self.send_response(503)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(msg)))
+                    self.end_headers()
+                    self.wfile.write(msg)
+                    return
+                conn = http.client.HTTPConnection(*proxy.upstream, timeout=60)
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
+                conn.request(self.command, self.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = relay
+
+        return Handler
+
+
+def urlsplit_netloc(url: str) -> tuple[str, int]:
+    """``(host, port)`` of an ``http://host:port`` URL."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or 80
+
+
+@pytest.fixture
+def faulty_s3(s3, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[S3Bucket, FaultProxy]]:
+    """:func:`s3`, with tilesegd sent through a :class:`FaultProxy` (``AWS_ENDPOINT_URL``);
+    the bucket's own client still talks to the server directly."""
+    proxy = FaultProxy(s3.endpoint)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+    yield s3, proxy
+    proxy.httpd.shutdown()
+
+
+# Outputs on S3, fetched back for comparison with a local run's
+
+
+def download(s3, prefix: str, dest: Path) -> list[str]:
+    """Every object under ``prefix`` into ``dest``; the relative keys, sorted."""
+    keys = []
+    for page in s3.client.get_paginator("list_objects_v2").paginate(Bucket=s3.name, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            rel = obj["Key"][len(prefix) :]
+            keys.append(rel)
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            body = s3.client.get_object(Bucket=s3.name, Key=obj["Key"])["Body"].read()
+            (dest / rel).write_bytes(body)
+    return sorted(keys)
+
+
+def local_files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def pixels(path: Path) -> tuple:
+    with rasterio.open(path) as ds:
+        return ds.read().tobytes(), ds.crs, ds.transform, ds.nodata, ds.dtypes
+
+
+def same_scene_outputs(lo: Path, re_: Path) -> None:
+    """The scene folders hold the same files, masks, areas and Zarr chunks."""
+    assert local_files(lo) == local_files(re_)
+    for tif in ("mask.tif", "confidence.tif"):
+        if (lo / tif).exists():
+            assert pixels(lo / tif) == pixels(re_ / tif), tif
+    assert (lo / "areas.csv").read_bytes() == (re_ / "areas.csv").read_bytes()
+    zl, zr = zarr.open_group(lo / "pred.zarr", mode="r"), zarr.open_group(re_ / "pred.zarr")
+    np.testing.assert_array_equal(zl["mask"][:], zr["mask"][:])
+    chunks = [c for c in local_files(lo / "pred.zarr") if "/c/" in c]
+    assert chunks and all(
+        (lo / "pred.zarr" / c).read_bytes() == (re_ / "pred.zarr" / c).read_bytes() for c in chunks
+    )
 
 
 class RangeServer:
