@@ -407,8 +407,7 @@ class FaultProxy:
                 pass
 
             def relay(self) -> None:
-                n = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(n) if n else None
+                body = read_body(self)
                 key = f"{self.command} {self.path} {self.headers.get('Range')}"
                 kind = proxy.fault(key)
                 if kind == "drop":
@@ -425,7 +424,8 @@ class FaultProxy:
                     self.wfile.write(msg)
                     return
                 conn = http.client.HTTPConnection(*proxy.upstream, timeout=60)
-                headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
+                hop = ("connection", "transfer-encoding", "content-length")
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in hop}
                 conn.request(self.command, self.path, body=body, headers=headers)
                 resp = conn.getresponse()
                 data = resp.read()
@@ -433,7 +433,8 @@ class FaultProxy:
                 for k, v in resp.getheaders():
                     if k.lower() not in ("transfer-encoding", "connection", "content-length"):
                         self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
+                length = resp.getheader("Content-Length") if self.command == "HEAD" else None
+                self.send_header("Content-Length", length or str(len(data)))
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(data)
@@ -442,6 +443,23 @@ class FaultProxy:
             do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = relay
 
         return Handler
+
+
+def read_body(handler) -> bytes | None:
+    """A proxied request's body, whether framed by ``Content-Length`` or chunked (botocore's
+    streaming uploads), to be forwarded with a ``Content-Length``."""
+    if "chunked" in (handler.headers.get("Transfer-Encoding") or "").lower():
+        parts = []
+        while True:
+            size = int(handler.rfile.readline().split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                while handler.rfile.readline() not in (b"\r\n", b"\n", b""):
+                    pass
+                return b"".join(parts)
+            parts.append(handler.rfile.read(size))
+            handler.rfile.readline()
+    n = int(handler.headers.get("Content-Length") or 0)
+    return handler.rfile.read(n) if n else None
 
 
 def urlsplit_netloc(url: str) -> tuple[str, int]:

@@ -306,6 +306,7 @@ class RunConfig:
         out = dataclasses.asdict(self)
         out["input"] = [redact(i) for i in out["input"] or []]
         out["model"] = redact(out["model"]) if out["model"] is not None else None
+        out["output"] = redact(out["output"]) if out["output"] is not None else None
         return out
 
 

@@ -195,6 +195,7 @@ def test_gdal_settings_follow_the_environment(monkeypatch: pytest.MonkeyPatch, t
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     assert "AWS_S3_ENDPOINT" not in gdal_settings()  # AWS itself
     assert gdal_settings()["GDAL_HTTP_MULTIPLEX"] == "YES"
+    assert gdal_settings()["GDAL_HTTP_MULTIRANGE"] == "SERIAL"
     assert "GDAL_DISABLE_READDIR_ON_OPEN" not in gdal_settings()  # set only while opening
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")
     assert gdal_settings()["AWS_S3_ENDPOINT"] == "127.0.0.1:9000"

@@ -150,10 +150,16 @@ class StorePlace:
             return self.path
         from zarr.storage import FsspecStore
 
-        from tilesegd.storage.env import storage_options
+        from tilesegd.storage.objects import shared_filesystem
 
-        opts = storage_options(self.remote.scheme)
-        return FsspecStore.from_url(self.path, storage_options=opts, read_only=False)
+        fs = shared_filesystem(self.remote.scheme, asynchronous=True)
+        return FsspecStore(fs, path=self.folder.path().rstrip("/"), read_only=False)
+
+    def writing(self) -> Any:
+        """A context in which a failed write of the store becomes an
+        :class:`~tilesegd.errors.OutputError` naming it (:func:`tilesegd.errors.writing` for a
+        folder; for a URL, the request's fault: denied, missing bucket, unreachable...)."""
+        return writing(self.path) if self.remote is None else self.folder.failing("")
 
     def exists(self) -> bool:
         """Whether a store's root metadata (``zarr.json``) is there."""

@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 
-from tilesegd.errors import writing
 from tilesegd.model.spec import NODATA
 from tilesegd.outputs.donelog import DONE_LOG, StorePlace
 from tilesegd.raster.tiling import Block, Tile
@@ -69,7 +68,7 @@ class ZarrMaskStore:
         if group is None:
             self.log.clear()
             try:
-                with writing(self.path):
+                with self.place.writing():
                     group = create_store(self.place.zarr_store(), shape, chunks, attrs,
                                          num_classes, probs_chunks)  # fmt: skip
                     if confidence:
@@ -122,7 +121,7 @@ class ZarrMaskStore:
         Raises:
             OutputError: the chunk or the log cannot be written (disk full, permissions).
         """
-        with writing(self.path):
+        with self.place.writing():
             self.mask[block.window.slices] = ids
         self.log.add(block.id, ids.size - int(np.count_nonzero(ids == NODATA)))
 
@@ -133,7 +132,7 @@ class ZarrMaskStore:
             OutputError: the chunks cannot be written.
         """
         if self.probs is not None:
-            with writing(self.path):
+            with self.place.writing():
                 self.probs[(slice(None), *tile.core.slices)] = probs
 
     def write_confidence(self, block: Block, confidence: np.ndarray) -> None:
@@ -143,7 +142,7 @@ class ZarrMaskStore:
             OutputError: the chunk cannot be written.
         """
         if self.confidence is not None:
-            with writing(self.path):
+            with self.place.writing():
                 self.confidence[block.window.slices] = confidence
 
     def read_block(self, block: Block) -> np.ndarray:

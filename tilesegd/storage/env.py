@@ -28,6 +28,11 @@ COG_SETTINGS = {
     # neighbouring tiles of a window in one request; HTTP/2 multiplexes requests on a connection
     "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
     "GDAL_HTTP_MULTIPLEX": "YES",
+    # the ranges of one read fetched one after the other through /vsicurl's region cache: the
+    # default (parallel) path bypasses that cache, so the halo tiles neighbouring blocks share
+    # were fetched again (1.9 bytes fetched per scene byte on an 8192^2 scene, 1.13 with this;
+    # benchmarks/bench_storage.py). Reader threads (--workers) still fetch in parallel.
+    "GDAL_HTTP_MULTIRANGE": "SERIAL",
     "GDAL_HTTP_VERSION": "2",
     # a bounded cache of downloaded ranges (per process): halo tiles shared by blocks are
     # fetched once, and memory stays flat in the scene size

@@ -10,7 +10,6 @@ from typing import Any
 
 from tilesegd.errors import InputError
 from tilesegd.storage import http
-from tilesegd.storage.env import storage_options
 from tilesegd.storage.faults import location_error
 from tilesegd.storage.urls import STORES, RemotePath
 
@@ -18,17 +17,18 @@ log = logging.getLogger(__name__)
 
 
 def filesystem(scheme: str) -> Any:
-    """A fresh fsspec filesystem for ``s3``, ``gs`` or ``az`` with tilesegd's settings
-    (:func:`tilesegd.storage.env.storage_options`).
+    """The fsspec filesystem for ``s3``, ``gs`` or ``az`` with tilesegd's settings, shared by
+    this process (:func:`tilesegd.storage.objects.shared_filesystem`); its listings are not
+    cached between calls.
 
     Raises:
         ImportError: the filesystem's package is not installed (s3fs, gcsfs, adlfs).
     """
-    import fsspec
+    from tilesegd.storage.objects import shared_filesystem
 
-    protocol = {"s3": "s3", "gs": "gcs", "az": "az"}[scheme]
-    cls = fsspec.get_filesystem_class(protocol)  # ImportError when its package is missing
-    return cls(**storage_options(scheme))
+    fs = shared_filesystem(scheme)
+    fs.invalidate_cache()
+    return fs
 
 
 def expand(location: RemotePath, option: str = "--input") -> tuple[bool, list[RemotePath]]:

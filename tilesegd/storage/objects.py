@@ -14,14 +14,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from tilesegd.errors import ConfigError, OutputError, TilesegdError
-from tilesegd.storage.env import storage_options
-from tilesegd.storage.faults import kind_of, location_error
+from tilesegd.storage.env import endpoint_text, storage_options
+from tilesegd.storage.faults import detail, kind_of, location_error
 from tilesegd.storage.urls import STORES, RemotePath, parse_location
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,30 @@ def output_location(value: Any) -> RemotePath | None:
             "and GDAL /vsi paths are read-only"
         )
     return where.as_prefix()
+
+
+_FILESYSTEMS: dict[str, Any] = {}
+_FS_LOCK = threading.Lock()
+
+
+def shared_filesystem(scheme: str, asynchronous: bool = False) -> Any:
+    """This process's fsspec filesystem for ``scheme`` with tilesegd's settings
+    (:func:`tilesegd.storage.env.storage_options`), made once per set of settings and kept: its
+    connections are reused by every request, and a changed environment (other credentials or
+    endpoint) gets a new one. ``asynchronous``: the variant zarr's ``FsspecStore`` needs.
+
+    Raises:
+        ImportError: its package is missing (``tilesegd[gcs]``, ``tilesegd[azure]``).
+    """
+    import fsspec
+
+    opts = {**storage_options(scheme), "asynchronous": asynchronous}
+    key = json.dumps([scheme, opts, os.getpid()], sort_keys=True, default=str)
+    with _FS_LOCK:
+        if key not in _FILESYSTEMS:
+            protocol = {"s3": "s3", "gs": "gcs", "az": "az"}[scheme]
+            _FILESYSTEMS[key] = fsspec.get_filesystem_class(protocol)(**opts)
+        return _FILESYSTEMS[key]
 
 
 class ObjectFolder:
@@ -71,11 +96,8 @@ class ObjectFolder:
             OutputError: its package is missing (``tilesegd[gcs]``, ``tilesegd[azure]``).
         """
         if self._fs is None:
-            import fsspec
-
-            protocol = {"s3": "s3", "gs": "gcs", "az": "az"}[self.scheme]
             with self.failing(""):
-                self._fs = fsspec.get_filesystem_class(protocol)(**storage_options(self.scheme))
+                self._fs = shared_filesystem(self.scheme)
         return self._fs
 
     def __getstate__(self) -> dict[str, Any]:  # Dask pickles it: never the filesystem
@@ -99,9 +121,15 @@ class ObjectFolder:
         except FileExistsError:
             raise
         except Exception as exc:
-            where = RemotePath(self.url(key))
-            err = location_error(where, exc, cls, option="--output")
-            err.kind = kind_of(exc)  # type: ignore[attr-defined]
+            where, kind = RemotePath(self.url(key)), kind_of(exc)
+            if kind == "other":
+                err = cls(
+                    f"{where}: a request to {endpoint_text(self.scheme)} failed after its retries "
+                    f"({type(exc).__name__}: {detail(exc)}); rerun the same command to resume"
+                )
+            else:
+                err = location_error(where, exc, cls, option="--output")
+            err.kind = kind  # type: ignore[attr-defined]
             raise err from exc
 
     def check(self) -> None:
