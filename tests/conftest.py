@@ -125,6 +125,26 @@ class TinyConvNet(torch.nn.Module):
         return self.c3(torch.cat([a, b], 1))
 
 
+class SlowNet(torch.nn.Module):
+    """A plain conv stack, slow enough (~50 ms per tile here) for a kill to land mid-scene."""
+
+    def __init__(self, num_classes: int = 4, width: int = 16, depth: int = 4) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        chans = [3] + [width] * (depth - 1) + [num_classes]
+        self.convs = torch.nn.ModuleList(
+            torch.nn.Conv2d(a, b, 3, padding=1) for a, b in zip(chans, chans[1:], strict=False)
+        )
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for conv in self.convs[:-1]:
+            x = torch.relu(conv(x))
+        return self.convs[-1](x)
+
+
 def spec_for(num_classes: int, in_channels: int = 3, **extra) -> ModelSpec:
     """A ModelSpec with classes c0..c{K-1}."""
     meta = {

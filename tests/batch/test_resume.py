@@ -23,10 +23,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-import torch
 import zarr
 from click.testing import CliRunner
-from conftest import make_raster, smooth_image, spec_for
+from conftest import SlowNet, make_raster, smooth_image, spec_for
 
 from tilesegd.cli.main import cli
 from tilesegd.model.model_file import save_model
@@ -36,26 +35,6 @@ TILE, OVERLAP, BLOCK = 64, 16, 48
 GEOM = ["--tile-size", str(TILE), "--overlap", str(OVERLAP), "--block-size", str(BLOCK)]
 GEOM += ["--workers", "2", "--batch-size", "2"]
 SIZES = {"a": (384, 336), "b": (240, 288)}  # (height, width): 56 and 30 one-tile blocks
-
-
-class SlowNet(torch.nn.Module):
-    """A plain conv stack, slow enough (~50 ms per tile here) for a kill to land mid-scene."""
-
-    def __init__(self, num_classes: int = 4, width: int = 16, depth: int = 4) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(0)
-        chans = [3] + [width] * (depth - 1) + [num_classes]
-        self.convs = torch.nn.ModuleList(
-            torch.nn.Conv2d(a, b, 3, padding=1) for a, b in zip(chans, chans[1:], strict=False)
-        )
-        with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for conv in self.convs[:-1]:
-            x = torch.relu(conv(x))
-        return self.convs[-1](x)
 
 
 @pytest.fixture(scope="module")

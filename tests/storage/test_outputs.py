@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from click.testing import CliRunner
 from conftest import (
     TEST_SECRET_ACCESS_KEY,
+    SlowNet,
     download,
     make_raster,
     same_scene_outputs,
@@ -86,33 +86,13 @@ def test_output_on_s3_has_the_local_layout_and_masks(s3, tiny_model, tmp_path: P
     assert all(e["status"] == "done" and e.get("skipped") for e in again.values()), again
 
 
-class SlowNet(torch.nn.Module):
-    """A plain conv stack, slow enough for a kill to land mid-scene."""
-
-    def __init__(self, num_classes: int = 3, width: int = 16, depth: int = 4) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(0)
-        chans = [3] + [width] * (depth - 1) + [num_classes]
-        self.convs = torch.nn.ModuleList(
-            torch.nn.Conv2d(a, b, 3, padding=1) for a, b in zip(chans, chans[1:], strict=False)
-        )
-        with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for conv in self.convs[:-1]:
-            x = torch.relu(conv(x))
-        return self.convs[-1](x)
-
-
 def done_objects(s3, prefix: str) -> int:
     return s3.client.list_objects_v2(Bucket=s3.name, Prefix=prefix).get("KeyCount", 0)
 
 
 def test_a_killed_run_on_s3_resumes_to_the_same_masks(s3, tiny_model, tmp_path: Path) -> None:
     inputs = scenes(tmp_path / "scenes")
-    model = save_model(SlowNet(), tmp_path / "slow.ts", spec_for(3, 3, multiple=2, tile_size=64))
+    model = save_model(SlowNet(3), tmp_path / "slow.ts", spec_for(3, 3, multiple=2, tile_size=64))
     args = [*(a for p in inputs for a in ("-i", str(p))), "-m", str(model), "--tile-size", "64",
             "--overlap", "16", "--block-size", "48", "--workers", "1", "--batch-size", "2",
             "--preview-size", "0"]  # fmt: skip
@@ -200,3 +180,21 @@ def test_throttling_and_dropped_connections_change_nothing(faulty_s3, tiny_model
     download(s3, "faulty/", tmp_path / "remote")
     for name in ("a", "b"):
         same_scene_outputs(tmp_path / "local" / name, tmp_path / "remote" / name)
+
+
+def test_products_asked_for_later_are_added_on_s3(s3, tiny_model, tmp_path: Path) -> None:
+    """A finished scene on S3 rerun with --vector gets polygons.gpkg from its stored mask (the
+    network does not run), uploaded beside its other outputs and listed in run.json."""
+    inputs = scenes(tmp_path / "scenes")
+    args = ["-i", str(inputs[1]), "-m", str(tiny_model(num_classes=3)), "--preview-size", "0"]
+    url = s3.url("runs/later/")
+    code, out = run(*args, "-o", url)
+    assert code == 0, out
+    code, out = run(*args, "-o", url, "--vector")
+    assert code == 0, out
+    keys = download(s3, "runs/later/", tmp_path / "remote")
+    assert "b/polygons.gpkg" in keys
+    entry = json.loads((tmp_path / "remote" / "run.json").read_text())["scenes"]["b"]
+    assert entry["products_added"] == ["vector"]
+    assert entry["outputs"]["polygons.gpkg"] == s3.url("runs/later/b/polygons.gpkg")
+    assert not [k for k in keys if k.startswith(".tilesegd/work/")]
