@@ -31,6 +31,7 @@ from tilesegd.model.spec import NODATA
 from tilesegd.outputs.areas import AreaCounter, row_pixel_areas, write_areas_csv
 from tilesegd.outputs.cog import write_cog
 from tilesegd.outputs.preview import PreviewSampler, write_preview
+from tilesegd.outputs.readahead import read_ahead
 from tilesegd.outputs.zarr_store import ZarrMaskStore
 from tilesegd.raster.scene import Scene, open_run_scene
 from tilesegd.raster.tiling import TileGrid
@@ -316,8 +317,8 @@ def add_products(plan: ScenePlan, run: RunSetup, which: set[str]) -> dict[str, A
     store = ZarrMaskStore.reopen(plan.store_path)
     sinks = ProductSinks(plan.work, plan.scene, plan.grid, run.spec, run.cfg, which, run.zones)
     with sinks:
-        for block in plan.grid.blocks():
-            sinks.add(block, store.read_block(block))
+        for block, values in read_ahead(plan.grid.blocks(), store.read_block):
+            sinks.add(block, values)
     log.info("%s: added %s from the stored mask", plan.name, ", ".join(sorted(which)))
     return sinks.entry()
 

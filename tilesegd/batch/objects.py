@@ -11,7 +11,8 @@ have no rename and no append, so:
   :meth:`ObjectLedger.publish`: the completion marker ``PREFIX/.tilesegd/published/<scene>.json``
   is removed, the old ``PREFIX/<scene>/`` objects deleted, the new files uploaded and
   ``pred.zarr`` copied server-side, and only then the marker written again; a scene counts as
-  published only while its marker exists (:meth:`ObjectLedger.published`);
+  published only while its marker exists (:meth:`ObjectLedger.published`); the work prefix
+  is then deleted in the background;
 * ``summary.csv`` / ``zones_summary.csv`` and then ``run.json`` are put whole, last;
 * one writer: :func:`object_lock` holds ``PREFIX/.tilesegd/lock``, created by a conditional
   write and renewed while the run lives (see its docstring for what is guaranteed).
@@ -132,12 +133,11 @@ class ObjectLedger:
         files = sorted(p for p in work.iterdir() if p.is_file() and p.name in SCENE_OUTPUTS)
         self.folder.remove(marker_key(name))
         self.folder.remove(f"{name}/", recursive=True)
-        for f in files:
-            self.folder.put_file(f, f"{name}/{f.name}")
+        self.folder.put_files({f"{name}/{f.name}": f for f in files})
         self.folder.copy_tree(work_key(name) + "pred.zarr/", f"{name}/pred.zarr/")
         names = [f.name for f in files] + ["pred.zarr"]
         self.folder.put_json(marker_key(name), {"scene": name, "files": names, "time": time.time()})
-        self.folder.remove(work_key(name), recursive=True)
+        self.folder.remove_later(work_key(name))  # garbage now: nothing waits for it
         shutil.rmtree(work, ignore_errors=True)
         return self.scene_files(name)
 
@@ -148,8 +148,8 @@ class ObjectLedger:
         Returns:
             ``{file name: URL}`` of the scene's outputs.
         """
-        for f in sorted(p for p in work.iterdir() if p.is_file() and p.name in SCENE_OUTPUTS):
-            self.folder.put_file(f, f"{name}/{f.name}")
+        files = [p for p in work.iterdir() if p.is_file() and p.name in SCENE_OUTPUTS]
+        self.folder.put_files({f"{name}/{f.name}": f for f in files})
         shutil.rmtree(work, ignore_errors=True)
         return self.scene_files(name)
 

@@ -33,6 +33,7 @@ import numpy as np
 from tilesegd import atomic
 from tilesegd.errors import writing
 from tilesegd.model.spec import NODATA, ClassInfo
+from tilesegd.outputs.readahead import read_ahead
 from tilesegd.outputs.style import class_qml, ramp_qml, rat_aux_xml
 from tilesegd.raster.gdalenv import gdal_env, quiet_georef
 from tilesegd.raster.tiling import Block
@@ -202,8 +203,7 @@ def _write_gtiff(
     with writing(path), quiet_georef():  # no CRS: a plain frame's mask
         dst = rasterio.open(tmp, "w", **profile)
     try:
-        for block in blocks:
-            values = read_block(block)
+        for block, values in read_ahead(blocks, read_block):
             with writing(path):  # GDAL flushes its block cache here: a full disk shows here
                 dst.write(values, 1, window=block.window.to_rasterio())
             if on_block is not None:

@@ -113,6 +113,23 @@ class ObjectDoneLog:
         self.folder.put_bytes(f"{block_id}-{pixels}", b"")
 
 
+_CLOSING: list[bool] = []
+
+
+def close_at_exit() -> None:
+    """Once per process, close zarr's object-store sessions at exit, before zarr stops its
+    event loop (``atexit`` runs the later registration first)."""
+    if not _CLOSING:
+        import atexit
+
+        from zarr.core.sync import sync
+
+        from tilesegd.storage.objects import close_sessions
+
+        _CLOSING.append(True)
+        atexit.register(close_sessions, lambda coro: sync(coro, timeout=5))
+
+
 class StorePlace:
     """Where one ``pred.zarr`` lives: a local folder, or a prefix on object storage.
 
@@ -153,6 +170,7 @@ class StorePlace:
         from tilesegd.storage.objects import shared_filesystem
 
         fs = shared_filesystem(self.remote.scheme, asynchronous=True)
+        close_at_exit()
         return FsspecStore(fs, path=self.folder.path().rstrip("/"), read_only=False)
 
     def writing(self) -> Any:

@@ -37,6 +37,7 @@ import numpy as np
 from tilesegd import atomic
 from tilesegd.errors import ConfigError, OutputError, output_failure
 from tilesegd.model.spec import ClassInfo
+from tilesegd.outputs.readahead import read_ahead
 from tilesegd.outputs.regions import Region, RegionTracer
 from tilesegd.raster.tiling import Block
 
@@ -373,6 +374,6 @@ def write_polygons(
         simplify=simplify,
     )
     with writer:
-        for block in blocks:
-            writer.add(block, read_block(block))
+        for block, values in read_ahead(blocks, read_block):
+            writer.add(block, values)
     return writer.stats

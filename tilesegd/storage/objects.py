@@ -50,6 +50,7 @@ def output_location(value: Any) -> RemotePath | None:
 
 _FILESYSTEMS: dict[str, Any] = {}
 _FS_LOCK = threading.Lock()
+_CLEANER: list[Any] = []  # the background deleter of ObjectFolder.remove_later
 
 
 def shared_filesystem(scheme: str, asynchronous: bool = False) -> Any:
@@ -70,6 +71,26 @@ def shared_filesystem(scheme: str, asynchronous: bool = False) -> Any:
             protocol = {"s3": "s3", "gs": "gcs", "az": "az"}[scheme]
             _FILESYSTEMS[key] = fsspec.get_filesystem_class(protocol)(**opts)
         return _FILESYSTEMS[key]
+
+
+def close_sessions(run: Any) -> None:
+    """Close the HTTP sessions of this process's asynchronous filesystems (s3fs's aiobotocore
+    client), so that aiohttp does not report "Unclosed client session" at exit.
+
+    Args:
+        run: runs a coroutine to completion on the event loop the sessions were made on
+            (for zarr's stores: ``zarr.core.sync.sync``).
+    """
+    with _FS_LOCK:
+        found = [fs for fs in _FILESYSTEMS.values() if getattr(fs, "asynchronous", False)]
+    for fs in found:
+        client = getattr(fs, "_s3", None)  # s3fs; gcsfs / adlfs close theirs themselves
+        if client is not None:
+            try:
+                run(client.close())
+                fs._s3 = None
+            except Exception as exc:  # exiting anyway: say why, never raise
+                log.debug("closing %s session: %s", fs.protocol, exc)
 
 
 class ObjectFolder:
@@ -203,6 +224,20 @@ class ObjectFolder:
         with self.failing(key):
             self.fs.put_file(str(local), self.path(key))
 
+    def put_files(self, files: dict[str, Path]) -> None:
+        """Upload local files whole, concurrently (fsspec's batched ``put``).
+
+        Args:
+            files: ``{key: local file}``.
+
+        Raises:
+            OutputError: an upload failed after its retries.
+        """
+        if files:
+            keys = sorted(files)
+            with self.failing(keys[0] if len(keys) == 1 else ""):
+                self.fs.put([str(files[k]) for k in keys], [self.path(k) for k in keys])
+
     def exists(self, key: str) -> bool:
         """Whether the object (or a prefix with objects under it) exists."""
         with self.failing(key):
@@ -217,10 +252,36 @@ class ObjectFolder:
         return sorted(k[len(base) :] for k in found if k.startswith(base))
 
     def copy_tree(self, src: str, dst: str) -> None:
-        """Server-side copy of every object under prefix ``src`` to prefix ``dst``."""
-        for key in self.find(src):
-            with self.failing(key):
-                self.fs.copy(self.path(key), self.path(dst + key[len(src) :]))
+        """Server-side copy of every object under prefix ``src`` to prefix ``dst``, concurrently
+        (fsspec's batched ``copy`` of two lists: no listing or directory check per object).
+
+        Raises:
+            OutputError: a copy failed after its retries.
+        """
+        keys = self.find(src)
+        if keys:
+            with self.failing(src):
+                self.fs.copy([self.path(k) for k in keys],
+                             [self.path(dst + k[len(src) :]) for k in keys])  # fmt: skip
+
+    def remove_later(self, key: str) -> None:
+        """Delete every object under prefix ``key`` in a background thread (one per process,
+        joined at exit), off the caller's path: for clean-ups nothing waits for. A failure is
+        logged, not raised; what it leaves is garbage under ``.tilesegd/``, never an output."""
+
+        def remove() -> None:
+            try:
+                self.remove(key, recursive=True)
+            except Exception as exc:
+                log.warning("%s: could not remove it (%s); it is safe to delete", self.url(key),
+                            exc)  # fmt: skip
+
+        with _FS_LOCK:
+            if not _CLEANER:
+                from concurrent.futures import ThreadPoolExecutor
+
+                _CLEANER.append(ThreadPoolExecutor(1, thread_name_prefix="tilesegd-cleanup"))
+        _CLEANER[0].submit(remove)
 
     def remove(self, key: str, recursive: bool = False) -> None:
         """Delete one object (``recursive``: every object under the prefix); a missing one is
