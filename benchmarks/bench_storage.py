@@ -1,18 +1,21 @@
 """The same scenes segmented from and to local disk, and from and to a loopback S3 server.
 
-A moto S3 server runs on 127.0.0.1 behind a small counting proxy (every byte it answers is
-counted per object), so the figures are: wall seconds of ``tilesegd run`` with the scenes,
-the model and the output local vs. on S3 (a fresh process per run, interleaved over
-``--repeat`` rounds, medians), the ratio S3 / local, the bytes fetched of each scene per byte
-of the scene file, the CPU seconds the loopback server and proxy spent (on the same cores as
-the run), and the peak RSS of each run (flat in the scene size as a local run's).
-Models: the trivial 1x1 convolution and the random-weight Unet-mobilenet_v2 of
-``benchmarks/models.py``; scenes: tiled 512-px deflate GeoTIFFs of ``make_scenes.py``.
+A loopback S3 server runs on 127.0.0.1 (``--server moto``: moto's threaded server in this
+process; ``--server s3rver``: the Node.js s3rver, which streams ranges from files). The figures:
+wall seconds of ``tilesegd run`` with the scenes, the model and the output local vs. on S3 (a
+fresh process per run, interleaved over ``--repeat`` rounds, medians), the ratio S3 / local,
+the CPU seconds the server spent (on the same 2 cores as the run: a real object store costs
+latency instead), the peak RSS of each run (flat in the scene size as a local run's), and the
+bytes fetched of each scene per byte of the scene file, counted by a small proxy in front of
+the server in one more, untimed run. Models: the trivial 1x1 convolution and the random-weight
+Unet-mobilenet_v2 of ``benchmarks/models.py``; scenes: tiled 512-px deflate GeoTIFFs of
+``make_scenes.py``.
 
-    .venv/bin/python benchmarks/bench_storage.py [--sizes 2048 4096] [--repeat 2]
+    .venv/bin/python benchmarks/bench_storage.py [--sizes 2048 4096] [--repeat 2] [--server moto]
 
-Results: ``benchmarks/results/results_storage_cpu.json``. The loopback server costs CPU on the
-same 2 cores (moto is pure Python); a real object store costs latency instead.
+moto reads and copies a whole object for every range request (``FakeKey.value``), so with a
+large scene its CPU, not tilesegd, dominates the S3 figure; s3rver's does not.
+Results: ``benchmarks/results/results_storage_cpu.json`` (``--out`` to change).
 """
 
 from __future__ import annotations
@@ -101,6 +104,62 @@ class CountingProxy:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}"
 
 
+class S3Server:
+    """A loopback S3 server: moto's threaded server in this process, or s3rver (Node.js) in a
+    child process with its data in ``work``; ``cpu_seconds()`` is the CPU it has used."""
+
+    def __init__(self, kind: str, work: Path) -> None:
+        self.kind, self.proc = kind, None
+        if kind == "moto":
+            import logging
+
+            from moto.server import ThreadedMotoServer
+
+            logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request
+            self.moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+            self.moto.start()
+            self.address = self.moto.get_host_and_port()
+            self.key_id, self.secret = KEY_ID, SECRET
+        else:
+            import shutil
+            import socket
+
+            exe = shutil.which("s3rver") or os.environ.get("S3RVER", "")
+            if not exe or not Path(exe).exists():
+                raise SystemExit("s3rver not found: `npm install s3rver` and put "
+                                 "node_modules/.bin on PATH (or set S3RVER=/path/to/s3rver)")  # fmt: skip
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            (work / "s3rver").mkdir()
+            self.proc = subprocess.Popen([exe, "-d", str(work / "s3rver"), "-a", "127.0.0.1",
+                                          "-p", str(port), "-s", "--no-vhost-buckets"])  # fmt: skip
+            self.address = ("127.0.0.1", port)
+            self.key_id = self.secret = "S3RVER"  # s3rver's fixed credentials
+            for _ in range(100):
+                with socket.socket() as s:
+                    if s.connect_ex(self.address) == 0:
+                        break
+                time.sleep(0.1)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address[0]}:{self.address[1]}"
+
+    def cpu_seconds(self) -> float:
+        if self.proc is None:
+            return time.process_time()  # this process: moto's threads (and the proxy's)
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            self.moto.stop()
+        else:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+
 def one_run(args: list[str], env: dict[str, str]) -> dict[str, Any]:
     """``tilesegd run`` in a fresh process; its wall seconds and peak RSS (MiB)."""
     code = (
@@ -124,28 +183,27 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[2048, 4096])
     ap.add_argument("--models", nargs="+", default=["trivial", "unet"])
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--server", choices=["moto", "s3rver"], default="moto",
+                    help="the loopback S3 server: moto (pure Python, reads a whole object for "
+                    "each range request) or s3rver (Node.js, `npm install s3rver`, found on "
+                    "PATH or under --s3rver-dir)")  # fmt: skip
     ap.add_argument("--out", type=Path, default=HERE / "results" / "results_storage_cpu.json")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(HERE))
     import boto3
     from make_scenes import make_scenes
     from models import build
-    from moto.server import ThreadedMotoServer
 
     work = Path(tempfile.mkdtemp(prefix="tilesegd-bench-storage-"))
     scenes = make_scenes(args.sizes, ["deflate"])
-    import logging
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    proxy = CountingProxy(server.get_host_and_port())
-    env = {**os.environ, "AWS_ENDPOINT_URL": proxy.url, "AWS_ACCESS_KEY_ID": KEY_ID,
-           "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1",
+    server = S3Server(args.server, work)
+    proxy = CountingProxy(server.address)
+    env = {**os.environ, "AWS_ENDPOINT_URL": server.url, "AWS_ACCESS_KEY_ID": server.key_id,
+           "AWS_SECRET_ACCESS_KEY": server.secret, "AWS_DEFAULT_REGION": "us-east-1",
            "AWS_EC2_METADATA_DISABLED": "true", "TILESEGD_MODEL_CACHE": str(work / "cache")}  # fmt: skip
-    host, port = server.get_host_and_port()
-    s3 = boto3.client("s3", endpoint_url=f"http://{host}:{port}", region_name="us-east-1",
-                      aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET)  # fmt: skip
+    counted = {**env, "AWS_ENDPOINT_URL": proxy.url}
+    s3 = boto3.client("s3", endpoint_url=server.url, region_name="us-east-1",
+                      aws_access_key_id=server.key_id, aws_secret_access_key=server.secret)  # fmt: skip
     s3.create_bucket(Bucket="bench")
     for d in scenes.values():
         s3.upload_file(d["path"], "bench", f"scenes/{Path(d['path']).name}")
@@ -161,14 +219,16 @@ def main(argv: list[str] | None = None) -> None:
                 out = work / f"out-{kind}-{name}-{i}"
                 runs["local"].append(one_run(["-i", d["path"], "-m", str(model), "-o", str(out),
                                               "--preview-size", "0"], env))  # fmt: skip
-                proxy.sent.clear()
-                cpu0 = time.process_time()  # this process: the S3 server and the proxy
-                runs["s3"].append(one_run(["-i", f"s3://bench/scenes/{name}", "-m",
-                                           f"s3://bench/models/{model.name}", "-o",
-                                           f"s3://bench/out-{kind}-{i}/", "--preview-size", "0"],
-                                          env))  # fmt: skip
-                server_cpu.append(time.process_time() - cpu0)
-                fetched.append(proxy.sent.get(f"/bench/scenes/{name}", 0) / d["bytes"])
+                s3_args = ["-i", f"s3://bench/scenes/{name}", "-m", f"s3://bench/models/{model.name}",
+                           "--preview-size", "0"]  # fmt: skip
+                cpu0 = server.cpu_seconds()
+                runs["s3"].append(one_run([*s3_args, "-o", f"s3://bench/out-{kind}-{i}/"], env))
+                server_cpu.append(server.cpu_seconds() - cpu0)
+            # bytes fetched: one more run through the counting proxy (not timed: the proxy is
+            # Python on the same cores and would be counted as tilesegd's cost)
+            proxy.sent.clear()
+            one_run([*s3_args, "-o", f"s3://bench/out-{kind}-counted/"], counted)
+            fetched.append(proxy.sent.get(f"/bench/scenes/{name}", 0) / d["bytes"])
             row = {
                 "model": kind,
                 "scene": name,
@@ -182,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
                     f"{w}_peak_rss_mb": round(max(r["peak_rss_mb"] for r in runs[w])) for w in runs
                 },  # fmt: skip
                 "bytes_fetched_per_scene_byte": round(statistics.median(fetched), 3),
-                # CPU seconds the loopback S3 server and proxy took on the same cores
+                # CPU seconds the loopback S3 server took on the same cores
                 "server_cpu_s": round(statistics.median(server_cpu), 2),
             }
             row["s3_over_local"] = round(row["s3_s"] / row["local_s"], 3)
@@ -191,6 +251,7 @@ def main(argv: list[str] | None = None) -> None:
     server.stop()
     doc = {
         "command": "benchmarks/bench_storage.py " + " ".join(argv or sys.argv[1:]),
+        "server": args.server,
         "machine": {
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
