@@ -100,8 +100,8 @@ def run(
     cfg = config or resolve(RunConfig, config_file, options)
     if not cfg.input or not cfg.model or not cfg.output:
         raise ConfigError("run needs --input, --model and --output (flags or config file)")
-    with output_place(cfg) as (output, lock):
-        paths = discover(cfg.input, output if is_local(cfg.output) else None)
+    with output_place(cfg) as (output, lock, local):
+        paths = discover(cfg.input, local)
         names = scene_names(paths)
         source_model, cfg = cfg.model, with_local_model(cfg)
         if cfg.shard:  # job arrays: scene i (by sorted path) goes to shard i % N
@@ -121,19 +121,13 @@ def run(
             return run_local(cfg, paths, names, output, stop=stop, progress=progress)
 
 
-def is_local(output: str | None) -> bool:
-    """Whether ``--output`` names a local folder (not an object-storage prefix)."""
-    from tilesegd.storage.urls import parse_location
-
-    return parse_location(output) is None
-
-
 @contextlib.contextmanager
-def output_place(cfg: RunConfig) -> Iterator[tuple[Path, Any]]:
-    """The run's local output root and its (not yet entered) lock: the ``--output`` folder,
-    created and checked, with its ``flock``; or, for an object-storage prefix (checked before
+def output_place(cfg: RunConfig) -> Iterator[tuple[Path, Any, Path | None]]:
+    """The run's local output root, its (not yet entered) lock and its local output folder:
+    the ``--output`` folder, created and checked, with its ``flock``, and that folder again
+    (discovery leaves it out of the inputs); or, for an object-storage prefix (checked before
     any scene: bucket, listing, a probe write), a scratch folder for this run (removed
-    afterwards) and the prefix's lock (:func:`tilesegd.batch.objects.object_lock`).
+    afterwards), the prefix's lock (:func:`tilesegd.batch.objects.object_lock`) and ``None``.
 
     Raises:
         OutputError: the folder cannot be created or written. ConfigError: the prefix is
@@ -147,7 +141,7 @@ def output_place(cfg: RunConfig) -> Iterator[tuple[Path, Any]]:
 
         output = Path(cfg.output or "")
         make_output_dir(output)
-        yield output, output_lock(output)
+        yield output, output_lock(output), output
         return
     from tilesegd.batch.objects import object_lock, scratch_folder
 
@@ -155,7 +149,7 @@ def output_place(cfg: RunConfig) -> Iterator[tuple[Path, Any]]:
     folder.check()
     scratch = scratch_folder(cfg.scratch, remote)
     try:
-        yield scratch, object_lock(folder)
+        yield scratch, object_lock(folder), None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

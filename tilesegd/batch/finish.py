@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tilesegd.batch.layout import SCENE_OUTPUTS, input_stat, work_dir
+from tilesegd.batch.layout import SCENE_OUTPUTS, input_stat
 from tilesegd.batch.plan import RunSetup, ScenePlan
 from tilesegd.batch.products import ProductSinks
 from tilesegd.errors import writing
@@ -30,6 +29,7 @@ from tilesegd.inference.stitch import BlockCheckError
 from tilesegd.model.spec import NODATA
 from tilesegd.outputs.areas import AreaCounter, row_pixel_areas, write_areas_csv
 from tilesegd.outputs.cog import write_cog
+from tilesegd.outputs.donelog import StorePlace
 from tilesegd.outputs.preview import PreviewSampler, write_preview
 from tilesegd.outputs.readahead import read_ahead
 from tilesegd.outputs.zarr_store import ZarrMaskStore
@@ -291,15 +291,7 @@ def on_scene_grid(plan: ScenePlan, run: RunSetup) -> tuple[ScenePlan, ZarrMaskSt
 def remove_model_grid(run: RunSetup, name: str) -> None:
     """Remove a resampled scene's model-grid store and its log once the scene-grid store is
     written (the published folder holds only the scene grid's)."""
-    path = run.store_location(name, model_grid=True)
-    if isinstance(path, Path):
-        shutil.rmtree(path.parent, ignore_errors=True)
-    else:
-        from tilesegd.outputs.donelog import StorePlace
-
-        place = StorePlace(path)
-        place.remove()
-        place.log.clear()
+    StorePlace(run.store_location(name, model_grid=True)).remove(with_log=True)
 
 
 def add_products(plan: ScenePlan, run: RunSetup, which: set[str]) -> dict[str, Any]:
@@ -336,17 +328,8 @@ def add_scene_products(path: Path, name: str, run: RunSetup, which: set[str]) ->
     """
     scene = open_run_scene(run.cfg, path, name)
     grid = run.geometry.grid(scene.height, scene.width)
-    if run.remote is None:
-        folder = run.output / name
-        return add_products(ScenePlan(scene, name, run.bands, grid, folder, folder / "pred.zarr"),
-                            run, which)  # fmt: skip
-    from tilesegd.batch.objects import ObjectLedger
-
-    ledger = ObjectLedger(run.remote, run.output)
-    work = work_dir(run.output, name)
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    store = ledger.folder.url(f"{name}/pred.zarr")
+    ledger = run.ledger()
+    work, store = ledger.products_work(name)
     fields = add_products(ScenePlan(scene, name, run.bands, grid, work, store), run, which)
-    ledger.upload(name, work)
+    ledger.deliver_products(name, work)
     return fields

@@ -89,6 +89,27 @@ class Ledger(Protocol):
         """
         ...
 
+    def products_work(self, name: str) -> tuple[Path, Path | str]:
+        """Where products added later to the published scene ``name`` are built (a local
+        folder) and the location of its published ``pred.zarr`` they are made from.
+
+        Raises:
+            OutputError: the folder cannot be made.
+        """
+        ...
+
+    def deliver_products(self, name: str, work: Path) -> dict[str, str]:
+        """Put the products built in ``work`` (:meth:`products_work`) in place beside the
+        published scene's outputs.
+
+        Returns:
+            ``{file name: location}`` of the scene's outputs.
+
+        Raises:
+            OutputError: they cannot be written.
+        """
+        ...
+
     def write_run(self, doc: dict[str, Any]) -> None:
         """Replace ``run.json`` with ``doc``, whole (readers see the old or the new one).
 
@@ -158,6 +179,15 @@ class FolderLedger:
         """See :meth:`Ledger.publish`: one directory rename
         (:func:`tilesegd.batch.folder.publish`)."""
         return output_paths(publish(work, self.output / name))
+
+    def products_work(self, name: str) -> tuple[Path, Path | str]:
+        """See :meth:`Ledger.products_work`: the scene's own folder (each product is written
+        atomically there)."""
+        return self.output / name, self.output / name / "pred.zarr"
+
+    def deliver_products(self, name: str, work: Path) -> dict[str, str]:
+        """See :meth:`Ledger.deliver_products`: they are in place already."""
+        return output_paths(self.output / name)
 
     def write_run(self, doc: dict[str, Any]) -> None:
         """See :meth:`Ledger.write_run`."""

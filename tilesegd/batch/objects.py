@@ -141,13 +141,20 @@ class ObjectLedger:
         shutil.rmtree(work, ignore_errors=True)
         return self.scene_files(name)
 
-    def upload(self, name: str, work: Path) -> dict[str, str]:
-        """Upload the files in ``work`` to a published scene's ``PREFIX/<name>/`` (products
-        added later), then remove ``work``.
+    def products_work(self, name: str) -> tuple[Path, Path | str]:
+        """See :meth:`Ledger.products_work`: an empty scratch folder and the URL of
+        ``PREFIX/<name>/pred.zarr``."""
+        local = work_dir(self.scratch, name)
+        shutil.rmtree(local, ignore_errors=True)
+        try:
+            local.mkdir(parents=True)
+        except OSError as exc:
+            raise output_failure(exc, self.scratch, writing=True) or OutputError(str(exc)) from None
+        return local, self.folder.url(f"{name}/pred.zarr")
 
-        Returns:
-            ``{file name: URL}`` of the scene's outputs.
-        """
+    def deliver_products(self, name: str, work: Path) -> dict[str, str]:
+        """See :meth:`Ledger.deliver_products`: the files in ``work`` are uploaded to
+        ``PREFIX/<name>/`` (concurrently), then ``work`` is removed."""
         files = [p for p in work.iterdir() if p.is_file() and p.name in SCENE_OUTPUTS]
         self.folder.put_files({f"{name}/{f.name}": f for f in files})
         shutil.rmtree(work, ignore_errors=True)

@@ -14,6 +14,7 @@ Never imports torch.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import shutil
@@ -185,9 +186,15 @@ class StorePlace:
             return (self.path / "zarr.json").is_file()  # type: ignore[operator]
         return self.folder.read_bytes("zarr.json") is not None
 
-    def remove(self) -> None:
-        """Remove the store (and not its log); a missing store is not an error."""
+    def remove(self, with_log: bool = False) -> None:
+        """Remove the store (``with_log``: its ``blocks.done`` too, and the local folder that
+        held both when it is left empty); a missing store is not an error."""
         if self.remote is None:
             shutil.rmtree(self.path, ignore_errors=True)
         else:
             self.folder.remove("", recursive=True)
+        if with_log:
+            self.log.clear()
+            if self.remote is None:
+                with contextlib.suppress(OSError):
+                    self.path.parent.rmdir()  # type: ignore[union-attr]
