@@ -95,30 +95,34 @@ def run(
         Interrupted: SIGTERM / SIGINT; finished work is kept, rerun to resume.
         Scene errors do not raise: they are recorded as ``failed`` in ``run.json``.
     """
-    from tilesegd.batch.discovery import discover, scene_names, select_shard
+    from tilesegd.batch.discovery import select_shard
+    from tilesegd.batch.ledger import open_ledger
+    from tilesegd.batch.sources import find_scenes
+    from tilesegd.storage.objects import output_location
 
     cfg = config or resolve(RunConfig, config_file, options)
-    if not cfg.input or not cfg.model or not cfg.output:
-        raise ConfigError("run needs --input, --model and --output (flags or config file)")
-    with output_place(cfg) as (output, lock, local):
-        paths = discover(cfg.input, local)
-        names = scene_names(paths)
+    if not (cfg.input or cfg.stac_api) or not cfg.model or not cfg.output:
+        raise ConfigError("run needs --input (or --stac-api), --model and --output (flags or "
+                          "config file)")  # fmt: skip
+    with output_place(cfg) as (output, lock, local), lock, stop_on_signals() as stop:
+        found = find_scenes(cfg, local, open_ledger(output, output_location(cfg.output)))
+        paths, names = found.paths, found.names
         source_model, cfg = cfg.model, with_local_model(cfg)
         if cfg.shard:  # job arrays: scene i (by sorted path) goes to shard i % N
             paths, names = select_shard(paths, names, cfg.shard)
-        with lock, stop_on_signals() as stop:
-            from tilesegd.batch.folder import clean_stale
+        from tilesegd.batch.folder import clean_stale
 
-            clean_stale(output)
-            if cfg.scheduler or cfg.cluster:  # blocks computed by Dask workers
-                from tilesegd.batch.distributed import run_distributed
+        clean_stale(output)
+        if cfg.scheduler or cfg.cluster:  # blocks computed by Dask workers
+            from tilesegd.batch.distributed import run_distributed
 
-                remote_model = None if source_model == cfg.model else source_model
-                return run_distributed(cfg, paths, names, output, stop=stop, progress=progress,
-                                       model_url=remote_model)  # fmt: skip
-            from tilesegd.batch.local import run_local
+            remote_model = None if source_model == cfg.model else source_model
+            return run_distributed(cfg, paths, names, output, stop=stop, progress=progress,
+                                   model_url=remote_model, sources=found.sources)  # fmt: skip
+        from tilesegd.batch.local import run_local
 
-            return run_local(cfg, paths, names, output, stop=stop, progress=progress)
+        return run_local(cfg, paths, names, output, stop=stop, progress=progress,
+                         sources=found.sources)  # fmt: skip
 
 
 @contextlib.contextmanager

@@ -119,6 +119,14 @@ class RunConfig:
         gsd: the model's GSD in metres per pixel (overrides the model file's ``gsd``).
         gsd_tolerance: relative GSD difference that still runs a scene as it is (0.1 = 10 %).
         scene_gsd: the GSD of plain frames without georeferencing (metres per pixel).
+        asset: the STAC asset key segmented in each Item (default: ``visual``, else the only
+            data GeoTIFF asset).
+        stac_api: a STAC API root URL to run an item search on (:mod:`tilesegd.stac.search`).
+        collections: the collection ids the search covers.
+        bbox: the search's ``[west, south, east, north]``, degrees (default: the AOI's bounds).
+        datetime: the search's RFC 3339 instant or range.
+        query: the search's ``query`` extension object, as JSON text.
+        max_items: the most Items the search takes.
     """
 
     input: list[str] = field(default_factory=list)
@@ -161,6 +169,13 @@ class RunConfig:
     gsd: float | None = None
     gsd_tolerance: float = 0.1
     scene_gsd: float | None = None
+    asset: str | None = None
+    stac_api: str | None = None
+    collections: list[str] = field(default_factory=list)
+    bbox: list[float] | None = None
+    datetime: str | None = None
+    query: str | None = None
+    max_items: int | None = None
 
     def validate(self) -> RunConfig:
         """Check types and ranges.

@@ -176,12 +176,24 @@ def output_folder(folder: Path, output: Path | None, *, top: bool = False) -> st
 
 def scene_names(paths: list[Path | RemotePath]) -> list[str]:
     """Output names: each file's stem, with ``__2``, ``__3``... added to repeated stems."""
+    return unique_names([p.stem for p in paths])
+
+
+def unique_names(bases: list[str]) -> list[str]:
+    """``bases`` (file stems, STAC Item ids) with ``__2``, ``__3``... added to repeats, in
+    order; a name that would clash with one given or made is numbered further."""
+    taken = set(bases)
     counts: dict[str, int] = {}
     names = []
-    for p in paths:
-        n = counts.get(p.stem, 0) + 1
-        counts[p.stem] = n
-        names.append(p.stem if n == 1 else f"{p.stem}__{n}")
+    for base in bases:
+        n = counts.get(base, 0) + 1
+        name = base if n == 1 else f"{base}__{n}"
+        while n > 1 and name in taken:
+            n += 1
+            name = f"{base}__{n}"
+        counts[base] = n
+        taken.add(name)
+        names.append(name)
     return names
 
 

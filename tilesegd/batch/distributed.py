@@ -86,6 +86,7 @@ def run_distributed(
     progress: bool = True,
     blocks_per_task: int | None = None,
     model_url: str | None = None,
+    sources: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Segment ``paths`` into ``output`` on a Dask cluster (see the module docstring).
 
@@ -101,6 +102,7 @@ def run_distributed(
         model_url: where ``cfg.model`` (the client's cached copy) was fetched from; workers
             then fetch it into their own machine's cache (checked against its SHA-256) instead
             of reading the client's path.
+        sources: the STAC sources of scenes (:attr:`RunSetup.sources`).
         stop: set by SIGTERM / SIGINT: pending blocks are cancelled, finished ones kept.
         progress: show progress (megapixels).
         blocks_per_task: blocks per Dask task (default: about 4 tasks per worker per scene,
@@ -137,9 +139,8 @@ def run_distributed(
         device, dtype, budget, dtype_bytes = client.submit(
             prepare_worker, task_cfg, model_sha, pure=False
         ).result()
-        run = RunSetup.resolve(
-            cfg, spec, output.resolve(), model_sha, device, dtype, budget, dtype_bytes
-        )
+        run = RunSetup.resolve(cfg, spec, output.resolve(), model_sha, device, dtype, budget,
+                               dtype_bytes, sources)  # fmt: skip
         job = SceneJob(None, replace(run, cfg=task_cfg), model_sha, device, dtype, uuid.uuid4().hex)
         return DistributedRun(run, job, client).run(
             paths, names, stop or threading.Event(), progress, blocks_per_task

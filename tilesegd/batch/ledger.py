@@ -110,6 +110,19 @@ class Ledger(Protocol):
         """
         ...
 
+    def read_json(self, name: str) -> Any:
+        """The run-level JSON file ``name`` (``search.json``) parsed, or ``None`` when it is
+        missing or not JSON."""
+        ...
+
+    def write_json(self, name: str, doc: Any) -> None:
+        """Replace the run-level JSON file ``name`` with ``doc``, whole.
+
+        Raises:
+            OutputError: it cannot be written.
+        """
+        ...
+
     def write_run(self, doc: dict[str, Any]) -> None:
         """Replace ``run.json`` with ``doc``, whole (readers see the old or the new one).
 
@@ -188,6 +201,18 @@ class FolderLedger:
     def deliver_products(self, name: str, work: Path) -> dict[str, str]:
         """See :meth:`Ledger.deliver_products`: they are in place already."""
         return output_paths(self.output / name)
+
+    def read_json(self, name: str) -> Any:
+        """See :meth:`Ledger.read_json`."""
+        try:
+            return json.loads((self.output / name).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def write_json(self, name: str, doc: Any) -> None:
+        """See :meth:`Ledger.write_json` (through a temporary file and a rename)."""
+        with writing(self.output / name):
+            write_json_atomic(self.output / name, doc)
 
     def write_run(self, doc: dict[str, Any]) -> None:
         """See :meth:`Ledger.write_run`."""

@@ -45,7 +45,9 @@ def run_header(run: RunSetup, model_sha: str, device: str, dtype: str) -> dict[s
     }
 
 
-def load_engine(cfg: RunConfig, output: Path) -> tuple[Engine, RunSetup, str]:
+def load_engine(
+    cfg: RunConfig, output: Path, sources: dict[str, dict[str, Any]] | None = None
+) -> tuple[Engine, RunSetup, str]:
     """Load the model, resolve the run's setup (its geometry on this device's memory budget),
     build the engine with that geometry, check the network on one tile and build its TensorRT
     engine when that runtime was asked for, all before any scene
@@ -65,9 +67,8 @@ def load_engine(cfg: RunConfig, output: Path) -> tuple[Engine, RunSetup, str]:
     model_sha = file_sha256(cfg.model) if Path(cfg.model or "").is_file() else ""
     net = load_network(cfg.model or "", cfg.engine_options(), sha256=cfg.model_sha256)
     device, dtype, budget = net.target.device, net.target.dtype, net.target.budget
-    run = RunSetup.resolve(
-        cfg, net.spec, output, model_sha, str(device), str(dtype), budget.bytes, budget.dtype_bytes
-    )
+    run = RunSetup.resolve(cfg, net.spec, output, model_sha, str(device), str(dtype),
+                           budget.bytes, budget.dtype_bytes, sources)  # fmt: skip
     engine = net.engine(run.geometry)
     tile = run.geometry.min_tile or run.geometry.tile_size  # the cheapest tile a scene may use
     engine.check((tile, tile))  # class count / output size vs tilesegd.json, before any scene
@@ -106,6 +107,7 @@ def run_local(
     *,
     stop: threading.Event,
     progress: bool = True,
+    sources: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Segment ``paths`` into ``output`` in this process (see :func:`tilesegd.api.run`, which
     holds the output lock), one scene after the other (:func:`tilesegd.batch.runner.run_scene`).
@@ -118,7 +120,7 @@ def run_local(
         OutputError: an output cannot be written (the run stops).
         Interrupted: ``stop`` was set; finished work is kept.
     """
-    engine, run, model_sha = load_engine(cfg, output)
+    engine, run, model_sha = load_engine(cfg, output, sources)
     header = run_header(run, model_sha, str(engine.device), str(engine.dtype))
     with scene_states(run, output, names, header, stop) as states:
         for path, name in zip(paths, names, strict=True):

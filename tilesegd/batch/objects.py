@@ -160,6 +160,14 @@ class ObjectLedger:
         shutil.rmtree(work, ignore_errors=True)
         return self.scene_files(name)
 
+    def read_json(self, name: str) -> Any:
+        """See :meth:`Ledger.read_json`: ``PREFIX/<name>``."""
+        return self.folder.read_json(name)
+
+    def write_json(self, name: str, doc: Any) -> None:
+        """See :meth:`Ledger.write_json`: one whole ``PREFIX/<name>``."""
+        self.folder.put_json(name, doc)
+
     def write_run(self, doc: dict[str, Any]) -> None:
         """See :meth:`Ledger.write_run`: one whole ``PREFIX/run.json``."""
         self.folder.put_json(RUN_JSON, doc)

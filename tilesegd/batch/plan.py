@@ -7,6 +7,7 @@ scene's work store by its path (:attr:`ScenePlan.store_path`) and closes it.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,6 +47,9 @@ class RunSetup:
         products: the optional products asked for (:func:`tilesegd.batch.products.requested_products`).
         said: keys of the notes already given in this run (:meth:`warn_once`).
         remote: the output prefix on object storage (``--output s3://...``), or ``None``.
+        sources: ``{scene name: source}`` of the scenes that come from STAC Items
+            (:meth:`tilesegd.stac.inputs.StacScene.source`), recorded in their output Items.
+        started: when the run started (ISO 8601 UTC), the output Items' datetime of last resort.
     """
 
     cfg: RunConfig
@@ -60,6 +64,8 @@ class RunSetup:
     products: dict[str, dict[str, Any]] = field(default_factory=dict)
     said: set[str] = field(default_factory=set, compare=False, repr=False)
     remote: RemotePath | None = None
+    sources: dict[str, dict[str, Any]] = field(default_factory=dict)
+    started: str = ""
 
     def store_location(self, name: str, model_grid: bool = False) -> Path | str:
         """Where scene ``name``'s work ``pred.zarr`` is written: in its work folder, or, for
@@ -107,6 +113,7 @@ class RunSetup:
         dtype: str,
         budget: int | None = None,
         dtype_bytes: int = 4,
+        sources: dict[str, dict[str, Any]] | None = None,
     ) -> RunSetup:
         """Resolve geometry and bands against the model, read the AOI and zones files, check
         the vector options, and compute the fingerprint.
@@ -142,6 +149,8 @@ class RunSetup:
             zones,
             requested_products(cfg),
             remote=output_location(cfg.output),
+            sources=dict(sources or {}),
+            started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         )
 
 

@@ -22,6 +22,18 @@ def _bands(ctx: click.Context, param: click.Parameter, value: str | None) -> lis
         ) from None
 
 
+def _floats(value: str | None, n: int, example: str) -> list[float] | None:
+    if value is None:
+        return None
+    try:
+        numbers = [float(v) for v in value.split(",")]
+    except ValueError:
+        numbers = []
+    if len(numbers) != n:
+        raise click.BadParameter(f"give {example}")
+    return numbers
+
+
 @click.command(context_settings={"max_content_width": 100})
 @click.option(
     "--input",
@@ -32,8 +44,47 @@ def _bands(ctx: click.Context, param: click.Parameter, value: str | None) -> lis
     help="Raster file or directory (searched recursively for .tif .tiff .vrt .jpg "
     ".jpeg .png); or an s3:// gs:// az:// prefix or object, an http(s):// URL, a GDAL /vsi "
     "path (read by range requests; credentials from the cloud's environment, AWS_ENDPOINT_URL "
-    "for S3-compatible stores). Repeat for several.",
+    "for S3-compatible stores); or a STAC Item, ItemCollection, Catalog or Collection (.json, "
+    "a file or URL): one scene per Item, named by its id (see --asset). Repeat for several.",
 )
+@click.option(
+    "--asset",
+    metavar="KEY",
+    help="The asset of each STAC Item to segment (--input Item / ItemCollection / Catalog "
+    "JSON, or --stac-api) [default: 'visual' when the Item has it, else its only asset with "
+    "role 'data' and a GeoTIFF media type].",
+)
+@click.option(
+    "--stac-api",
+    metavar="URL",
+    help="Segment what an item search of this STAC API returns (pages followed); the result "
+    "is kept as DIR/search.json, so a rerun resumes the same scenes even if the catalog "
+    "changed. Needs --collections.",
+)
+@click.option(
+    "--collections",
+    callback=lambda c, p, v: [x.strip() for x in v.split(",") if x.strip()] if v else None,
+    metavar="C1[,C2]",
+    help="The collections the --stac-api search covers.",
+)
+@click.option(
+    "--bbox",
+    callback=lambda c, p, v: _floats(v, 4, "W,S,E,N in degrees, e.g. 7.40,46.90,7.50,46.98"),
+    metavar="W,S,E,N",
+    help="The search's bounding box, degrees (EPSG:4326) [default: the --aoi's bounds].",
+)
+@click.option(
+    "--datetime",
+    metavar="RANGE",
+    help="The search's RFC 3339 instant or range, e.g. 2024-05-01/2024-09-30 ('..' for an "
+    "open end).",
+)
+@click.option(
+    "--query",
+    metavar="JSON",
+    help='The search\'s query-extension filter, e.g. \'{"eo:cloud_cover": {"lt": 20}}\'.',
+)
+@click.option("--max-items", type=int, metavar="N", help="The most Items the search takes.")
 @click.option(
     "--model",
     "-m",
