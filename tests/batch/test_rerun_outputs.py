@@ -21,7 +21,7 @@ from tilesegd.errors import InputError, OutputError
 GEOM = ["--tile-size", "32", "--overlap", "8", "--block-size", "48"]
 SCENE_FILES = ("mask.tif", "mask.qml", "mask.tif.aux.xml", "pred.zarr", "areas.csv",
                "confidence.tif", "confidence.qml", "polygons.gpkg", "zones.csv", "zones.gpkg",
-               "preview.png")  # fmt: skip
+               "preview.png", "item.json")  # fmt: skip
 PRODUCT_FILES = {"vector": {"polygons.gpkg"}, "zones": {"zones.csv", "zones.gpkg"}}
 
 

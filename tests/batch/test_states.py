@@ -75,6 +75,19 @@ class MemoryLedger:
     def write_run(self, doc: dict[str, Any]) -> None:
         self.put("run.json", doc)
 
+    def read_json(self, name: str) -> Any:
+        raw = self.objects.get(name)
+        return json.loads(raw) if raw else None
+
+    def write_json(self, name: str, doc: Any) -> None:
+        self.put(name, doc)
+
+    def products_work(self, name: str):  # noqa: ANN201
+        return Path("/nonexistent") / name, f"{self.location}/{name}/pred.zarr"
+
+    def deliver_products(self, name: str, work) -> dict[str, str]:  # noqa: ANN001
+        return self.scene_files(name)
+
     def write_summaries(self, done) -> dict[str, str]:
         self.put("summary.csv", sorted(done))
         return {"summary.csv": f"{self.location}/summary.csv"}
@@ -230,7 +243,8 @@ def test_an_output_failure_raises_itself_and_fails_the_scenes_in_flight() -> Non
             a.failed(OSError(errno.ENOSPC, "No space left on device"))
             pytest.fail("failed() must raise the fatal error")  # pragma: no cover
     assert states.fatal is err.value and ledger.cleaned == 1
-    assert ledger.puts == ["summary.csv", "run.json"]  # no write of a's entry before the end
+    # no write of a's entry before the end
+    assert ledger.puts == ["catalog.json", "summary.csv", "run.json"]
     doc = ledger.run_doc()
     assert doc["status"] == "failed"
     assert doc["scenes"]["a"]["error"] == doc["scenes"]["b"]["error"] == str(err.value)
@@ -282,7 +296,7 @@ def test_a_work_area_that_cannot_be_written_stops_the_run() -> None:
 
 def test_a_run_json_that_cannot_be_written_ends_the_run_keeping_the_last_one() -> None:
     ledger = MemoryLedger()
-    with pytest.raises(OutputError, match="run.json: disk full"):
+    with pytest.raises(OutputError, match=r"(run|catalog)\.json: disk full"):
         with states_for(ledger, ["a", "b"]) as states:
             a = states.admit(Path("a.tif"), "a")
             a.failed(InputError("a.tif: bad"))
@@ -310,7 +324,7 @@ def test_a_stop_interrupts_the_scenes_in_flight_at_the_close() -> None:
     assert scenes["a"]["error"] == STOPPED  # ended by the run: recorded as it stood
     assert list(scenes["a"]) == ["input", "fingerprint", "input_stat", "status",
                                  "blocks_resumed", "tile_size", "error"]  # fmt: skip
-    assert ledger.puts == ["summary.csv", "run.json"]  # one write at the close
+    assert ledger.puts == ["catalog.json", "summary.csv", "run.json"]  # one write at the close
 
 
 # ------------------------------------------------------------------ property tests
@@ -557,3 +571,25 @@ def test_scenes_in_flight_together_follow_the_rules(scenes: list[Case], order, s
         assert raised is None
     assert states.doc["status"] == run_status
     check_books(ledger, states, status)
+
+
+def test_catalog_json_lists_the_finished_scenes_as_they_finish_and_never_a_failed_one() -> None:
+    ledger = MemoryLedger({"old": done_entry()})
+    ledger.publish("old")
+
+    def listed() -> list[str]:
+        links = ledger.read_json("catalog.json")["links"]
+        return [x["href"] for x in links if x["rel"] == "item"]
+
+    with states_for(ledger, ["old", "a", "b"]) as states:
+        assert states.admit(Path("x"), "old") is None  # finished before: skipped
+        a = states.admit(Path("a.tif"), "a")
+        a.planned(0, 64)
+        a.blocks_done()
+        a.finished({})
+        assert listed() == ["./a/item.json", "./old/item.json"]
+        writes = ledger.puts.count("catalog.json")
+        b = states.admit(Path("b.tif"), "b")
+        b.failed(InputError("b.tif: bad"))
+        assert ledger.puts.count("catalog.json") == writes  # nothing new finished: not rewritten
+    assert listed() == ["./a/item.json", "./old/item.json"]

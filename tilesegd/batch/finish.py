@@ -222,6 +222,7 @@ def finish_scene(
         )
     if plan.resample is not None:
         remove_model_grid(run, plan.name)
+    write_item(plan.work, plan, run)
     outputs = run.ledger().publish(plan.name, plan.work)
     entry = {
         "megapixels": round(scene.megapixels, 4),
@@ -238,6 +239,32 @@ def finish_scene(
     if done.low_confidence is not None:
         entry["low_confidence_pixels"] = done.low_confidence
     return entry
+
+
+def write_item(folder: Path, plan: ScenePlan, run: RunSetup) -> None:
+    """Write the scene's STAC Item, ``item.json``, from the outputs in ``folder``
+    (:func:`tilesegd.outputs.stac.write_scene_item`): its source Item's id, time and link when
+    the scene came from STAC, else the scene's own acquisition time, else the run's start.
+
+    Raises:
+        OutputError: it cannot be written.
+    """
+    from tilesegd.outputs.stac import ItemContext, write_scene_item
+
+    source = run.sources.get(plan.name, {})
+    ctx = ItemContext(
+        classes=run.spec.classes,
+        model_name=Path(str(run.cfg.model or run.model)).name,
+        model_sha256=run.model_sha256,
+        run_time=run.started,
+        source_datetime=source.get("datetime"),
+        source_href=source.get("href"),
+        scene_datetime=plan.scene.acquired,
+    )
+    # on object storage pred.zarr is on the store, not here: an empty folder lists it the
+    # same (publish uploads files only)
+    (folder / "pred.zarr").mkdir(exist_ok=True)
+    write_scene_item(folder, plan.name, ctx)
 
 
 def clear_outputs(work: Path) -> None:
@@ -330,6 +357,9 @@ def add_scene_products(path: Path, name: str, run: RunSetup, which: set[str]) ->
     grid = run.geometry.grid(scene.height, scene.width)
     ledger = run.ledger()
     work, store = ledger.products_work(name)
-    fields = add_products(ScenePlan(scene, name, run.bands, grid, work, store), run, which)
+    plan = ScenePlan(scene, name, run.bands, grid, work, store)
+    fields = add_products(plan, run, which)
+    if (work / "mask.tif").exists():  # a folder: the Item lists the new products too
+        write_item(work, plan, run)
     ledger.deliver_products(name, work)
     return fields

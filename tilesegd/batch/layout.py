@@ -6,7 +6,10 @@ Output layout (``DIR`` = ``--output``)::
     DIR/run.json                    the run: model, device, config, one entry per scene
     DIR/summary.csv                 every finished scene's areas.csv rows, with a scene column
     DIR/zones_summary.csv           their zones.csv added up (absent when no scene has zones)
-    DIR/<scene>/                    a finished scene (:data:`SCENE_OUTPUTS`)
+    DIR/catalog.json                a STAC Catalog linking each finished scene's item.json
+    DIR/search.json                 the --stac-api search's Items (a rerun resumes them)
+    DIR/<scene>/                    a finished scene (:data:`SCENE_OUTPUTS`; item.json: its
+                                    STAC Item)
     DIR/.tilesegd/lock              flock held by the running process
     DIR/.tilesegd/work/<scene>/     a scene in progress: work.json, pred.zarr, blocks.done...
     DIR/.tilesegd/trash/            folders replaced by a publish, removed right after
@@ -49,6 +52,7 @@ SCENE_OUTPUTS = (
     "zones.csv",
     "zones.gpkg",
     "preview.png",
+    "item.json",
 )
 
 

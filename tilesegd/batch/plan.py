@@ -50,6 +50,7 @@ class RunSetup:
         sources: ``{scene name: source}`` of the scenes that come from STAC Items
             (:meth:`tilesegd.stac.inputs.StacScene.source`), recorded in their output Items.
         started: when the run started (ISO 8601 UTC), the output Items' datetime of last resort.
+        model_sha256: the model file's SHA-256 (hex), as the output Items record it.
     """
 
     cfg: RunConfig
@@ -66,6 +67,7 @@ class RunSetup:
     remote: RemotePath | None = None
     sources: dict[str, dict[str, Any]] = field(default_factory=dict)
     started: str = ""
+    model_sha256: str = ""
 
     def store_location(self, name: str, model_grid: bool = False) -> Path | str:
         """Where scene ``name``'s work ``pred.zarr`` is written: in its work folder, or, for
@@ -151,6 +153,7 @@ class RunSetup:
             remote=output_location(cfg.output),
             sources=dict(sources or {}),
             started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            model_sha256=model_sha,
         )
 
 

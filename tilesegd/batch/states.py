@@ -48,7 +48,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tilesegd.batch.layout import PRODUCT_FIELDS, PRODUCT_FILES, input_stat
+from tilesegd.batch.summary import catalog_text
 from tilesegd.errors import Interrupted, OutputError, TilesegdError
+from tilesegd.outputs.stac import CATALOG_JSON, run_catalog
 from tilesegd.version import __version__
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -111,6 +113,7 @@ class RunStates:
         self.in_flight: dict[str, SceneRun] = {}
         self.fatal: BaseException | None = None
         self.interrupted = False
+        self.cataloged: list[str] | None = None  # the scenes catalog.json lists
 
     @property
     def scenes(self) -> dict[str, dict[str, Any]]:
@@ -259,9 +262,17 @@ class RunStates:
         """Write ``run.json``; one that cannot be written ends the run (OutputError raised
         by :meth:`stop_on`)."""
         try:
+            self.write_catalog()
             self.ledger.write_run(self.doc)
         except OutputError as exc:
             self.stop_on(exc)
+
+    def write_catalog(self) -> None:
+        """Write ``catalog.json`` when the finished scenes changed (:func:`run_catalog`)."""
+        done = sorted(n for n, e in self.scenes.items() if e.get("status") == "done")
+        if done != self.cataloged:
+            self.ledger.write_json(CATALOG_JSON, run_catalog(done, **catalog_text(self.doc)))
+            self.cataloged = done
 
     def close(self) -> dict[str, Any]:
         """End the run (scenes still in flight are interrupted), write the summaries and the
@@ -303,6 +314,7 @@ class RunStates:
         self.doc["status"] = status
         self.doc["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         done = {n: e for n, e in self.scenes.items() if e.get("status") == "done"}
+        self.write_catalog()
         self.doc["outputs"] = self.ledger.write_summaries(done)
         self.ledger.write_run(self.doc)
 

@@ -75,3 +75,16 @@ def write_zones_summary(output: Path, done: list[str]) -> None:
         merge(files, output / ZONES_SUMMARY_CSV)
     else:
         (output / ZONES_SUMMARY_CSV).unlink(missing_ok=True)
+
+
+def catalog_text(doc: Mapping[str, Any]) -> dict[str, str]:
+    """The ``title`` and ``description`` of a run's ``catalog.json``, from its ``run.json``
+    document (the model and its classes)."""
+    model = doc.get("model") if isinstance(doc.get("model"), dict) else {}
+    name = Path(str(model.get("path") or "the model")).name
+    classes = ", ".join(model.get("classes") or [])
+    return {
+        "title": f"tilesegd segmentation with {name}",
+        "description": f"Class masks ({classes}) segmented by tilesegd "
+        f"{doc.get('tilesegd_version', '')} with the model {name}; one Item per finished scene.",
+    }

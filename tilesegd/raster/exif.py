@@ -36,6 +36,27 @@ def exif_orientation(tags: dict[str, str]) -> int:
     return value if value in EXIF_TURNS else 1
 
 
+#: metadata items holding when an image was taken, most specific first (GDAL's names: EXIF
+#: of JPEG / TIFF drone frames, then the TIFF DateTime tag, which may be the file's writing)
+DATETIME_TAGS = ("EXIF_DateTimeOriginal", "EXIF_DateTimeDigitized", "TIFFTAG_DATETIME",
+                 "EXIF_DateTime")  # fmt: skip
+
+
+def acquisition_time(tags: dict[str, str]) -> str | None:
+    """When the image was taken, as ISO 8601 (``2024-05-02T09:30:00``, no zone: EXIF has
+    none), from the first of :data:`DATETIME_TAGS` that holds ``YYYY:MM:DD HH:MM:SS``; ``None``
+    when none does."""
+    import re
+
+    for key in DATETIME_TAGS:
+        m = re.fullmatch(r"\s*(\d{4})[:-](\d{2})[:-](\d{2})[ T](\d{2}):(\d{2}):(\d{2})\s*",
+                         str(tags.get(key, "")))  # fmt: skip
+        if m and m.group(1) != "0000":
+            y, mo, d, h, mi, sec = m.groups()
+            return f"{y}-{mo}-{d}T{h}:{mi}:{sec}"
+    return None
+
+
 def orientation_note(scene: Scene) -> str | None:
     """What to tell the user about ``scene``'s EXIF orientation, or ``None`` (1: as stored):
     viewers show the photo turned or mirrored, the outputs follow the stored pixels."""

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tilesegd.errors import IncompatibleInputError, InputError
-from tilesegd.raster.exif import exif_orientation
+from tilesegd.raster.exif import acquisition_time, exif_orientation
 from tilesegd.raster.gdalenv import open_raster, quiet_georef
 from tilesegd.storage.redact import redact
 from tilesegd.storage.urls import RemotePath, parse_location
@@ -49,6 +49,8 @@ class Scene:
             mask) so the reader must fetch the mask.
         driver: GDAL driver short name.
         colorinterp: GDAL colour interpretation of each band.
+        acquired: when the image was taken (ISO 8601, no zone), from its EXIF or TIFF
+            date tags (:func:`tilesegd.raster.exif.acquisition_time`), or ``None``.
         orientation: the EXIF ``Orientation`` tag (1-8; 1 = as stored, also when absent): how
             a photo viewer turns the stored pixels for display. tilesegd never turns them: the
             outputs follow the stored pixel order (:func:`tilesegd.raster.exif.orientation_note`).
@@ -67,6 +69,7 @@ class Scene:
     driver: str = ""
     colorinterp: list[str] = field(default_factory=list)
     orientation: int = 1
+    acquired: str | None = None
 
     @property
     def georeferenced(self) -> bool:
@@ -185,7 +188,7 @@ def open_scene(
                 f"{', '.join(SUPPORTED_DTYPES)} (e.g. with gdal_translate -ot)"
             )
         crs, transform = scene_georeferencing(path, ds, not_georef, allow_no_georef)
-        flags = ds.mask_flag_enums
+        flags, tags = ds.mask_flag_enums, ds.tags()
         has_mask = any(f != [MaskFlags.all_valid] for f in flags) or dtype.startswith("float")
         return Scene(
             path=path,
@@ -200,7 +203,8 @@ def open_scene(
             has_mask=has_mask,
             driver=ds.driver,
             colorinterp=[c.name for c in ds.colorinterp],
-            orientation=exif_orientation(ds.tags()),
+            orientation=exif_orientation(tags),
+            acquired=acquisition_time(tags),
         )
 
 
