@@ -25,28 +25,25 @@ import shapely
 from conftest import examples, make_raster
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from jsonschema import Draft7Validator
 from rasterio.crs import CRS
 from rasterio.transform import Affine, from_origin
-from referencing import Registry, Resource
-from referencing.exceptions import NoSuchResource
-from referencing.jsonschema import DRAFT7
+from referencing import Registry
 from shapely.geometry import shape
+from stac_schemas import (
+    CATALOG_SCHEMA,
+    ITEM_SCHEMA,
+    KNOWN_ID_TYPOS,
+    make_registry,
+    schema_files,
+    validate,
+    validate_item,
+)
 
 from tilesegd.atomic import file_mode
 from tilesegd.errors import OutputError
 from tilesegd.model.spec import ClassInfo
 from tilesegd.outputs import stac
 
-SCHEMAS = Path(__file__).resolve().parents[1] / "data" / "stac_schemas"
-ITEM_SCHEMA = "https://schemas.stacspec.org/v1.1.0/item-spec/json-schema/item.json"
-CATALOG_SCHEMA = "https://schemas.stacspec.org/v1.1.0/catalog-spec/json-schema/catalog.json"
-# the official v1.1.0 common.json carries this typo in its $id (refs use ".../common.json")
-KNOWN_ID_TYPOS = {
-    "https://schemas.stacspec.org/v1.1.0/item-spec/json-schema/common.json": (
-        "https://schemas.stacspec.org/v1.1.0/item-spec/json-schema/commonjson"
-    )
-}
 PREFIXES = {
     "proj:": "proj",
     "raster:": "raster",
@@ -77,46 +74,9 @@ PRODUCTS = {
 }
 
 
-# ----------------------------------------------------------------------------- schemas
-
-
-def _schema_files() -> dict[str, Path]:
-    """``{official URL: file}`` of every schema kept with the tests."""
-    return {
-        "https://" + p.relative_to(SCHEMAS).as_posix(): p for p in sorted(SCHEMAS.rglob("*.json"))
-    }
-
-
-def _no_fetch(uri: str) -> Resource:
-    raise NoSuchResource(ref=f"{uri} (not in tests/data/stac_schemas; nothing is fetched)")
-
-
 @pytest.fixture(scope="module")
 def registry() -> Registry:
-    docs = {url: json.loads(p.read_text()) for url, p in _schema_files().items()}
-    resources = [
-        (u, Resource.from_contents(d, default_specification=DRAFT7)) for u, d in docs.items()
-    ]
-    return Registry(retrieve=_no_fetch).with_resources(resources)
-
-
-def _validate(doc: dict[str, Any], url: str, registry: Registry) -> None:
-    schema = registry.contents(url)
-    validator = Draft7Validator(
-        schema, registry=registry, format_checker=Draft7Validator.FORMAT_CHECKER
-    )
-    errors = sorted(validator.iter_errors(doc), key=lambda e: list(e.absolute_path))
-    assert not errors, f"{url}: " + "; ".join(
-        f"{list(e.absolute_path)}: {e.message[:300]}" for e in errors[:5]
-    )
-
-
-def validate_item(item: dict[str, Any], registry: Registry) -> None:
-    """``item`` against STAC 1.1.0's item.json and every schema in its ``stac_extensions``."""
-    _validate(item, ITEM_SCHEMA, registry)
-    for url in item.get("stac_extensions", []):
-        assert url in _schema_files(), f"{url} is not kept in tests/data/stac_schemas"
-        _validate(item, url, registry)
+    return make_registry()
 
 
 def _keys(doc: Any) -> set[str]:
@@ -134,7 +94,7 @@ def used_extensions(item: dict[str, Any]) -> set[str]:
 
 
 def test_schema_files_carry_their_official_ids() -> None:
-    files = _schema_files()
+    files = schema_files()
     needed = {ITEM_SCHEMA, CATALOG_SCHEMA, *stac.EXTENSIONS.values()}
     assert needed <= set(files)
     assert "https://geojson.org/schema/Feature.json" in files
@@ -227,7 +187,7 @@ def test_the_schemas_reject_broken_items(tmp_path: Path, registry: Registry) -> 
         item = json.loads(json.dumps(good))
         breakage(item)
         with pytest.raises(AssertionError):
-            _validate(item, url, registry)
+            validate(item, url, registry)
 
 
 def test_assets_media_types_roles_and_file_fields(tmp_path: Path) -> None:
@@ -482,7 +442,7 @@ def _run_folder(tmp_path: Path) -> tuple[Path, list[str]]:
 def test_catalog_validates_and_pystac_reads_every_item(tmp_path: Path, registry: Registry) -> None:
     out, names = _run_folder(tmp_path)
     doc = json.loads((out / "catalog.json").read_text())
-    _validate(doc, CATALOG_SCHEMA, registry)
+    validate(doc, CATALOG_SCHEMA, registry)
     assert doc["id"] == stac.CATALOG_ID and doc["type"] == "Catalog"
     hrefs = [lk["href"] for lk in doc["links"] if lk["rel"] == "item"]
     assert hrefs == ["./a-utm/item.json", "./b scene/item.json", "./c-geo/item.json"]
@@ -496,7 +456,7 @@ def test_catalog_validates_and_pystac_reads_every_item(tmp_path: Path, registry:
         again = pystac.Item.from_dict(json.loads((out / name / "item.json").read_text()))
         assert again.id == name and set(again.assets) == set(it.assets)
     empty = stac.run_catalog([], "t", "")
-    _validate(empty, CATALOG_SCHEMA, registry)
+    validate(empty, CATALOG_SCHEMA, registry)
     assert [lk["rel"] for lk in empty["links"]] == ["root"]
 
 
