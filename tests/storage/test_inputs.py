@@ -219,3 +219,55 @@ def test_a_whole_run_fetches_each_byte_of_a_cog_about_once(range_server, tiny_mo
     assert r.exit_code == 0, r.output
     fetched = sum(r[3] for r in range_server.requests(name) if r[0] == "GET")
     assert 0.5 < fetched / path.stat().st_size <= 1.3, (fetched, path.stat().st_size)
+
+
+class DropFirst:
+    """A :class:`conftest.FaultProxy` rule: drop the connection of the first ``n`` requests
+    whose line contains ``part``, pass everything else."""
+
+    def __init__(self, part: str, n: int = 1) -> None:
+        self.part, self.left = part, n
+
+    def __call__(self, proxy, key: str) -> str | None:  # noqa: ANN001
+        with proxy.lock:
+            if self.part not in key or self.left == 0:
+                return None
+            self.left -= 1
+            proxy.faults["drop"] += 1
+            return "drop"
+
+
+@pytest.mark.parametrize("drops", [1, 3])
+def test_a_dropped_connection_while_opening_a_scene_is_retried(
+    s3, tmp_path, monkeypatch, drops
+) -> None:
+    """GDAL does not retry an open whose first request got no answer ("Empty reply from
+    server"), and caches the failure: the open is tried again with that cache entry dropped."""
+    from conftest import FaultProxy
+
+    from tilesegd.raster.gdalenv import open_raster
+
+    path = make_raster(tmp_path / "a.tif", smooth_image(64, 48, seed=7))
+    key = f"in/{uuid.uuid4().hex}.tif"
+    s3.put(key, path)
+    proxy = FaultProxy(s3.endpoint)
+    rule = DropFirst(key, drops)
+    monkeypatch.setattr(proxy, "fault", lambda k: rule(proxy, k))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+    try:
+        with open_raster(s3.url(key)) as ds, rasterio.open(path) as want:
+            assert np.array_equal(ds.read(), want.read())
+        assert proxy.faults["drop"] == drops
+    finally:
+        proxy.httpd.shutdown()
+
+
+def test_a_missing_scene_is_not_retried(s3) -> None:
+    import time
+
+    from tilesegd.raster.gdalenv import open_raster
+
+    t0 = time.perf_counter()
+    with pytest.raises(rasterio.errors.RasterioIOError):
+        open_raster(s3.url(f"in/{uuid.uuid4().hex}.tif"))
+    assert time.perf_counter() - t0 < 0.5  # no backoff: a 404 is not transient

@@ -5,14 +5,18 @@ not-georeferenced warning."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from typing import Any
 
 from tilesegd.storage.env import OPEN_SETTINGS, configure_gdal
 from tilesegd.storage.urls import parse_location
+
+log = logging.getLogger(__name__)
 
 # GDAL's block cache defaults to 5 % of RAM and fills up as a large scene streams through it:
 # peak RSS at 16384^2 and 32768^2 was 2.2 GB with the default (24 GB machine) and 1.0-1.3 GB
@@ -62,13 +66,74 @@ def open_raster(path: Any) -> Any:
         for k, v in own.items():
             set_gdal_config(k, v)
         try:
-            return rasterio.open(location)
+            return open_retrying(location)
         finally:
             for k, v in before.items():
                 if v is None:
                     del_gdal_config(k)
                 else:
                     set_gdal_config(k, v)
+
+
+#: GDAL / curl messages of a failed open worth another try: a dropped connection, a timeout,
+#: throttling or a server error (GDAL retries HTTP 5xx reads itself, not an open whose first
+#: request got no answer)
+TRANSIENT_OPEN_ERRORS = ("Empty reply from server", "Connection reset", "Recv failure",
+                         "Send failure", "timed out", "Operation too slow",
+                         "HTTP response code: 5", "HTTP response code: 429")  # fmt: skip
+OPEN_ATTEMPTS = 4
+OPEN_BACKOFF_S = 0.5
+
+
+def open_retrying(location: Any) -> Any:
+    """``rasterio.open(location)`` of a remote scene, tried again (:data:`OPEN_ATTEMPTS` in
+    all, backoff :data:`OPEN_BACKOFF_S` doubled each time) when it fails on a transient fault
+    (:data:`TRANSIENT_OPEN_ERRORS`); a retry bypasses GDAL's cache of the failed answer
+    (:func:`forget_cached`). Called with the open lock held.
+
+    Raises:
+        rasterio.errors.RasterioIOError: it still fails, or fails for another reason.
+    """
+    import rasterio
+    from rasterio.errors import RasterioIOError
+
+    for attempt in range(OPEN_ATTEMPTS):
+        try:
+            return rasterio.open(location)
+        except RasterioIOError as exc:
+            if attempt == OPEN_ATTEMPTS - 1 or not any(
+                t in str(exc) for t in TRANSIENT_OPEN_ERRORS
+            ):
+                raise
+            log.info("%s: %s; opening it again", location, exc)
+            time.sleep(OPEN_BACKOFF_S * 2**attempt)
+            forget_cached(os.fspath(location))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def forget_cached(vsi_path: str) -> None:
+    """Drop what GDAL's ``/vsicurl/``-family cache holds of ``vsi_path`` (its size, its
+    regions: after a failed open, the empty answer), with GDAL's
+    ``VSICurlPartialClearCache``, which rasterio does not wrap: called through ctypes on the
+    GDAL library rasterio loaded (its wheel's ``rasterio.libs``, else the system's). Does
+    nothing when that library cannot be found."""
+    import ctypes
+    import ctypes.util
+    import glob
+
+    import rasterio
+
+    libs = glob.glob(os.path.join(os.path.dirname(os.path.dirname(rasterio.__file__)),
+                                  "rasterio.libs", "libgdal*.so*"))  # fmt: skip
+    name = libs[0] if libs else ctypes.util.find_library("gdal")
+    if name is None:
+        return
+    try:
+        fn = ctypes.CDLL(name).VSICurlPartialClearCache
+    except (OSError, AttributeError):
+        return
+    fn.argtypes, fn.restype = [ctypes.c_char_p], None
+    fn(vsi_path.encode())
 
 
 _WARNINGS_LOCK = threading.RLock()  # warnings.catch_warnings swaps process-wide state
