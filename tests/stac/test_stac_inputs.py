@@ -189,3 +189,22 @@ def test_unique_names_are_unique_and_keep_unrepeated_bases(bases: list[str]) -> 
     for base, name in zip(bases, names, strict=True):
         first.setdefault(base, name)
     assert all(first[b] == b for b in first)  # the first of each base keeps its name
+
+
+def test_an_item_collection_on_s3_with_relative_hrefs(
+    s3, tmp_path: Path, rasters, tiny_model
+) -> None:
+    """STAC documents on object storage are read through the same store settings as scenes;
+    a relative href becomes an s3:// location read by range requests."""
+    s3.put("stac/img/a.tif", rasters["a"])
+    coll = {"type": "FeatureCollection", "features": [item("s3-a", {"image": image("img/a.tif")})]}
+    s3.put("stac/items.json", json.dumps(coll).encode())
+    found = stac_scenes([s3.url("stac/items.json")])
+    assert [(s.item_id, s.location.url) for s in found] == [("s3-a", s3.url("stac/img/a.tif"))]
+    model = tiny_model()
+    code, out = run("-i", s3.url("stac/items.json"), "-m", str(model), "-o", str(tmp_path / "out"))
+    assert code == 0, out
+    run("-i", str(rasters["a"]), "-m", str(model), "-o", str(tmp_path / "plain"))
+    assert np.array_equal(mask(tmp_path / "out/s3-a/mask.tif"), mask(tmp_path / "plain/a/mask.tif"))
+    with pytest.raises(InputError, match="no such object"):
+        stac_scenes([s3.url("stac/missing.json")])
