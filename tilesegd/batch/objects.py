@@ -112,12 +112,7 @@ class ObjectLedger:
                          name)  # fmt: skip
                 self.folder.remove(key, recursive=True)
             self.folder.put_json(key + WORK_JSON, marker)
-        local = work_dir(self.scratch, name)
-        shutil.rmtree(local, ignore_errors=True)
-        try:
-            local.mkdir(parents=True)
-        except OSError as exc:
-            raise output_failure(exc, self.scratch, writing=True) or OutputError(str(exc)) from None
+        self.empty_scratch(name)
 
     def publish(self, name: str, work: Path) -> dict[str, str]:
         """Publish scene ``name``: its files built in the local ``work`` folder and its work
@@ -144,13 +139,21 @@ class ObjectLedger:
     def products_work(self, name: str) -> tuple[Path, Path | str]:
         """See :meth:`Ledger.products_work`: an empty scratch folder and the URL of
         ``PREFIX/<name>/pred.zarr``."""
+        return self.empty_scratch(name), self.folder.url(f"{name}/pred.zarr")
+
+    def empty_scratch(self, name: str) -> Path:
+        """Scene ``name``'s local scratch folder, made anew and empty.
+
+        Raises:
+            OutputError: it cannot be made.
+        """
         local = work_dir(self.scratch, name)
         shutil.rmtree(local, ignore_errors=True)
         try:
             local.mkdir(parents=True)
         except OSError as exc:
             raise output_failure(exc, self.scratch, writing=True) or OutputError(str(exc)) from None
-        return local, self.folder.url(f"{name}/pred.zarr")
+        return local
 
     def deliver_products(self, name: str, work: Path) -> dict[str, str]:
         """See :meth:`Ledger.deliver_products`: the files in ``work`` are uploaded to
