@@ -322,6 +322,7 @@ class RunConfig:
         out["input"] = [redact(i) for i in out["input"] or []]
         out["model"] = redact(out["model"]) if out["model"] is not None else None
         out["output"] = redact(out["output"]) if out["output"] is not None else None
+        out["stac_api"] = redact(out["stac_api"]) if out["stac_api"] is not None else None
         return out
 
 

@@ -187,3 +187,21 @@ def test_search_options_are_checked(tmp_path: Path, tiny_model) -> None:
     code, text = run("--stac-api", "http://127.0.0.1:9/", "--collections", "c", "--query", "{x",
                      "-m", str(tiny_model()), "-o", str(tmp_path / "o"))  # fmt: skip
     assert code == 1 and "--query: not JSON" in text
+
+
+def test_an_api_token_never_reaches_the_outputs(tmp_path: Path, served, tiny_model) -> None:
+    api = StacApi([[search_item("i1", served[0])]])
+    secret = "SeCrEtToKeN0123456789"
+    out = tmp_path / "out"
+    search = ["--stac-api", f"{api.root}?access_token={secret}", "--collections", "c1"]
+    try:
+        code, text = run(*search, "-m", str(tiny_model()), "-o", str(out))
+        assert code == 0, text
+        api.failing = True
+        code, text = run(*search, "-m", str(tiny_model()), "-o", str(out))
+        assert code == 0, text  # the saved search matched though its URL is masked
+    finally:
+        api.close()
+    written = [p.read_text() for p in out.rglob("*.json")]
+    assert written and not any(secret in t for t in written)
+    assert secret not in text

@@ -72,7 +72,9 @@ def run_search(params: dict[str, Any]) -> dict[str, Any]:
     from pystac_client import Client
     from pystac_client.warnings import DoesNotConformTo, NoConformsTo
 
-    api = params["api"]
+    from tilesegd.storage.redact import redact
+
+    api, said = params["api"], redact(params["api"])
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", DoesNotConformTo)
@@ -88,25 +90,36 @@ def run_search(params: dict[str, Any]) -> dict[str, Any]:
             found = search.item_collection_as_dict()
     except (DoesNotConformTo, NoConformsTo, NotImplementedError) as exc:
         raise InputError(
-            f"{api}: not a STAC API with item search ({exc}); give the API's root URL (its "
+            f"{said}: not a STAC API with item search ({exc}); give the API's root URL (its "
             "landing page lists the 'item-search' conformance class), or give the Items as "
             "--input JSON"
         ) from None
     except Exception as exc:
-        raise InputError(f"{api}: the item search failed ({type(exc).__name__}: {exc}); check "
+        raise InputError(f"{said}: the item search failed ({type(exc).__name__}: {redact(str(exc))}); check "
                          "--stac-api, --collections and the search options") from None  # fmt: skip
     if not found.get("features"):
         raise InputError(
-            f"{api}: the search of {', '.join(params['collections'])} matched no Items; widen "
+            f"{said}: the search of {', '.join(params['collections'])} matched no Items; widen "
             "--bbox / --datetime / --query or check the collection ids"
         )
-    found["tilesegd:search"] = params
+    found["tilesegd:search"] = recorded(params)
     return found
+
+
+def recorded(params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` as ``search.json`` keeps them: the API's URL with its secrets masked."""
+    from tilesegd.storage.redact import redact
+
+    return {**params, "api": redact(params["api"])}
 
 
 def saved_search(doc: Any, params: dict[str, Any]) -> dict[str, Any] | None:
     """The ``search.json`` a previous run left, when it was made with ``params`` (else
     ``None``: the search runs again)."""
-    if isinstance(doc, dict) and doc.get("tilesegd:search") == params and doc.get("features"):
+    if (
+        isinstance(doc, dict)
+        and doc.get("tilesegd:search") == recorded(params)
+        and doc.get("features")
+    ):
         return doc
     return None
