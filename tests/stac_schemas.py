@@ -1,4 +1,4 @@
-"""The STAC JSON schemas kept in ``tests/data/stac_schemas/<host>/<path>`` (each file's
+"""The STAC JSON schemas kept in ``tests/stac/schemas/<host>/<path>`` (each file's
 official URL is ``https://<host>/<path>``) and validation against them: nothing is fetched."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from referencing import Registry, Resource
 from referencing.exceptions import NoSuchResource
 from referencing.jsonschema import DRAFT7
 
-SCHEMAS = Path(__file__).resolve().parent / "data" / "stac_schemas"
+SCHEMAS = Path(__file__).resolve().parent / "stac" / "schemas"
 ITEM_SCHEMA = "https://schemas.stacspec.org/v1.1.0/item-spec/json-schema/item.json"
 CATALOG_SCHEMA = "https://schemas.stacspec.org/v1.1.0/catalog-spec/json-schema/catalog.json"
 # the official v1.1.0 common.json carries this typo in its $id (refs use ".../common.json")
@@ -33,7 +33,7 @@ def schema_files() -> dict[str, Path]:
 
 
 def no_fetch(uri: str) -> Resource:
-    raise NoSuchResource(ref=f"{uri} (not in tests/data/stac_schemas; nothing is fetched)")
+    raise NoSuchResource(ref=f"{uri} (not in tests/stac/schemas; nothing is fetched)")
 
 
 def make_registry() -> Registry:
@@ -61,5 +61,5 @@ def validate_item(item: dict[str, Any], registry: Registry) -> None:
     """``item`` against STAC 1.1.0's item.json and every schema in its ``stac_extensions``."""
     validate(item, ITEM_SCHEMA, registry)
     for url in item.get("stac_extensions", []):
-        assert url in schema_files(), f"{url} is not kept in tests/data/stac_schemas"
+        assert url in schema_files(), f"{url} is not kept in tests/stac/schemas"
         validate(item, url, registry)

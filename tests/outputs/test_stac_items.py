@@ -1,7 +1,7 @@
 """STAC outputs (issue 23): each finished scene's ``item.json`` and the run's ``catalog.json``.
 
 Oracles: the official JSON schemas of STAC 1.1.0 and of every extension used, kept in
-``tests/data/stac_schemas/<host>/<path>`` (the file's official URL is ``https://<host>/<path>``;
+``tests/stac/schemas/<host>/<path>`` (the file's official URL is ``https://<host>/<path>``;
 nothing is fetched at test time); pystac and odc-stac as STAC consumers; pyproj for
 independently transformed corners and edge pixel centres.
 """
