@@ -205,3 +205,30 @@ def test_an_api_token_never_reaches_the_outputs(tmp_path: Path, served, tiny_mod
     written = [p.read_text() for p in out.rglob("*.json")]
     assert written and not any(secret in t for t in written)
     assert secret not in text
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"collections": []}, "needs --collections"),
+        ({"bbox": [1, 50, 2, 40]}, "S <= N"),
+        ({"bbox": [1, 2, 3]}, "W,S,E,N"),
+        ({"query": "[1, 2]"}, "a JSON object"),
+        ({"max_items": 0}, "positive"),
+    ],
+)  # fmt: skip
+def test_search_parameters_refuse_what_no_api_could_answer(kwargs, message) -> None:
+    from tilesegd.errors import ConfigError
+    from tilesegd.stac.search import search_parameters
+
+    args = {"collections": ["c"], **kwargs}
+    with pytest.raises(ConfigError, match=message):
+        search_parameters("http://api/", args.pop("collections"), **args)
+
+
+def test_an_antimeridian_bbox_and_a_query_object_are_kept() -> None:
+    from tilesegd.stac.search import search_parameters
+
+    p = search_parameters("http://api/", ["c"], bbox=[179, -10, -179, 10],
+                          query='{"eo:cloud_cover": {"lt": 20}}')  # fmt: skip
+    assert p["bbox"] == [179, -10, -179, 10] and p["query"] == {"eo:cloud_cover": {"lt": 20}}
