@@ -13,6 +13,9 @@ from tilesegd.training.split import SPLITS
 LOSS_TERMS = ("ce", "bce", "dice", "focal", "lovasz", "jaccard")
 SCHEDULES = ("onecycle", "cosine", "constant")
 NORMALIZATIONS = ("dataset", "imagenet")
+# class_weights schemes by name (:func:`tilesegd.training.model.class_weights`); a list of K
+# numbers, or None (no weighting, the default), is accepted too
+CLASS_WEIGHTINGS = ("balanced", "inverse_sqrt")
 
 
 @dataclass
@@ -51,8 +54,13 @@ class TrainConfig:
         schedule: ``onecycle``, ``cosine`` (per optimiser step) or ``constant``.
         loss: ``+``-separated terms, each optionally weighted (``ce+0.5*dice``): ``ce``,
             ``dice``, ``focal``, ``lovasz``, ``jaccard``; ``bce`` for two-class (binary) data.
-        class_weights: ``None``, ``balanced`` (median-frequency balancing) or a list of K
-            weights, for ``ce`` / ``bce``.
+        class_weights: ``None`` (no weighting, the default), ``balanced`` (median frequency
+            balancing, Eigen & Fergus 2015), ``inverse_sqrt`` (proportional to
+            ``1 / sqrt(frequency)``) or a list of K weights, for ``ce`` / ``bce``; see
+            :func:`tilesegd.training.model.class_weights`. Measured in
+            ``benchmarks/bench_recipes.py`` (``benchmarks/RESULTS.md``).
+        class_weight_cap: with ``balanced`` / ``inverse_sqrt``, the largest ratio of the
+            largest to the smallest class weight (>= 1); ``None`` = no cap.
         ignore: class names whose pixels are ignored (a class named ``nodata`` always is).
         val_fraction: share of pairs (``images``) or of each image's rows (``regions``) held
             out for validation (at least one pair / row each side).
@@ -96,6 +104,7 @@ class TrainConfig:
     schedule: str = "onecycle"
     loss: str = "ce+dice"
     class_weights: str | list[float] | None = None
+    class_weight_cap: float | None = None
     ignore: list[str] = field(default_factory=list)
     val_fraction: float = 0.2
     val_split: str = "images"
@@ -180,9 +189,7 @@ class TrainConfig:
             raise ConfigError(f"scale_jitter must be in [0, 1), got {self.scale_jitter}")
         if self.patience < 0 or self.freeze_encoder_epochs < 0 or self.val_loss_tiles < 0:
             raise ConfigError("patience, freeze_encoder_epochs and val_loss_tiles must be >= 0")
-        cw = self.class_weights
-        if cw is not None and cw != "balanced" and not isinstance(cw, list):
-            raise ConfigError(f"class_weights must be balanced or a list, got {cw!r}")
+        self.check_class_weights()
         dev = str(self.device).split(":")[0]
         if dev not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
@@ -193,6 +200,26 @@ class TrainConfig:
             )
         self.loss_terms()
         return self
+
+    def check_class_weights(self) -> None:
+        """Check ``class_weights`` and ``class_weight_cap`` (the list's length is checked
+        against the classes when training starts).
+
+        Raises:
+            ConfigError: an unknown scheme, a list with a value that is not a number > 0, or a
+                cap below 1.
+        """
+        cw, cap = self.class_weights, self.class_weight_cap
+        if isinstance(cw, list):
+            if not all(isinstance(v, (int, float)) and 0 < v < float("inf") for v in cw):
+                raise ConfigError(f"class_weights must be numbers > 0, got {cw!r}")
+        elif cw is not None and cw not in CLASS_WEIGHTINGS:
+            raise ConfigError(
+                f"class_weights must be null (no weighting), {', '.join(CLASS_WEIGHTINGS)} or a "
+                f"list of one weight per class, got {cw!r}"
+            )
+        if cap is not None and not (isinstance(cap, (int, float)) and cap >= 1):
+            raise ConfigError(f"class_weight_cap must be a number >= 1 (max / min), got {cap!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """A YAML/JSON-serialisable copy."""

@@ -12,14 +12,14 @@ augmentations of epoch ``e`` (``numpy.random.default_rng([seed, e])``). ``last.c
 weights, optimiser, scheduler, AMP scaler and torch RNG state at the end of an epoch, so
 ``resume`` reaches the same weights as an uninterrupted run (same device, within fp tolerance).
 
-RUNDIR receives ``config.yaml``, ``metrics.csv``, ``curves.png``, ``confusion.png``,
-``best.ckpt``, ``last.ckpt`` (see :mod:`~tilesegd.training.checkpoint`) and ``model.ts`` (the best
-epoch, in the model-file contract).
+RUNDIR receives ``config.yaml``, ``metrics.csv`` (a row per epoch: losses, validation mIoU,
+pixel accuracy, Dice and each class's IoU), ``curves.png``, ``confusion.png``, ``best.ckpt``,
+``last.ckpt`` (see :mod:`~tilesegd.training.checkpoint`) and ``model.ts`` (the best epoch, in the
+model-file contract). At the end a warning names the classes the last epoch never predicted.
 """
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import random
@@ -34,6 +34,7 @@ from tilesegd import atomic
 from tilesegd.batch.progress import progress_bar
 from tilesegd.errors import ConfigError
 from tilesegd.evaluation.metrics import plot_confusion, plot_curves
+from tilesegd.raster.labels import IGNORE_INDEX
 from tilesegd.training.checkpoint import load_checkpoint, save_checkpoint
 from tilesegd.training.config import TrainConfig
 from tilesegd.training.export import save_best_model
@@ -45,22 +46,20 @@ from tilesegd.training.model import (
     network_from_state,
 )
 from tilesegd.training.setup import TrainData, model_spec, prepare, samplers
-from tilesegd.training.validate import halo_matters, seamless_spec, validate_epoch
+from tilesegd.training.validate import (
+    CSV_FIELDS,
+    halo_matters,
+    per_class_iou,
+    seamless_spec,
+    validate_epoch,
+    warn_unpredicted,
+    write_metrics,
+)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainConfig", "train", "network_from_state"]
+__all__ = ["CSV_FIELDS", "TrainConfig", "train", "network_from_state"]
 
-CSV_FIELDS = (
-    "epoch",
-    "train_loss",
-    "val_loss",
-    "val_miou",
-    "val_pixel_accuracy",
-    "val_dice",
-    "lr",
-    "seconds",
-)
 # settings that may change on --resume (everything else must match the checkpoint)
 RESUME_FREE = {"device", "output", "resume", "patience", "cache_mb"}
 
@@ -87,16 +86,6 @@ def write_yaml(path: Path, cfg: TrainConfig) -> None:
 
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(yaml.safe_dump({"train": cfg.to_dict()}, sort_keys=False))
-    atomic.replace(tmp, path)
-
-
-def write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
-    """``metrics.csv`` (one row per epoch, :data:`CSV_FIELDS`), atomically."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(history)
     atomic.replace(tmp, path)
 
 
@@ -173,7 +162,7 @@ class TrainRun:
             load_encoder_weights(model, cfg.encoder_weights)
         multiple = int(getattr(model.encoder, "output_stride", cfg.multiple) or cfg.multiple)
         self.spec = model_spec(cfg, data, self.binary, multiple)
-        weights = class_weights(cfg.class_weights, data.stats.class_pixels)
+        weights = class_weights(cfg.class_weights, data.stats.class_pixels, cfg.class_weight_cap)
         self.loss_fn = build_loss(terms, k, self.binary, weights).to(device)
         self.model = model.to(device, memory_format=torch.channels_last)
         self.sampler, self.val_tiles = samplers(cfg, data)
@@ -188,6 +177,7 @@ class TrainRun:
         self.use_amp = self.amp_dtype == torch.float16  # gradient scaling: fp16 only
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.start, self.history, self.best, self.stale = 0, [], -1.0, 0
+        self.predicted = torch.zeros(k, dtype=torch.int64, device=device)  # this epoch's
         if resume is not None:
             self.restore(*resume)
 
@@ -230,6 +220,7 @@ class TrainRun:
         set_frozen(self.model, frozen)
         rng = np.random.default_rng([cfg.seed, epoch])
         losses: list[float] = []
+        self.predicted.zero_()
         desc = f"epoch {epoch + 1}/{cfg.epochs}"
         bar = progress_bar(progress, total=self.steps, desc=desc, unit="batch", leave=False)
         self.opt.zero_grad(set_to_none=True)
@@ -263,7 +254,9 @@ class TrainRun:
         with torch.autocast(
             self.device.type, dtype=self.amp_dtype or torch.float32, enabled=bool(self.amp_dtype)
         ):
-            loss = self.loss_fn(self.model(x), y)
+            logits = self.model(x)
+            loss = self.loss_fn(logits, y)
+        self.count_predictions(logits.detach(), y)
         self.scaler.scale(loss / self.cfg.accumulate).backward()
         if update:
             self.scaler.step(self.opt)
@@ -271,6 +264,13 @@ class TrainRun:
             self.opt.zero_grad(set_to_none=True)
             self.sched.step()
         return loss.detach()
+
+    def count_predictions(self, logits: torch.Tensor, y: torch.Tensor) -> None:
+        """Add the batch's predicted classes on labelled pixels to :attr:`predicted` (what
+        the end-of-training warning falls back on without validation pixels)."""
+        pred = (logits[:, 0] > 0).long() if self.binary else logits.argmax(1)
+        k = len(self.predicted)
+        self.predicted += torch.bincount(pred[y != IGNORE_INDEX], minlength=k)[:k]
 
     def validate(self, epoch: int, losses: list[float], t0: float) -> tuple[dict, dict]:
         """Measure the seamless geometry (when a validation image needs more than one tile;
@@ -298,6 +298,7 @@ class TrainRun:
             "val_dice": round(sc["mean_dice"] or 0.0, 6),
             "lr": self.opt.param_groups[0]["lr"],
             "seconds": round(time.perf_counter() - t0, 2),
+            **per_class_iou(sc, self.data.classmap.names),
         }
         return row, sc
 
@@ -315,7 +316,7 @@ class TrainRun:
             names = self.data.classmap.names
             plot_confusion(np.asarray(sc["confusion_matrix"]), names, out / "confusion.png")
         save_checkpoint(out / "last.ckpt", self.model.state_dict(), st)
-        write_metrics(out / "metrics.csv", self.history)
+        write_metrics(out / "metrics.csv", self.history, self.data.classmap.names)
         plot_curves(self.history, out / "curves.png")
         log.info(
             "epoch %d/%d: train loss %.4f, val loss %s, val mIoU %.4f, pixel acc %.4f "
@@ -381,6 +382,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         cfg.tile_size,
         device,
     )
+    sc = None
     for epoch in range(run.start, cfg.epochs):
         t0 = time.perf_counter()
         losses = run.train_epoch(epoch, progress)
@@ -389,6 +391,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         if cfg.patience and run.stale >= cfg.patience:
             log.info("early stop: no better validation mIoU for %d epochs", run.stale)
             break
+    if sc is not None:
+        warn_unpredicted(sc, run.predicted.cpu().numpy(), data.classmap.names, epoch + 1)
     tile = cfg.val_tile_size or cfg.tile_size
     save_best_model(out, None if run.halo_each_epoch else tile, device)
     return out

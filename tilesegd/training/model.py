@@ -16,6 +16,7 @@ import torch
 
 from tilesegd.errors import ConfigError
 from tilesegd.raster.labels import IGNORE_INDEX
+from tilesegd.training.config import CLASS_WEIGHTINGS
 
 log = logging.getLogger(__name__)
 
@@ -106,22 +107,86 @@ def load_encoder_weights(model: torch.nn.Module, path: str | Path) -> None:
     log.info("loaded %d/%d encoder tensors from %s", len(ok), len(own), path)
 
 
-def class_weights(spec: Any, counts: np.ndarray) -> np.ndarray | None:
-    """Class weights for ``ce``: ``None``, a given list, or ``balanced``: median frequency
-    balancing (Eigen & Fergus, ICCV 2015), ``w_c = median(f) / f_c`` over classes present,
-    clipped to [0.05, 20]; absent classes get 1."""
+def class_weights(
+    spec: str | list[float] | None, counts: np.ndarray, cap: float | None = None
+) -> np.ndarray | None:
+    """Per-class weights of the ``ce`` loss (``bce``: ``pos_weight = w[1] / w[0]``).
+
+    ``f_c = counts[c] / counts.sum()`` is the share of labelled training pixels of class
+    ``c``; a class is *present* when ``f_c > 0``.
+
+    * ``None``: no weighting (``None`` is returned; the default).
+    * a list of K numbers: used as given (finite, > 0; ``cap`` does not apply).
+    * ``"balanced"``: median frequency balancing (Eigen & Fergus, "Predicting Depth, Surface
+      Normals and Semantic Labels with a Common Multi-Scale Convolutional Architecture",
+      ICCV 2015): ``w_c = median(f) / f_c``, the median over present classes, then
+      clipped to [0.05, 20] (as tilesegd always did). Eigen & Fergus take ``f_c`` over the
+      images where ``c`` occurs; here it is over all training pixels.
+    * ``"inverse_sqrt"``: ``w_c = 1 / (sqrt(f_c) * sum_j sqrt(f_j))``, i.e. proportional to
+      ``1 / sqrt(f_c)`` and normalised so that the pixel-weighted mean weight
+      ``sum_c f_c w_c`` is 1 (a softer balancing: a class 100 x rarer gets 10 x the weight,
+      not 100 x).
+
+    ``cap`` (``class_weight_cap``, >= 1) bounds the ratio of the largest to the smallest
+    weight of present classes: weights above ``cap * min(w)`` are lowered to it (the rarest
+    classes lose weight, the frequent ones keep theirs); inverse_sqrt weights are then rescaled
+    to a pixel-weighted mean of 1 again. The scale of the weights does not change the loss
+    (``CrossEntropyLoss`` divides by the summed weights of a batch's pixels; ``bce`` uses a
+    ratio); the ratios do.
+
+    A class with no training pixels contributes no loss term whatever its weight; it gets the
+    largest weight of the present classes (as rare as the rarest), so every weight is finite,
+    positive, within the cap and ordered inversely to frequency. With no labelled pixels at
+    all every weight is 1.
+
+    Args:
+        spec: ``None``, ``"balanced"``, ``"inverse_sqrt"`` or a list of K weights.
+        counts: (K,) integer (or float) labelled training pixels per class id, >= 0.
+        cap: the largest ratio max / min of the weights, or ``None`` (no cap).
+
+    Returns:
+        ``None`` for no weighting, else (K,) float32 weights, all finite and > 0.
+
+    Raises:
+        ConfigError: an unknown ``spec``; a list of the wrong length or with a value that is
+            not a finite positive number; ``cap`` < 1.
+        ValueError: ``counts`` not one-dimensional, or with negative or non-finite values.
+    """
     if spec is None:
         return None
+    counts = np.asarray(counts, np.float64)
+    if counts.ndim != 1 or not np.all(np.isfinite(counts)) or np.any(counts < 0):
+        raise ValueError(f"class counts must be a (K,) array of pixels >= 0, got {counts!r}")
     k = len(counts)
-    if isinstance(spec, list):
-        if len(spec) != k:
-            raise ConfigError(f"class_weights lists {len(spec)} values for {k} classes")
-        return np.asarray(spec, np.float32)
-    f = counts / max(1, counts.sum())
-    present = f > 0
-    w = np.ones(k, np.float32)
-    w[present] = np.clip(np.median(f[present]) / f[present], 0.05, 20.0)
-    return w
+    if isinstance(spec, (list, tuple)):
+        w = np.asarray(spec, np.float64)
+        if len(w) != k:
+            raise ConfigError(f"class_weights lists {len(w)} values for {k} classes")
+        if not np.all(np.isfinite(w)) or np.any(w <= 0):
+            raise ConfigError(f"class_weights must be finite numbers > 0, got {list(spec)}")
+        return w.astype(np.float32)
+    if spec not in CLASS_WEIGHTINGS:
+        raise ConfigError(
+            f"class_weights must be {', '.join(CLASS_WEIGHTINGS)}, a list of {k} numbers or "
+            f"null (no weighting), got {spec!r}"
+        )
+    if cap is not None and not float(cap) >= 1.0:
+        raise ConfigError(f"class_weight_cap must be >= 1 (max / min weight), got {cap!r}")
+    present = counts > 0
+    if not present.any():
+        return np.ones(k, np.float32)
+    fp = counts[present] / counts.sum()
+    if spec == "balanced":
+        wp = np.clip(np.median(fp) / fp, 0.05, 20.0)
+    else:
+        wp = 1.0 / np.sqrt(fp)
+    if cap is not None:
+        wp = np.minimum(wp, float(cap) * wp.min())
+    if spec == "inverse_sqrt":
+        wp = wp / float((fp * wp).sum())  # sum(fp) is 1
+    w = np.full(k, wp.max())
+    w[present] = wp
+    return w.astype(np.float32)
 
 
 class _MaskedJaccard(torch.nn.Module):

@@ -1,14 +1,22 @@
-"""Validation after each epoch: the deployed inference path on whole validation images."""
+"""Validation after each epoch: the deployed inference path on whole validation images, and
+what a run records of it (``metrics.csv`` with per-class IoU, the never-predicted warning)."""
 
 from __future__ import annotations
 
 import copy
+import csv
 import dataclasses
+import logging
+import re
+import unicodedata
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
+from tilesegd import atomic
 from tilesegd.evaluation.metrics import confusion_matrix
 from tilesegd.evaluation.scoring import Scorer
 from tilesegd.model.spec import ModelSpec
@@ -19,6 +27,105 @@ from tilesegd.training.split import Region, as_region
 
 if TYPE_CHECKING:  # pragma: no cover
     from tilesegd.inference.engine import Engine
+
+log = logging.getLogger(__name__)
+
+# metrics.csv: these columns, then one ``iou_<class>`` column per class (:func:`iou_columns`)
+CSV_FIELDS = (
+    "epoch",
+    "train_loss",
+    "val_loss",
+    "val_miou",
+    "val_pixel_accuracy",
+    "val_dice",
+    "lr",
+    "seconds",
+)
+
+
+def iou_columns(names: Sequence[str]) -> list[str]:
+    """The ``metrics.csv`` column of each class's validation IoU: ``iou_<name>`` with the name
+    folded to ASCII, lower-cased, every run of other characters than ``a-z0-9`` made one ``_``
+    (``"Paved-Area"`` -> ``iou_paved_area``); a name left empty becomes the class id
+    (``iou_3``), and a name already taken gets ``_<id>`` appended."""
+    cols: list[str] = []
+    for i, name in enumerate(names):
+        ascii_name = unicodedata.normalize("NFKD", str(name)).encode("ascii", "ignore").decode()
+        safe = re.sub(r"[^a-z0-9]+", "_", ascii_name.lower()).strip("_") or str(i)
+        col = f"iou_{safe}"
+        cols.append(f"{col}_{i}" if col in cols or col in CSV_FIELDS else col)
+    return cols
+
+
+def per_class_iou(scores: dict[str, Any], names: Sequence[str]) -> dict[str, float | None]:
+    """``{iou column: IoU rounded to 6 decimals, or None}`` from
+    :func:`tilesegd.evaluation.metrics.scores` (``None``: the class is neither in the
+    validation masks nor predicted)."""
+    per = {c["id"]: c["iou"] for c in scores["per_class"]}
+    return {
+        col: None if per.get(i) is None else round(float(per[i]), 6)
+        for i, col in enumerate(iou_columns(names))
+    }
+
+
+def write_metrics(path: Path, history: list[dict[str, Any]], names: Sequence[str] = ()) -> None:
+    """``metrics.csv``: one row per epoch, :data:`CSV_FIELDS` then :func:`iou_columns` of
+    ``names`` (empty where a row lacks a value), written atomically."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        fields = [*CSV_FIELDS, *iou_columns(names)]
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(history)
+    atomic.replace(tmp, path)
+
+
+def warn_unpredicted(
+    scores: dict[str, Any] | None,
+    train_predicted: np.ndarray | None,
+    names: Sequence[str],
+    epoch: int,
+) -> list[str]:
+    """Log a warning naming the classes the final epoch never predicted, and return them.
+
+    Judged on the validation pixels when ``scores`` (:func:`tilesegd.evaluation.metrics.scores`
+    of the final epoch) counts any, else on the training pixels of that epoch.
+
+    Args:
+        scores: the final epoch's validation scores, or ``None``.
+        train_predicted: (K,) int pixels of each class predicted on the final epoch's training
+            tiles (labelled pixels only), or ``None``.
+        names: the K class names.
+        epoch: the final epoch (1-based), for the message.
+
+    Returns:
+        The names of the classes never predicted (empty: no warning).
+    """
+    if scores is not None and scores.get("pixels"):
+        cm = np.asarray(scores["confusion_matrix"], np.int64)
+        predicted, support, where = cm.sum(0), cm.sum(1), "validation"
+    elif train_predicted is not None:
+        predicted, support, where = np.asarray(train_predicted), None, "training"
+    else:
+        return []
+    missing = [i for i in range(len(names)) if predicted[i] == 0]
+    if not missing:
+        return []
+    listed = ", ".join(
+        names[i] if support is None else f"{names[i]} ({int(support[i])} px in the masks)"
+        for i in missing
+    )
+    log.warning(
+        "%d of %d classes never predicted on the %s pixels of the last epoch (%d): %s. The "
+        "model will rarely or never output them; see their iou_ columns in metrics.csv (more "
+        "training, more examples of them, or class_weights may help)",
+        len(missing),
+        len(names),
+        where,
+        epoch,
+        listed,
+    )
+    return [names[i] for i in missing]
 
 
 def validate_epoch(
