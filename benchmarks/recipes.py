@@ -245,14 +245,14 @@ def score_baseline(predict, folder: Path) -> dict[str, Any]:
 
 
 def train_tilesegd(
-    folder: Path, out: Path, recipe: dict[str, Any], budget: float, seed: int
+    folder: Path, out: Path, recipe: dict[str, Any], budget: float, seed: int, epochs: int = 4
 ) -> dict[str, Any]:
-    """``tilesegd train`` at ``budget`` megapixels; returns timing and validation info."""
+    """``tilesegd train`` at ``budget`` megapixels in ``epochs`` epochs (settings: ``BASE``
+    updated by ``recipe``); returns timing and validation info."""
     from tilesegd.training.config import TrainConfig
     from tilesegd.training.loop import train
 
     opts = {**BASE, **recipe}
-    epochs = 4
     steps = max(1, round(budget * 1e6 / (epochs * opts["batch_size"] * opts["tile_size"] ** 2)))
     cfg = TrainConfig(
         images=str(folder / "images"),
