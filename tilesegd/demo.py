@@ -210,9 +210,10 @@ def main() -> int:
         print(
             f"  {scene}/  mask.tif (+ mask.qml, mask.tif.aux.xml: open it in QGIS)  "
             "confidence.tif  polygons.gpkg  zones.csv  zones.gpkg  pred.zarr  areas.csv  "
-            "preview.png"
+            "preview.png  item.json (STAC)"
         )
     print(f"  {out / 'summary.csv'}\n  {out / 'zones_summary.csv'}\n  {out / 'run.json'}")
+    print(f"  {out / 'catalog.json'}  (a STAC catalog of the finished scenes: pystac, QGIS)")
     print(f"  zones from the scenes' extent: {zones}")
     if rc_aoi == 0:
         print(f"  {out_aoi / first.stem}/  the same scene clipped to the AOI {aoi}")
