@@ -278,16 +278,16 @@ def test_datetime_sources_in_order() -> None:
 
     run = "2026-12-03T14:00:00Z"
     assert dt(run_time=run) == (run, "run time")
-    assert dt(run_time=run, scene_datetime="2025:06:01 10:20:30") == (
+    assert dt(run_time=run, scene_datetime="2025-06-01T10:20:30") == (
         "2025-06-01T10:20:30Z",
         "scene metadata",
     )
     assert dt(
         run_time=run,
-        scene_datetime="2025:06:01 10:20:30",
+        scene_datetime="2025-06-01T10:20:30",
         source_datetime="2024-05-01T12:00:00+02:00",
     ) == ("2024-05-01T10:00:00Z", "input item")
-    assert dt(run_time=run, scene_datetime="0000:00:00 00:00:00") == (run, "run time")
+    assert dt(run_time=run, scene_datetime="not a date") == (run, "run time")
     assert stac.rfc3339("2024-05-01T12:00:00.250Z") == "2024-05-01T12:00:00.25Z"
     assert stac.rfc3339("2024-05-01") == "2024-05-01T00:00:00Z"
     with pytest.raises(ValueError, match="run_time"):
@@ -435,7 +435,8 @@ def _run_folder(tmp_path: Path) -> tuple[Path, list[str]]:
     names = ["b scene", "a-utm", "c-geo"]
     for name, kind in zip(names, ["plain", "utm", "geo"], strict=True):
         stac.write_scene_item(make_scene(out / name, kind), name, CTX)
-    stac.write_run_catalog(out, [*names, "a-utm"], "tilesegd run", "roofs on a test run")
+    catalog = stac.run_catalog([*names, "a-utm"], "tilesegd run", "roofs on a test run")
+    stac.write_json(out / stac.CATALOG_JSON, catalog)
     return out, names
 
 

@@ -108,8 +108,8 @@ class ItemContext:
         source_datetime: the input STAC Item's ``datetime`` (ISO 8601), or None.
         source_href: the input Item's ``self`` href (a URL or absolute path), or None; becomes
             the ``derived_from`` link.
-        scene_datetime: the scene's own date-time (ISO 8601 or TIFF ``YYYY:MM:DD HH:MM:SS``,
-            read as UTC when it has no offset), or None.
+        scene_datetime: the scene's own date-time, ISO 8601 (``Scene.acquired``, read from
+            its EXIF / TIFF tags), taken as UTC when it has no offset; or None.
     """
 
     classes: Sequence[ClassInfo]
@@ -122,15 +122,13 @@ class ItemContext:
 
 
 def rfc3339(text: str | None) -> str | None:
-    """``text`` (ISO 8601, e.g. ``2026-12-03T15:00:00+01:00`` or ``2026-12-03``, or TIFF's
-    ``2026:12:03 14:00:00``) as an RFC 3339 UTC string ending in ``Z``; a time without an offset
-    is taken as UTC. ``None`` for None, an empty string, or text that is no date-time."""
+    """``text`` (ISO 8601, e.g. ``2026-12-03T15:00:00+01:00`` or ``2026-12-03``; a scene's
+    TIFF / EXIF date arrives as ISO already, :func:`tilesegd.raster.exif.acquisition_time`) as
+    an RFC 3339 UTC string ending in ``Z``; a time without an offset is taken as UTC. ``None``
+    for None, an empty string, or text that is no date-time."""
     if not text or not text.strip():
         return None
     s = text.strip()
-    tiff = re.fullmatch(r"(\d{4}):(\d\d):(\d\d)[ T](\d\d:\d\d:\d\d)", s)
-    if tiff:
-        s = f"{tiff[1]}-{tiff[2]}-{tiff[3]}T{tiff[4]}"
     if s[-1] in "zZ":
         s = s[:-1] + "+00:00"
     try:
@@ -363,12 +361,3 @@ def run_catalog(names: Sequence[str], title: str, description: str) -> dict[str,
         "description": description or "Semantic segmentation outputs written by tilesegd",
         "links": links,
     }
-
-
-def write_run_catalog(output: Path, names: Sequence[str], title: str, description: str) -> Path:
-    """Write :func:`run_catalog` to ``output/catalog.json`` atomically; returns its path.
-
-    Raises:
-        OutputError: the file could not be written.
-    """
-    return write_json(Path(output) / CATALOG_JSON, run_catalog(names, title, description))
