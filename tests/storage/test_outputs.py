@@ -198,3 +198,17 @@ def test_products_asked_for_later_are_added_on_s3(s3, tiny_model, tmp_path: Path
     assert entry["products_added"] == ["vector"]
     assert entry["outputs"]["polygons.gpkg"] == s3.url("runs/later/b/polygons.gpkg")
     assert not [k for k in keys if k.startswith(".tilesegd/work/")]
+
+
+def test_a_run_to_s3_exits_without_an_unclosed_session_error(s3, tiny_model, tmp_path) -> None:
+    """zarr's S3 store leaves an aiohttp session open unless tilesegd closes it at exit, and
+    asyncio then logs "ERROR ... Unclosed client session" after the run's last line."""
+    import subprocess
+    import sys
+
+    inputs = scenes(tmp_path / "scenes")
+    p = subprocess.run([sys.executable, "-m", "tilesegd", "run", "-i", str(inputs[1]), "-m",
+                        str(tiny_model(num_classes=2)), "-o", s3.url("exit/"), "--preview-size",
+                        "0"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "Unclosed" not in p.stderr + p.stdout
