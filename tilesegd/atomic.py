@@ -69,3 +69,29 @@ def replace(tmp: str | os.PathLike[str], path: str | os.PathLike[str]) -> None:
     """
     os.chmod(tmp, file_mode())
     os.replace(tmp, path)
+
+
+def write_text(path: str | os.PathLike[str], text: str, *, fsync: bool = False) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically: a :func:`new_temporary` file beside it,
+    flushed (and with ``fsync`` synced to disk), then :func:`replace`-d onto ``path``; the
+    temporary file is removed on any failure, so ``path`` keeps its previous content.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        OSError: the folder cannot be written, the disk is full.
+    """
+    path = Path(path)
+    tmp = new_temporary(path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
+        replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path

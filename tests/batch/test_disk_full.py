@@ -71,7 +71,7 @@ class Fault:
 
 
 FAULTS = [
-    Fault("work_json", "open", "*/.work.json.tmp-*", "work.json"),
+    Fault("work_json", "open", "*/.work.json.*.tmp", "work.json"),
     Fault("zarr_create", "open", "*/pred.zarr/zarr.*.partial", "pred.zarr"),
     Fault("zarr_mask_chunk", "open", "*/pred.zarr/mask/c/*.partial", "pred.zarr"),
     Fault("zarr_probs_chunk", "open", "*/pred.zarr/probs/c/*.partial", "pred.zarr"),
@@ -87,7 +87,7 @@ FAULTS = [
     Fault("zones_csv", "open", "*/.zones.csv.tmp-*", "zones.csv"),
     Fault("zones_gpkg", "gpkg", "*/.zones.gpkg.tmp-*", "zones.gpkg"),
     Fault("preview_png", "open", "*/.preview.png.tmp*", "preview.png"),
-    Fault("run_json", "open", "*/.run.json.tmp-*", "run.json", scene=None),
+    Fault("run_json", "open", "*/.run.json.*.tmp", "run.json", scene=None),
     Fault("summary_csv", "open", "*/.summary.csv.tmp-*", "summary.csv", None, SCENES),
     Fault(
         "zones_summary", "open", "*/.zones_summary.csv.tmp-*", "zones_summary.csv", None, SCENES

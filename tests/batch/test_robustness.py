@@ -543,6 +543,8 @@ def test_stale_temporary_files_are_removed(model, scenes, tmp_path) -> None:
     out = tmp_path / "out"
     stale = [
         out / ".run.json.tmp-4242",
+        out / ".run.json.1a2b3c4d.tmp",  # tilesegd.atomic.write_text's temporary name
+        out / ".catalog.json.5e6f7a8b.tmp",
         out / ".summary.csv.tmp-4242",
         out / ".tilesegd" / "work" / "good" / ".mask.tif.tmp-gtiff",
         out / ".tilesegd" / "work" / "gone" / ".mask.tif.tmp-cog",

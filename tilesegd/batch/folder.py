@@ -38,16 +38,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
         OSError: the file cannot be written (the temporary file is removed; ``path`` keeps
             its previous content).
     """
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=2, default=str)
-            f.flush()
-            os.fsync(f.fileno())
-        atomic.replace(tmp, path)
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+    atomic.write_text(path, json.dumps(data, indent=2, default=str), fsync=True)
 
 
 def output_error(output: Path, exc: OSError) -> OutputError:
@@ -105,11 +96,13 @@ def output_lock(output: Path) -> Iterator[None]:
 
 
 def clean_stale(output: Path) -> None:
-    """Remove what a killed run left behind: ``DIR/.*.tmp-*`` (run.json, summary.csv),
-    ``.*.tmp*`` files in the scenes' work folders (half-written GeoTIFFs) and folders replaced
-    by a publish (``DIR/.tilesegd/trash/``). Work stores are kept: they are how a half-done
-    scene resumes."""
-    stale = [*output.glob(".*.tmp-*"), *output.glob(f"{WORK_DIR}/work/*/.*.tmp*")]
+    """Remove what a killed run left behind: ``DIR/.*.tmp-*`` and ``DIR/.*.tmp``
+    (:func:`tilesegd.atomic.write_text`: run.json, catalog.json, summary.csv), ``.*.tmp*``
+    files in the scenes' work folders (half-written GeoTIFFs) and folders replaced by a publish
+    (``DIR/.tilesegd/trash/``). Work stores are kept: they are how a half-done scene
+    resumes."""
+    stale = [*output.glob(".*.tmp-*"), *output.glob(".*.tmp")]
+    stale += output.glob(f"{WORK_DIR}/work/*/.*.tmp*")
     stale += output.glob(f"{WORK_DIR}/trash/*")
     for p in stale:
         log.debug("removing stale %s", p)

@@ -46,7 +46,7 @@ from rasterio.crs import CRS
 from rasterio.errors import NotGeoreferencedWarning
 from shapely.geometry import shape
 
-from tilesegd.atomic import new_temporary, replace
+from tilesegd import atomic
 from tilesegd.errors import OutputError, writing
 from tilesegd.model.spec import ClassInfo
 from tilesegd.outputs.stac_grid import (
@@ -314,13 +314,7 @@ def write_json(path: Path, doc: dict[str, Any]) -> Path:
     path = Path(path)
     text = json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
     with writing(path):
-        tmp = new_temporary(path)
-        try:
-            tmp.write_text(text, encoding="utf-8")
-            replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        atomic.write_text(path, text)
     return path
 
 
