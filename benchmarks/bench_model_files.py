@@ -15,7 +15,7 @@ original scene's mask (agreement over pixels valid in both).
 **ONNX.** The model's checkpoint is exported with ``tilesegd export --format onnx`` and the sample
 scenes run with the TorchScript file and the ONNX file: class-id agreement and seconds.
 
-    .venv/bin/python benchmarks/bench_model_files.py --model RUNDIR/model.ts [--ckpt RUNDIR/best.ckpt]
+    .venv/bin/python benchmarks/bench_model_files.py --model RUNDIR/model.pt2 [--ckpt RUNDIR/best.ckpt]
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ def onnx_evidence(model: Path, ckpt: Path, d: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", required=True, help="a trained model file (.ts)")
+    ap.add_argument("--model", required=True, help="a trained model file (.pt2 / .ts)")
     ap.add_argument("--ckpt", help="its checkpoint, for the ONNX export (default: beside it)")
     ap.add_argument(
         "--scene",

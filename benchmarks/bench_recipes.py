@@ -8,7 +8,7 @@
 Every recipe trains ``tilesegd train`` (smp Unet-mobilenet_v2, full decoder, random init,
 ce+dice, or bce+dice on the two-class sets as ``configs/binary_buildings.yaml``) through
 :func:`recipes.train_tilesegd` (4 epochs, validation on a 20 % row strip, the best epoch's
-``model.ts``) for the same number of network-input training pixels per set, and is scored on
+``model.pt2``) for the same number of network-input training pixels per set, and is scored on
 held-out test frames through the deployed tiled path at the masks' native resolution
 (:func:`recipes.score_model`: one confusion matrix over the test frames; mIoU over the classes
 present or predicted, pixel accuracy). Recipes differ only in ``class_weights`` /
@@ -170,7 +170,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
         Path(job["train"]), out, opts, job["budget"], job["seed"], job["epochs"]
     )
     w1, c1 = time.perf_counter(), time.process_time()
-    sc = recipes.score_model(out / "model.ts", Path(job["test"]))
+    sc = recipes.score_model(out / "model.pt2", Path(job["test"]))
     if not job["keep"]:
         shutil.rmtree(out, ignore_errors=True)
     return {

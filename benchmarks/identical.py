@@ -6,7 +6,7 @@ Each revision is checked out into a temporary git worktree and runs ``python -m 
 
     .venv/bin/python benchmarks/identical.py --base <commit> [--head WORKTREE_OR_COMMIT] \\
         [--input ../shared/data/scenes] [--input benchmarks/data/scene_4096_deflate.tif] \\
-        [--model demo/model.ts]
+        [--model demo/model/model.pt2]
 
 Without ``--model`` a random-weight smp Unet-mobilenet_v2 (benchmarks/models.py) is used.
 Exit 0 when identical, 1 otherwise (the differences are printed).

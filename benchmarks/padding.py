@@ -67,7 +67,7 @@ def main() -> None:
     import numpy as np
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=str(HERE / "out" / "loveda_model" / "model.ts"))
+    ap.add_argument("--model", default=str(HERE / "out" / "loveda_model" / "model.pt2"))
     ap.add_argument("--scenes", type=Path, default=HERE.parents[1] / "shared" / "data" / "scenes")
     ap.add_argument("--tile-size", type=int, default=512)
     ap.add_argument("--overlap", type=int, default=None)

@@ -21,7 +21,7 @@ matrix summed over the test frames: mIoU over classes present, pixel accuracy):
   It predicts a test frame resized the same way and brings the ids back to the frame by nearest.
   Inputs are normalised with the training frames' mean / std, as tilesegd does.
 * ``tilesegd ...``: :func:`tilesegd.training.loop.train` with the recipe's settings (4 epochs,
-  validation on a 20 % row strip of the training frames, the best epoch's ``model.ts``),
+  validation on a 20 % row strip of the training frames, the best epoch's ``model.pt2``),
   scored through the deployed tiled path at the model's resolution
   (:func:`tilesegd.training.validate.score_store`).
 
@@ -314,7 +314,7 @@ def run_one(set_name: str, recipe: str, seed: int, a: argparse.Namespace) -> dic
         out = a.work / "runs" / set_name / f"{recipe.replace(' ', '_')}_s{seed}"
         info = train_tilesegd(train_dir, out, SETS[set_name]["recipes"][recipe], budget, seed)
         w1, c1 = time.perf_counter(), time.process_time()
-        sc = score_model(out / "model.ts", test_dir)
+        sc = score_model(out / "model.pt2", test_dir)
     w2, c2 = time.perf_counter(), time.process_time()
     info.update(
         set=set_name,

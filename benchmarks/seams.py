@@ -1,6 +1,6 @@
 """Seams: agreement of tiled inference with whole-image inference for a real model file.
 
-    .venv/bin/python benchmarks/seams.py demo/model/model.ts benchmarks/data/scene_4096_deflate.tif \
+    .venv/bin/python benchmarks/seams.py demo/model/model.pt2 benchmarks/data/scene_4096_deflate.tif \
         --crop 1536 --geometry 256/64 512/128 896/448
 
 Runs the network once on the whole crop (the reference), then

@@ -47,7 +47,7 @@ def ensure_model(path: Path | None) -> Path:
     if path is not None:
         return path
     run_dir = OUT / "loveda_model"
-    model = run_dir / "model.ts"
+    model = run_dir / "model.pt2"
     if not model.is_file():
         if not LOVEDA.is_dir():
             sys.exit(f"no model: the LoveDA sample pairs are not at {LOVEDA}; pass --model")

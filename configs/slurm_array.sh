@@ -16,7 +16,7 @@
 set -euo pipefail
 
 SCENES=${SCENES:-/scratch/$USER/scenes}
-MODEL=${MODEL:-/scratch/$USER/model.ts}
+MODEL=${MODEL:-/scratch/$USER/model.pt2}
 OUT=${OUT:-/scratch/$USER/out}
 SIF=${SIF:-$HOME/tilesegd.sif}          # apptainer build tilesegd.sif containers/tilesegd.def
 

@@ -4,7 +4,7 @@ GPU; every worker loads the model once and segments blocks of every scene into s
 Run it on a login node (or in a small CPU job) that sees the same filesystem as the GPU nodes::
 
     pip install 'tilesegd[distributed]'           # or use the Apptainer image, see below
-    python configs/slurm_dask_jobqueue.py --input /scratch/scenes --model /scratch/model.ts \\
+    python configs/slurm_dask_jobqueue.py --input /scratch/scenes --model /scratch/model.pt2 \\
         --output /scratch/out --jobs 8 --queue gpu --account myproject
 
 With the Apptainer image, workers start inside the container: pass

@@ -4,7 +4,7 @@ The Python API is the package root (:mod:`tilesegd.api`, imported on first use s
 ``import tilesegd`` and ``tilesegd --help`` stay instant)::
 
     import tilesegd
-    report = tilesegd.run(input=["scenes/"], model="model.ts", output="out/")
+    report = tilesegd.run(input=["scenes/"], model="model.pt2", output="out/")
 """
 
 from typing import TYPE_CHECKING, Any

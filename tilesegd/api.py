@@ -2,7 +2,7 @@
 :func:`evaluate`.
 
 >>> import tilesegd                                                        # doctest: +SKIP
->>> report = tilesegd.run(input=["scenes/"], model="model.ts", output="out/")  # doctest: +SKIP
+>>> report = tilesegd.run(input=["scenes/"], model="model.pt2", output="out/")  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -165,8 +165,9 @@ def train(
     progress: bool = True,
     **options: Any,
 ) -> Path:
-    """Train a segmentation network and write its run directory (``model.ts``, checkpoints,
-    ``metrics.csv``, ``config.yaml``).
+    """Train a segmentation network and write its run directory (``model.pt2``, checkpoints,
+    ``metrics.csv``, ``config.yaml``; ``model.ts`` instead for a network that ``torch.export``
+    cannot export with a dynamic input size).
 
     Args:
         config: a resolved :class:`~tilesegd.training.config.TrainConfig`; or build one from
@@ -205,8 +206,9 @@ def export(
 
     Args:
         checkpoint: ``RUNDIR/best.ckpt``, ``last.ckpt`` or RUNDIR.
-        output: the model file to write.
-        format: ``torchscript``, ``tensorrt`` or ``onnx``.
+        output: the model file to write (``model.pt2``: torch.export; ``.ts``: TorchScript).
+        format: ``torchscript`` (TorchScript or torch.export, by the suffix of ``output``),
+            ``tensorrt`` or ``onnx``.
         precision: ``fp32``; ``fp16`` for ``tensorrt`` only.
         tile_size: the suggested (TensorRT, fixed-size ONNX: fixed) tile side in pixels.
         batch_size: TensorRT's fixed batch size.

@@ -145,6 +145,17 @@ def make_vectors(scenes: Path, folder: Path) -> tuple[Path, Path]:
     return aoi, zones
 
 
+def trained_model(run_dir: Path) -> Path:
+    """The model file ``tilesegd train`` wrote into ``run_dir``: ``model.pt2`` (torch.export),
+    else ``model.ts`` (TorchScript: a network torch.export cannot make dynamic, or a model
+    trained by an older demo); ``model.pt2`` when there is neither. (As
+    :func:`tilesegd.training.export.trained_model`, without importing torch.)"""
+    for name in ("model.pt2", "model.ts"):
+        if (run_dir / name).is_file():
+            return run_dir / name
+    return run_dir / "model.pt2"
+
+
 def tilesegd(*args: str) -> int:
     """Run the ``tilesegd`` CLI in a subprocess (as a user would); return its exit code."""
     cmd = [sys.executable, "-m", "tilesegd", *args]
@@ -165,7 +176,7 @@ def main() -> int:
         images, masks, classes, scenes = make_synthetic(DEMO / "sample")
         train_opts = ["--epochs", "4", "--tile-size", "128", "--batch-size", "8"]
     run_dir = DEMO / "model"
-    model = run_dir / "model.ts"
+    model = trained_model(run_dir)
     if not model.is_file():
         rc = tilesegd(
             "train",
@@ -179,6 +190,7 @@ def main() -> int:
             str(run_dir),
             *train_opts,
         )
+        model = trained_model(run_dir)
         if rc != 0 or not model.is_file():
             print(f"demo: training failed (exit {rc})", file=sys.stderr)
             return rc or 1

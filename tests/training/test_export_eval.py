@@ -1,9 +1,12 @@
-"""Metrics on hand-made confusion matrices, export (TorchScript parity, TensorRT errors), eval."""
+"""Metrics on hand-made confusion matrices, export (torch.export / TorchScript parity, the run's
+model file and its TorchScript fallback, TensorRT errors), eval."""
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +19,9 @@ from tilesegd.api import evaluate
 from tilesegd.errors import ConfigError, DeviceError
 from tilesegd.evaluation.metrics import confusion_matrix, scores
 from tilesegd.model.model_file import load_model
+from tilesegd.training import model as training_model
 from tilesegd.training.checkpoint import load_checkpoint
-from tilesegd.training.export import export_model
+from tilesegd.training.export import export_model, save_best_model, trained_model
 from tilesegd.training.loop import network_from_state, train
 
 
@@ -56,18 +60,24 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     return data, train(config(data, root / "run", epochs=1), progress=False)
 
 
-def test_torchscript_export_matches_eager(trained: tuple[Path, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize(("suffix", "kind"), [(".pt2", "export"), (".ts", "torchscript")])
+def test_export_matches_eager(
+    trained: tuple[Path, Path], tmp_path: Path, suffix: str, kind: str
+) -> None:
     _, run = trained
     report: dict = {}
-    out = export_model(run / "best.ckpt", tmp_path / "m.ts", tile_size=128, report=report)
+    out = export_model(run / "best.ckpt", tmp_path / f"m{suffix}", tile_size=128, report=report)
     assert report["max_abs_diff"] <= 1e-5 and report["argmax_agreement"] == 1.0
     loaded = load_model(out)
+    assert loaded.kind == kind
     assert loaded.spec.tile_size == 128 and loaded.spec.extra["dtypes"] == ["uint8"]
     state, st = load_checkpoint(run / "best.ckpt")
     eager = network_from_state(st["spec"], state).eval()
-    x = torch.randn(2, 3, 96, 160, generator=torch.Generator().manual_seed(1))  # another size
-    with torch.no_grad():
-        torch.testing.assert_close(loaded.module(x), eager(x), atol=1e-5, rtol=0)
+    gen = torch.Generator().manual_seed(1)
+    for shape in [(2, 3, 96, 160), (1, 3, 136, 40), (3, 3, 64, 72)]:  # other sizes and batches
+        x = torch.randn(*shape, generator=gen)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded.module(x), eager(x), atol=1e-5, rtol=0)
     with pytest.raises(ConfigError, match="multiple of 8"):
         export_model(run, tmp_path / "bad.ts", tile_size=100)
     with pytest.raises(ConfigError, match="tensorrt"):
@@ -83,7 +93,7 @@ def test_tensorrt_without_cuda_is_a_clear_error(trained: tuple[Path, Path], tmp_
 def test_eval_own_predictions_give_miou_1(trained: tuple[Path, Path], tmp_path: Path) -> None:
     data, run = trained
     first = evaluate(
-        run / "model.ts",
+        run / "model.pt2",
         data / "images",
         data / "masks",
         tmp_path / "e1",
@@ -103,7 +113,7 @@ def test_eval_own_predictions_give_miou_1(trained: tuple[Path, Path], tmp_path: 
     for name in ("metrics.json", "metrics.csv", "confusion.png"):
         assert (tmp_path / "e1" / name).is_file()
     again = evaluate(
-        run / "model.ts",
+        run / "model.pt2",
         data / "images",
         tmp_path / "e1" / "pred",
         tmp_path / "e2",
@@ -117,7 +127,7 @@ def test_eval_own_predictions_give_miou_1(trained: tuple[Path, Path], tmp_path: 
 def test_eval_known_masks_hand_computed(trained: tuple[Path, Path], tmp_path: Path) -> None:
     data, run = trained
     first = evaluate(
-        run / "model.ts",
+        run / "model.pt2",
         data / "images",
         data / "masks",
         tmp_path / "e1",
@@ -149,7 +159,7 @@ def test_eval_known_masks_hand_computed(trained: tuple[Path, Path], tmp_path: Pa
         ok = target != 0
         cm += confusion_matrix(target[ok] - 1, pred[ok] - 1, 3)
     doc = evaluate(
-        run / "model.ts",
+        run / "model.pt2",
         data / "images",
         tmp_path / "m",
         tmp_path / "e3",
@@ -171,16 +181,17 @@ def test_cli_export_and_eval(trained: tuple[Path, Path], tmp_path: Path) -> None
 
     data, run = trained
     r = CliRunner().invoke(
-        cli, ["export", str(run / "best.ckpt"), "--output", str(tmp_path / "m.ts")]
+        cli, ["export", str(run / "best.ckpt"), "--output", str(tmp_path / "m.pt2")]
     )
     assert r.exit_code == 0, r.output
+    assert f"{tmp_path / 'm.pt2'}: torch.export;" in r.output
     assert "argmax agreement 100.000%" in r.output
     r = CliRunner().invoke(
         cli,
         [
             "eval",
             "--model",
-            str(tmp_path / "m.ts"),
+            str(tmp_path / "m.pt2"),
             "--images",
             str(data / "images"),
             "--masks",
@@ -197,3 +208,42 @@ def test_cli_export_and_eval(trained: tuple[Path, Path], tmp_path: Path) -> None
     assert "mIoU" in r.output and (tmp_path / "ev" / "metrics.json").is_file()
     r = CliRunner().invoke(cli, ["export", str(tmp_path / "nope.ckpt"), "-o", "x.ts"])
     assert r.exit_code == 3 and "checkpoint not found" in r.output
+
+
+class BatchBranch(torch.nn.Module):
+    """A network whose control flow depends on the batch size: torch.export cannot make that
+    dimension dynamic, so ``save_model`` falls back to a static-shape ``.pt2``."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.net(x)
+        return y * 2 if x.shape[0] > 8 else y
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # BatchBranch's shape test
+def test_run_model_falls_back_to_torchscript(
+    trained: tuple[Path, Path], tmp_path: Path, monkeypatch, caplog
+) -> None:
+    _, run = trained
+    assert trained_model(run) == run / "model.pt2" and not (run / "model.ts").exists()
+    out = tmp_path / "run"
+    out.mkdir()
+    shutil.copy(run / "best.ckpt", out / "best.ckpt")
+    real = training_model.network_from_state
+    monkeypatch.setattr(training_model, "network_from_state", lambda s, w: BatchBranch(real(s, w)))
+    with caplog.at_level(logging.WARNING, logger="tilesegd"):
+        path = save_best_model(out)
+    assert path == out / "model.ts" == trained_model(out) and not (out / "model.pt2").exists()
+    assert (
+        "does not run other input or batch sizes" in caplog.text and "Guard failed" in caplog.text
+    )
+    loaded = load_model(path)
+    assert loaded.kind == "torchscript"
+    for shape in [(1, 3, 72, 80), (3, 3, 40, 64)]:  # a .ts runs any size and batch
+        assert loaded.module(torch.zeros(shape)).shape == (shape[0], 3, *shape[2:])
+    monkeypatch.undo()
+    assert save_best_model(out) == out / "model.pt2" == trained_model(out)
+    assert not (out / "model.ts").exists()  # the stale fallback of the run before is gone

@@ -195,7 +195,7 @@ def test_train_at_a_gsd_records_it_and_validates_at_native_resolution(
     caplog.set_level(logging.INFO, logger="tilesegd")  # the epoch line, before the halo is known
     out = train(config(data, tmp_path / "run", gsd=3.0, epochs=1), progress=False)
     assert any("epoch 1/1" in r.getMessage() for r in caplog.records)
-    spec = read_spec(out / "model.ts")
+    spec = read_spec(out / "model.pt2")
     assert spec.extra["gsd"] == 3.0 and "scale" not in spec.extra
     _, st = load_checkpoint(out / "best.ckpt")
     # 64-px validation images fit one 64-px tile: the halo is measured once, for the best
@@ -207,4 +207,4 @@ def test_train_at_a_gsd_records_it_and_validates_at_native_resolution(
     native = sum(int((prep.store.native_ids(r.index) != IGNORE_INDEX).sum()) for r in prep.val_idx)
     assert st["scores"]["pixels"] == native  # scored on the 96 x 96 masks, not at 64 x 64
     plain = train(config(data, tmp_path / "plain", epochs=1), progress=False)
-    assert read_spec(plain / "model.ts").extra["gsd"] == 2.0  # the pairs' own, recorded
+    assert read_spec(plain / "model.pt2").extra["gsd"] == 2.0  # the pairs' own, recorded

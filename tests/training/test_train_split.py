@@ -115,4 +115,4 @@ def test_single_pair_trains_and_validates_on_its_strip(tmp_path: Path, caplog) -
     _, st = load_checkpoint(out / "best.ckpt")
     cm = np.asarray(st["scores"]["confusion_matrix"])
     assert cm.sum() == 24 * 80  # only the 24 held-out rows are scored
-    assert (out / "model.ts").is_file()
+    assert (out / "model.pt2").is_file()

@@ -51,7 +51,7 @@ def eval_cmd(ignore: tuple[str, ...], **opts: object) -> None:
     always counted at the masks' native resolution.
 
     \b
-    tilesegd eval --model model.ts --images data/images --masks data/masks \\
+    tilesegd eval --model model.pt2 --images data/images --masks data/masks \\
         --classes classes.csv --output eval/
     """
     from tilesegd.api import evaluate

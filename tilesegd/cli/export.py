@@ -1,4 +1,5 @@
-"""``tilesegd export``: a training checkpoint -> TorchScript, TensorRT or ONNX model file."""
+"""``tilesegd export``: a training checkpoint -> torch.export (``.pt2``), TorchScript (``.ts``),
+TensorRT or ONNX model file."""
 
 from __future__ import annotations
 
@@ -9,22 +10,29 @@ from tilesegd.cli.options import verbosity_options
 
 @click.command(context_settings={"max_content_width": 100})
 @click.argument("ckpt", type=click.Path())
-@click.option("--output", "-o", required=True, type=click.Path(), help="Model file to write.")
+@click.option(
+    "--output",
+    "-o",
+    required=True,
+    type=click.Path(),
+    help="Model file to write, e.g. model.pt2 (torch.export); a .ts name writes TorchScript.",
+)
 @click.option(
     "--format",
     "fmt",
     type=click.Choice(["torchscript", "tensorrt", "onnx"]),
     default="torchscript",
     show_default=True,
-    help="TorchScript (any device), TensorRT (CUDA, needs tilesegd[tensorrt]) or ONNX "
-    "(onnxruntime, QGIS Deepness, GeoDeep; needs tilesegd[onnx]).",
+    help="torchscript: a torch.export .pt2 or a TorchScript .ts, by the --output suffix (any "
+    "device); tensorrt (CUDA, needs tilesegd[tensorrt]); onnx (onnxruntime, QGIS Deepness, "
+    "GeoDeep; needs tilesegd[onnx]).",
 )
 @click.option(
     "--precision",
     type=click.Choice(["fp32", "fp16"]),
     default="fp32",
     show_default=True,
-    help="TensorRT kernel precision (TorchScript stays fp32).",
+    help="TensorRT kernel precision (.pt2 and .ts files stay fp32).",
 )
 @click.option("--tile-size", type=int, help="Suggested (TensorRT: fixed) tile side, pixels.")
 @click.option("--batch-size", type=int, help="TensorRT's fixed batch size (default 8).")
@@ -47,7 +55,8 @@ def export(
     """Export CKPT (RUNDIR/best.ckpt, last.ckpt or RUNDIR) to a model file with tilesegd.json.
 
     \b
-    tilesegd export runs/a/best.ckpt --output model.ts
+    tilesegd export runs/a/best.ckpt --output model.pt2
+    tilesegd export runs/a/best.ckpt --output model.ts     # TorchScript
     tilesegd export runs/a/best.ckpt --output model_trt.ts --format tensorrt --precision fp16
     tilesegd export runs/a/best.ckpt --output model.onnx --format onnx
     """
@@ -64,7 +73,8 @@ def export(
         report=report,
         dynamic_size=dynamic_size,
     )
+    kind = "torch.export" if fmt == "torchscript" and path.suffix == ".pt2" else fmt
     click.echo(
-        f"{path}: {fmt}; parity vs eager: max abs {report['diff_units']} diff "
+        f"{path}: {kind}; parity vs eager: max abs {report['diff_units']} diff "
         f"{report['max_abs_diff']:.3g}, argmax agreement {report['argmax_agreement'] * 100:.3f}%"
     )

@@ -81,10 +81,10 @@ def cli(ctx: click.Context) -> None:
     """Seamless, bounded-memory semantic segmentation of very large aerial and drone imagery.
 
     \b
-    tilesegd run    --input scenes/ --model model.ts --output out/
+    tilesegd run    --input scenes/ --model model.pt2 --output out/
     tilesegd train  --images imgs/ --masks masks/ --classes classes.csv --output runs/a
-    tilesegd export runs/a/best.ckpt --output model.ts
-    tilesegd eval   --model model.ts --images imgs/ --masks masks/ --output eval/
+    tilesegd export runs/a/best.ckpt --output model.pt2
+    tilesegd eval   --model model.pt2 --images imgs/ --masks masks/ --output eval/
     """
     obj = ctx.ensure_object(dict)
     configure_logging(int(obj.get("verbose", 0)), bool(obj.get("quiet", False)))

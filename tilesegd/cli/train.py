@@ -76,7 +76,8 @@ from tilesegd.cli.options import is_quiet, verbosity_options
 @click.pass_context
 def train(ctx: click.Context, config_file: str | None, **flags: object) -> None:
     """Train a segmentation model; writes config.yaml, metrics.csv, curves.png, confusion.png,
-    best.ckpt, last.ckpt and model.ts into RUNDIR.
+    best.ckpt, last.ckpt and model.pt2 (torch.export; model.ts, TorchScript, for a network that
+    cannot be exported with a dynamic input size) into RUNDIR.
 
     \b
     tilesegd train --images data/images --masks data/masks --classes classes.csv \\
@@ -84,9 +85,10 @@ def train(ctx: click.Context, config_file: str | None, **flags: object) -> None:
     tilesegd train --resume runs/a
     """
     from tilesegd.api import train as run_training
+    from tilesegd.training.export import trained_model
 
     flags["ignore"] = list(flags["ignore"]) or None  # type: ignore[arg-type]
     if flags.get("resume") and not config_file:
         config_file = str(Path(str(flags["resume"])) / "config.yaml")
     out = run_training(config_file=config_file, progress=not is_quiet(ctx), **flags)
-    click.echo(f"model: {out / 'model.ts'}\nrun:   {out}")
+    click.echo(f"model: {trained_model(out)}\nrun:   {out}")

@@ -26,8 +26,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
+import threading
 import warnings
 import zipfile
 from collections.abc import Iterator
@@ -59,12 +61,37 @@ __all__ = [
     "check_file",
     "file_sha256",
     "load_model",
+    "quiet_torchscript",
     "read_spec",
     "save_model",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
+
+log = logging.getLogger(__name__)
+
+# torch >= 2.14: "`torch.jit.load` is deprecated. Please switch to `torch.export`." (and
+# trace / save / script alike), a FutureWarning; DeprecationWarning too, should torch switch
+_JIT_DEPRECATED = r".*torch\.jit\b.*deprecated"
+_WARNINGS_LOCK = threading.RLock()  # warnings.catch_warnings swaps process-wide state
+
+
+@contextlib.contextmanager
+def quiet_torchscript() -> Iterator[None]:
+    """Hide torch's TorchScript deprecation warnings (``torch.jit.load`` / ``trace`` / ``save``
+    / ``script`` "is deprecated", torch >= 2.14) inside the block, whatever ``-W`` or
+    ``PYTHONWARNINGS`` say; every other warning is shown as usual, and the filters are restored
+    on exit (no process-wide filter is left behind).
+
+    Reading TorchScript files stays supported (users have them); the warning names a torch
+    API, which users cannot act on. Blocks are serialised by a lock, since
+    :func:`warnings.catch_warnings` swaps process-wide state.
+    """
+    with _WARNINGS_LOCK, warnings.catch_warnings():
+        for category in (FutureWarning, DeprecationWarning):
+            warnings.filterwarnings("ignore", message=_JIT_DEPRECATED, category=category)
+        yield
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
@@ -217,9 +244,6 @@ def load_model(
         return load_onnx(path, device)
     spec = read_spec(path)
     try:
-        warnings.filterwarnings(
-            "ignore", message=r".*torch\.jit.*deprecated", category=FutureWarning
-        )
         if _is_export_archive(path):
             _refuse_pickled_code(path)
             with _weights_only_loads():
@@ -228,8 +252,9 @@ def load_model(
             module.to(device)
             kind = "export"
         else:
-            module = torch.jit.load(str(path), map_location=device)
-            module.eval()
+            with quiet_torchscript():
+                module = torch.jit.load(str(path), map_location=device)
+                module.eval()
             kind = "torchscript"
     except ModelFileError:
         raise
@@ -280,6 +305,11 @@ def save_model(
             (default: ``spec.multiple * 2``).
         fmt: ``"torchscript"`` or ``"export"`` to override the suffix rule.
 
+    A ``torch.export`` archive takes a dynamic batch size and dynamic height / width (multiples
+    of ``spec.multiple``); a network that does not export so is saved with the static input
+    shape ``(2, in_channels, side, side)`` of the example, with a logged warning (such a file
+    runs only that shape: write TorchScript instead).
+
     Returns:
         The written path.
 
@@ -302,27 +332,55 @@ def save_model(
             f"{spec.num_classes} classes; make them agree"
         )
     meta = json.dumps(spec.to_dict(), indent=1)
-    warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=FutureWarning)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = str(atomic.new_temporary(path))  # 0666 less the umask, not mkstemp's 0600
+    # 0666 less the umask, not mkstemp's 0600; torch.export.save logs a warning for a name
+    # that does not end in .pt2
+    tmp = str(atomic.new_temporary(path, ".tmp.pt2" if fmt == "export" else ".tmp"))
     try:
         if fmt == "export":
-            n = torch.export.Dim("n", min=1, max=1024)
-            hb = torch.export.Dim("hb", min=1, max=1024)
-            wb = torch.export.Dim("wb", min=1, max=1024)
-            shapes = {"x": {0: n, 2: spec.multiple * hb, 3: spec.multiple * wb}}
-            example2 = torch.zeros(2, spec.in_channels, side, side)
-            try:
-                ep = torch.export.export(model, (example2,), dynamic_shapes=shapes)
-            except Exception:  # some networks only export with static shapes
-                ep = torch.export.export(model, (example2,))
+            ep = _export_program(model, spec, side, path)
             torch.export.save(ep, tmp, extra_files={META_NAME: meta})
         else:
-            with torch.no_grad():
+            with quiet_torchscript(), torch.no_grad():
                 traced = torch.jit.trace(model, example, check_trace=False)
-            torch.jit.save(traced, tmp, _extra_files={META_NAME: meta})
+                torch.jit.save(traced, tmp, _extra_files={META_NAME: meta})
         atomic.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def _export_program(
+    model: torch.nn.Module, spec: ModelSpec, side: int, path: Path
+) -> torch.export.ExportedProgram:
+    """``torch.export.export`` of ``model`` on a (2, in_channels, side, side) example, with a
+    dynamic batch (1..1024) and height / width (``spec.multiple`` x 1..1024); static shapes,
+    with a logged warning, when the network does not export with dynamic ones.
+
+    Returns:
+        The ``torch.export.ExportedProgram``.
+
+    Raises:
+        Exception: whatever ``torch.export`` raises for a network it cannot export at all.
+    """
+    import torch
+
+    n = torch.export.Dim("n", min=1, max=1024)
+    hb = torch.export.Dim("hb", min=1, max=1024)
+    wb = torch.export.Dim("wb", min=1, max=1024)
+    shapes = ({0: n, 2: spec.multiple * hb, 3: spec.multiple * wb},)  # by position: any name
+    example = torch.zeros(2, spec.in_channels, side, side)
+    try:
+        return torch.export.export(model, (example,), dynamic_shapes=shapes)
+    except Exception as exc:  # some networks only export with static shapes
+        detail = " ".join(str(exc).split())[:200]
+        log.warning(
+            "%s: torch.export cannot export this network with a dynamic input size "
+            "(%s: %s); saved for the static input shape %s only (a .ts file runs any size)",
+            path,
+            type(exc).__name__,
+            detail,
+            tuple(example.shape),
+        )
+        return torch.export.export(model, (example,))

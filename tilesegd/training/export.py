@@ -1,8 +1,11 @@
-"""``tilesegd export``: a training checkpoint -> a deployable model file.
+"""``tilesegd export``: a training checkpoint -> a deployable model file; and the model file
+``tilesegd train`` writes into RUNDIR (:func:`save_best_model`).
 
-* ``torchscript``: traced on the CPU and saved with ``tilesegd.json`` by
-  :func:`tilesegd.model.model_file.save_model`; the reloaded file is checked against the eager network
-  (max abs logit difference, argmax agreement).
+* ``torchscript``: by the output's suffix a ``torch.export`` archive (``.pt2``: dynamic batch,
+  height and width) or a TorchScript file (``.ts``, traced), both made on the CPU and saved
+  with ``tilesegd.json`` by :func:`tilesegd.model.model_file.save_model`; the reloaded file is
+  checked against the eager network (max abs logit difference, argmax agreement), and a
+  ``.pt2`` also at other input sizes and batch sizes (:func:`check_dynamic`).
 * ``tensorrt``: traced on CUDA and compiled by :mod:`tilesegd.inference.tensorrt` for a static
   ``(batch_size, C, tile_size, tile_size)`` input, saved as TorchScript with the same
   ``tilesegd.json`` (plus ``runtime: tensorrt``, ``static_input`` and ``precision``).
@@ -20,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +30,21 @@ import torch
 
 from tilesegd import atomic
 from tilesegd.errors import ConfigError, ModelFileError
-from tilesegd.model.model_file import META_NAME, ModelSpec, load_model, save_model
+from tilesegd.model.model_file import (
+    META_NAME,
+    ModelSpec,
+    load_model,
+    quiet_torchscript,
+    save_model,
+)
 from tilesegd.training.checkpoint import load_checkpoint
-from tilesegd.training.parity import parity
+from tilesegd.training.parity import compare_scores, parity
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("torchscript", "tensorrt", "onnx")
+MODEL_FILE = "model.pt2"  # what `tilesegd train` writes into RUNDIR (torch.export)...
+FALLBACK_FILE = "model.ts"  # ...or, for a network torch.export cannot make dynamic, TorchScript
 
 
 def export_model(
@@ -51,8 +61,10 @@ def export_model(
 
     Args:
         ckpt: ``RUNDIR/best.ckpt``, ``last.ckpt`` or RUNDIR.
-        output: the model file to write.
-        fmt: ``torchscript``, ``tensorrt`` or ``onnx``.
+        output: the model file to write (``fmt="torchscript"``: ``.pt2`` writes torch.export,
+            any other suffix, e.g. ``.ts``, TorchScript).
+        fmt: ``torchscript`` (TorchScript or torch.export, by the suffix), ``tensorrt`` or
+            ``onnx``.
         precision: ``fp32``; ``fp16`` only for ``tensorrt`` (TorchScript and ONNX stay fp32;
             TorchScript is run in fp16 by ``tilesegd run --precision fp16``).
         tile_size: the model's suggested (TensorRT, and ONNX without ``dynamic_size``: fixed)
@@ -115,6 +127,14 @@ def export_model(
         gen = torch.Generator().manual_seed(0)
         x = torch.randn(2, spec.in_channels, side, side, generator=gen)
         check = parity(net, loaded.module, x)
+        problem = check_dynamic(net, output, spec) if loaded.kind == "export" else None
+        if problem is not None:
+            log.warning(
+                "%s: this torch.export file does not run other input or batch sizes (%s); export "
+                "to a .ts file (TorchScript) for one that does",
+                output,
+                problem,
+            )
     elif fmt == "onnx":
         from tilesegd.training.export_onnx import export_onnx
 
@@ -148,8 +168,7 @@ def _export_tensorrt(
     c = int(meta["in_channels"])
     net = net.cuda()
     x = torch.randn(batch, c, tile, tile, device="cuda", generator=None)
-    warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=FutureWarning)
-    with torch.no_grad():
+    with quiet_torchscript(), torch.no_grad():
         traced = torch.jit.trace(net, x[:1], check_trace=False)
     dtype = torch.float32 if precision == "fp32" else torch.float16
     trt_mod = compile_tensorrt(traced, c, (tile, tile), batch, dtype, "cuda", min_batch=batch)
@@ -164,7 +183,8 @@ def _export_tensorrt(
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = str(atomic.new_temporary(output))
     try:
-        torch.jit.save(trt_mod, tmp, _extra_files={META_NAME: json.dumps(spec.to_dict())})
+        with quiet_torchscript():
+            torch.jit.save(trt_mod, tmp, _extra_files={META_NAME: json.dumps(spec.to_dict())})
         atomic.replace(tmp, output)
     except OSError as exc:
         raise ModelFileError(f"{output}: cannot write the TensorRT model ({exc})") from None
@@ -174,10 +194,60 @@ def _export_tensorrt(
     return check
 
 
+def trained_model(rundir: str | os.PathLike[str]) -> Path:
+    """The model file ``tilesegd train`` wrote into ``rundir``: ``model.pt2``, else ``model.ts``
+    (a network that torch.export cannot export with a dynamic input size, or a run made by an
+    older tilesegd); ``rundir / "model.pt2"`` when there is neither."""
+    rundir = Path(rundir)
+    for name in (MODEL_FILE, FALLBACK_FILE):
+        if (rundir / name).is_file():
+            return rundir / name
+    return rundir / MODEL_FILE
+
+
+def check_dynamic(eager: torch.nn.Module, path: Path, spec: ModelSpec) -> str | None:
+    """Load the model file ``path`` and run it, on the CPU, at sizes other than the tile it was
+    exported with, non-square multiples of ``spec.multiple``: (1, C, S + m, S + 2m) and
+    (3, C, s, s + m), with ``S`` = ``spec.tile_size`` (at most 512) and ``s`` about S / 2 (at
+    least 4m); its logits must match the eager network's (to 1e-3 of their magnitude).
+
+    Args:
+        eager: the network the file was made from (on the CPU, eval mode).
+        path: the model file.
+        spec: its metadata.
+
+    Returns:
+        ``None`` when it runs so, else what failed (one line): a static-shape torch.export
+        file fails at batch 1.
+    """
+    m, c = spec.multiple, spec.in_channels
+    side = max(m, min(spec.tile_size, 512) // m * m)
+    small = max(4 * m, side // 2 // m * m)
+    gen = torch.Generator().manual_seed(0)
+    try:
+        module = load_model(path, "cpu").module
+        for shape in ((1, c, side + m, side + 2 * m), (3, c, small, small + m)):
+            x = torch.randn(*shape, generator=gen)
+            with torch.no_grad():
+                want, got = eager(x), module(x)
+            if got.shape != want.shape:
+                return f"input {shape}: output {tuple(got.shape)}, not {tuple(want.shape)}"
+            diff = compare_scores(want, got)["max_abs_diff"]
+            if not diff <= 1e-3 * max(1.0, float(want.abs().max())):
+                return f"input {shape}: logits differ from the eager network's by {diff:.3g}"
+    except Exception as exc:  # torch.export's guards raise AssertionError / RuntimeError
+        return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+    return None
+
+
 def save_best_model(
     out: Path, measure_tile: int | None = None, device: str | torch.device = "cpu"
 ) -> Path:
-    """Write ``out/model.ts`` from ``out/best.ckpt`` (model-file contract, via ``save_model``).
+    """Write ``out/model.pt2`` (torch.export) from ``out/best.ckpt`` (model-file contract, via
+    ``save_model``), checked to run at other input sizes and batch sizes
+    (:func:`check_dynamic`); where it does not (a network torch.export cannot export with a
+    dynamic input size), ``out/model.ts`` (TorchScript) instead, with a logged warning. The
+    other of the two, left by an earlier run in ``out``, is removed.
 
     Args:
         out: the run directory.
@@ -186,6 +256,12 @@ def save_best_model(
             recorded in ``best.ckpt`` too (training measured it at no epoch: every validation
             image fitted one tile).
         device: where to measure.
+
+    Returns:
+        The model file written.
+
+    Raises:
+        ModelFileError: unreadable ``best.ckpt``. OSError: the file cannot be written.
     """
     from tilesegd.training.checkpoint import save_checkpoint
     from tilesegd.training.model import network_from_state
@@ -201,6 +277,35 @@ def save_best_model(
         net = net.cpu()
     meta = dict(st["spec"])
     meta["trained"] = {"epoch": st["epoch"], "val_miou": round(st["best_miou"], 6)}
-    spec = ModelSpec.from_dict(meta, str(out / "model.ts"))
+    path = _save_run_model(net.eval(), out, meta)
+    stale = out / (FALLBACK_FILE if path.name == MODEL_FILE else MODEL_FILE)
+    if stale.is_file():
+        stale.unlink()
+        log.info("removed %s (an earlier run's; the model is now %s)", stale, path)
+    return path
+
+
+def _save_run_model(net: torch.nn.Module, out: Path, meta: dict[str, Any]) -> Path:
+    """``out/model.pt2`` when it passes :func:`check_dynamic`, else ``out/model.ts``."""
+    path = out / MODEL_FILE
+    spec = ModelSpec.from_dict(meta, str(path))
     example = min(spec.tile_size, 4 * spec.multiple)
-    return save_model(net, out / "model.ts", spec, example_size=example)
+    try:
+        save_model(net, path, spec, example_size=example)
+        problem = check_dynamic(net, path, spec)
+    except (OSError, ModelFileError):
+        raise
+    except Exception as exc:  # torch.export cannot export this network at all
+        problem = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+    if problem is None:
+        return path
+    log.warning(
+        "%s: the torch.export file does not run other input or batch sizes (%s); writing "
+        "%s (TorchScript) instead",
+        path,
+        problem,
+        FALLBACK_FILE,
+    )
+    path.unlink(missing_ok=True)
+    path = out / FALLBACK_FILE
+    return save_model(net, path, ModelSpec.from_dict(meta, str(path)), example_size=example)

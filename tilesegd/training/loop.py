@@ -14,8 +14,10 @@ weights, optimiser, scheduler, AMP scaler and torch RNG state at the end of an e
 
 RUNDIR receives ``config.yaml``, ``metrics.csv`` (a row per epoch: losses, validation mIoU,
 pixel accuracy, Dice and each class's IoU), ``curves.png``, ``confusion.png``, ``best.ckpt``,
-``last.ckpt`` (see :mod:`~tilesegd.training.checkpoint`) and ``model.ts`` (the best epoch, in the
-model-file contract). At the end a warning names the classes the last epoch never predicted.
+``last.ckpt`` (see :mod:`~tilesegd.training.checkpoint`) and ``model.pt2`` (the best epoch, in the
+model-file contract: a torch.export archive with a dynamic input size; ``model.ts``, TorchScript,
+for a network that does not export so: :func:`~tilesegd.training.export.save_best_model`). At the
+end a warning names the classes the last epoch never predicted.
 """
 
 from __future__ import annotations
