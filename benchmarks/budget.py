@@ -1,6 +1,6 @@
 """The memory budget on the CPU: what one network call of the default tile really costs.
 
-    .venv/bin/python benchmarks/budget.py [--model benchmarks/out/loveda_model/model.ts]
+    .venv/bin/python benchmarks/budget.py [--model benchmarks/out/loveda_model/model.pt2]
 
 For the model file, prints the tile the default rule picks for the CPU budget, and for each
 tile the peak resident memory of a fresh process that runs three engine calls of it (as a run
@@ -50,14 +50,15 @@ def one_call(model: str, tile: int) -> dict[str, float]:
 def main() -> None:
     """Command line: see the module docstring."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=str(HERE / "out" / "loveda_model" / "model.ts"))
+    ap.add_argument("--model", default=str(HERE / "out" / "loveda_model" / "model.pt2"))
     ap.add_argument("--tiles", type=int, nargs="*", default=None, help="default: the rule's")
     ap.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.one:
         print(json.dumps(one_call(a.model, a.one)))
         return
-    from tilesegd.inference.geometry import CPU_BUDGET, call_bytes_per_pixel, resolve_geometry
+    from tilesegd.inference.budget import CPU_BUDGET, call_bytes_per_pixel
+    from tilesegd.inference.geometry import resolve_geometry
     from tilesegd.model.halo import measure_activation_bytes
     from tilesegd.model.model_file import load_model
 

@@ -49,12 +49,12 @@ class Counted:
 
 
 def load_net(model: str | Path, device: torch.device) -> Any:
-    """The same TorchScript file every tool runs, in eval mode on ``device``."""
-    import warnings
+    """The same model file every tool runs (``.ts`` TorchScript or ``.pt2`` torch.export,
+    through :func:`tilesegd.model.model_file.load_model`: torch itself, never a conversion), on
+    ``device``."""
+    from tilesegd.model.model_file import load_model
 
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    net = torch.jit.load(str(model), map_location=device)
-    return net.eval()
+    return load_model(model, device).module
 
 
 def warm_up(net: Any, batch: int, device: torch.device, tile: int = 512) -> None:

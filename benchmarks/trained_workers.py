@@ -45,8 +45,8 @@ def run_tilesegd(
     from tilesegd.batch.runner import RunSetup, compute_blocks, finish_scene, plan_scene
     from tilesegd.config import RunConfig
     from tilesegd.inference.build import load_network
-    from tilesegd.inference.geometry import ACTIVATION_KEY
     from tilesegd.inference.options import EngineOptions
+    from tilesegd.model.spec import ACTIVATION_KEY
 
     out_dir = Path(out)
     shutil.rmtree(out_dir, ignore_errors=True)

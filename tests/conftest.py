@@ -305,6 +305,36 @@ TEST_ACCESS_KEY_ID = "AKIATILESEGDTESTKEY0"
 TEST_SECRET_ACCESS_KEY = "tilesegd-test-secret-Zq8wX1vN"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def session_model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Model files fetched by URL, converted to ONNX and timed (``--runtime auto``) go to a
+    cache of this session, never to the user's ``~/.cache/tilesegd``."""
+    old = os.environ.get("TILESEGD_MODEL_CACHE")
+    path = tmp_path_factory.mktemp("model-cache")
+    os.environ["TILESEGD_MODEL_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("TILESEGD_MODEL_CACHE", None)
+    else:
+        os.environ["TILESEGD_MODEL_CACHE"] = old
+
+
+def flat_curve(network, channels: int, sizes) -> tuple[tuple[int, float], ...]:  # noqa: ANN001
+    """A throughput curve equal at every tile size: the cost model then picks each scene's tile
+    by network pixels alone."""
+    return tuple((int(s), 1.0) for s in sorted(sizes))
+
+
+@pytest.fixture(autouse=True)
+def untimed_cost_model(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs in the tests do not time their networks (seconds per model file, and the suite
+    makes hundreds): the curve is flat. Tests marked ``timed_cost_model`` time for real."""
+    if request.node.get_closest_marker("timed_cost_model") is None:
+        import tilesegd.inference.costmodel as costmodel
+
+        monkeypatch.setattr(costmodel, "measure_curve", flat_curve)
+
+
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[str]:
     """moto's S3 server on 127.0.0.1 (a free port) for the whole session: its endpoint URL.

@@ -63,7 +63,7 @@ class RunConfig:
         scratch: local folder where scene outputs are built before upload to an
             object-storage output (``None``: the temp folder).
         tile_size: network input side, pixels, for every scene; ``None`` = chosen per scene
-            from the model's measured halo and the memory budget
+            from the model's measured halo, its measured throughput and the memory budget
             (:func:`~tilesegd.inference.geometry.resolve_geometry`), or the model's ``tile_size``
             when its file has no measured overlap.
         overlap: pixels shared by neighbouring tiles (a halo of ``overlap / 2`` each side);
@@ -71,6 +71,9 @@ class RunConfig:
             smaller than 256 px.
         batch_size: tiles per network call (halved automatically on CUDA out-of-memory);
             ``None`` = :func:`~tilesegd.inference.geometry.default_batch` of the tile size.
+        memory_budget: memory one network call may use (``"3GiB"``, ``"1500MB"``, bytes); it
+            bounds the default tile; ``None`` = the device's
+            (:func:`~tilesegd.inference.budget.memory_budget`).
         device: ``auto`` (CUDA if present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
         precision: ``auto`` (fp16 on CUDA, fp32 on CPU), ``fp32``, ``fp16``, ``bf16``.
         workers: reader / writer threads; with ``cluster: local``, the number of Dask worker
@@ -87,9 +90,10 @@ class RunConfig:
         preview_size: longest side of ``preview.png`` in pixels (0 disables the preview).
         compile: shorthand for ``runtime: compile``.
         runtime: how the network runs: ``auto`` (CUDA: TensorRT when torch-tensorrt is
-            installed, else a captured CUDA graph; CPU: eager), ``eager``, ``compile``
-            (``torch.compile``, CPU or CUDA), ``cudagraph`` (CUDA) or ``tensorrt`` (CUDA,
-            needs ``tilesegd[tensorrt]``).
+            installed, else a captured CUDA graph; CPU: onnxruntime when installed, the model
+            file converted once and cached, else eager), ``eager``, ``compile``
+            (``torch.compile``, CPU or CUDA), ``cudagraph`` (CUDA), ``tensorrt`` (CUDA,
+            needs ``tilesegd[tensorrt]``) or ``onnxruntime`` (needs ``tilesegd[onnx]``).
         scheduler: an existing Dask scheduler (``tcp://HOST:PORT``, or its scheduler file):
             blocks are computed by its workers (needs ``tilesegd[distributed]``; shared
             filesystem).
@@ -136,6 +140,7 @@ class RunConfig:
     tile_size: int | None = None
     overlap: int | None = None
     batch_size: int | None = None
+    memory_budget: str | None = None
     device: str = "auto"
     precision: str = "auto"
     workers: int = field(default_factory=default_workers)
@@ -206,6 +211,10 @@ class RunConfig:
             )
         if self.runtime not in RUNTIMES:
             raise ConfigError(f"runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
+        if self.memory_budget is not None:
+            from tilesegd.inference.budget import parse_memory_size
+
+            parse_memory_size(self.memory_budget)
         if self.bands is not None and (not self.bands or min(self.bands) < 1):
             raise ConfigError(f"bands must list 1-based band numbers, got {self.bands}")
         if self.max_megapixels <= 0:
@@ -272,12 +281,18 @@ class RunConfig:
 
     def tiling(self) -> TilingOptions:
         """This run's tiling options (:class:`~tilesegd.inference.geometry.TilingOptions`)."""
+        from tilesegd.inference.budget import parse_memory_size
         from tilesegd.inference.geometry import TilingOptions
 
-        return TilingOptions(self.tile_size, self.overlap, self.block_size, self.batch_size)
+        budget = None if self.memory_budget is None else parse_memory_size(self.memory_budget)
+        return TilingOptions(self.tile_size, self.overlap, self.block_size, self.batch_size, budget)
 
     def geometry(
-        self, spec: ModelSpec, budget: int | None = None, dtype_bytes: int = 4
+        self,
+        spec: ModelSpec,
+        budget: int | None = None,
+        dtype_bytes: int = 4,
+        cost: tuple[tuple[int, float], ...] = (),
     ) -> Geometry:
         """This run's tile geometry for a model
         (:func:`~tilesegd.inference.geometry.geometry_for`, as ``tilesegd eval`` and training's
@@ -285,16 +300,19 @@ class RunConfig:
 
         Args:
             budget: the device's memory budget for one network call, bytes (``None``: the
-                CPU's; see :func:`~tilesegd.inference.geometry.device_budget`).
+                CPU's; see :func:`~tilesegd.inference.budget.device_budget`).
             dtype_bytes: bytes per activation value at the run's precision (2 for fp16/bf16).
+            cost: the network's measured throughput curve
+                (:func:`~tilesegd.inference.costmodel.measure_throughput`), or none.
 
         Raises:
             ConfigError: the tile size / overlap / block size cannot make a tile grid.
         """
-        from tilesegd.inference.geometry import CPU_BUDGET, DeviceBudget, geometry_for
+        from tilesegd.inference.budget import CPU_BUDGET, DeviceBudget
+        from tilesegd.inference.geometry import geometry_for
 
         device = DeviceBudget(budget or CPU_BUDGET, dtype_bytes)
-        return geometry_for(spec, self.tiling(), device, save_probs=self.save_probs)
+        return geometry_for(spec, self.tiling(), device, save_probs=self.save_probs, cost=cost)
 
     def bands_for(self, spec: ModelSpec) -> tuple[int, ...]:
         """The 1-based raster bands fed to the model: ``bands`` if given, else the model's.

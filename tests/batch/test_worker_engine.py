@@ -39,9 +39,10 @@ def test_the_tasks_use_the_engine_prepare_worker_checked(tiny_model, tmp_path, c
     model = tiny_model(overlap=12)
     sha = file_sha256(model)
     cfg = RunConfig(input=[str(tmp_path)], model=str(model), output=str(tmp_path), device="cpu")
-    device, dtype, budget, dtype_bytes = prepare_worker(cfg, sha)
-    assert (device, dtype, dtype_bytes) == ("cpu", "torch.float32", 4)
-    geometry = cfg.geometry(read_spec(model), budget, dtype_bytes)  # as the client plans it
+    found = prepare_worker(cfg, sha)
+    assert (found.device, found.dtype, found.dtype_bytes) == ("cpu", "torch.float32", 4)
+    # as the client plans it
+    geometry = cfg.geometry(read_spec(model), found.budget, found.dtype_bytes, found.cost)
     engine = worker_engine(cfg, sha, geometry)
     assert engine.geometry == geometry and engine.batch_size == geometry.batch_size
     assert counted == {"loads": 1, "engines": 1}  # the checked engine, reused

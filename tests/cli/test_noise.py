@@ -23,7 +23,8 @@ from shapely.geometry import box
 
 from tilesegd.cli.main import cli
 from tilesegd.errors import ConfigError, InputError
-from tilesegd.inference.geometry import CPU_BUDGET, CUDA_BUDGET_SHARE, resolve_geometry, warn_capped
+from tilesegd.inference.budget import CPU_BUDGET, CUDA_BUDGET_SHARE
+from tilesegd.inference.geometry import resolve_geometry, warn_capped
 from tilesegd.model.model_file import save_model
 from tilesegd.raster.scene import open_scene
 
@@ -198,9 +199,11 @@ def test_tile_size_help_says_how_the_default_is_chosen() -> None:
     tile = option_help(r.output, "--tile-size")
     assert "usually" not in tile and "512" not in tile
     assert "halo" in tile and "memory budget" in tile and "per scene" in tile
-    assert f"{CPU_BUDGET / 2**30:g} GiB" in tile
-    assert f"{CUDA_BUDGET_SHARE:.0%}" in tile or "a quarter" in tile
+    assert "throughput" in tile and "--memory-budget" in tile
     assert "tile_size" in tile  # files without a measured overlap keep theirs
+    budget = option_help(r.output, "--memory-budget")
+    assert f"{CPU_BUDGET / 2**30:g} GiB" in budget and "eighth" in budget
+    assert f"{CUDA_BUDGET_SHARE:.0%}" in budget
 
 
 # 4. file modes follow the umask ------------------------------------------------------------

@@ -19,17 +19,17 @@ from conftest import TinyConvNet, engine_for, examples, smooth_image, spec_for
 from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 
-import tilesegd.inference.geometry as geometry_module
+import tilesegd.inference.budget as budget_module
+import tilesegd.inference.costmodel as costmodel
 import tilesegd.inference.tensorrt as tensorrt_module
 from tilesegd.batch.local import load_engine
 from tilesegd.config import RunConfig
 from tilesegd.errors import ConfigError
 from tilesegd.evaluation.evaluate import EvalConfig
 from tilesegd.evaluation.scoring import Scorer
+from tilesegd.inference.budget import CPU_BUDGET, DeviceBudget, memory_budget
 from tilesegd.inference.engine import Engine
 from tilesegd.inference.geometry import (
-    CPU_BUDGET,
-    DeviceBudget,
     Geometry,
     TilingOptions,
     geometry_for,
@@ -217,11 +217,24 @@ def three_geometries(
         cfg = EvalConfig(model, out, out, out, engine=options, tiling=tiling)
         return cfg.open_engine().geometry
 
-    got = {"run": _outcome(run), "eval": _outcome(evaluate)}
+    with pytest.MonkeyPatch.context() as mp:  # a fake throughput curve: no timing here
+        mp.setattr(costmodel, "measure_curve", fake_curve)
+        got = {"run": _outcome(run), "eval": _outcome(evaluate)}
+    if isinstance(got["run"], Geometry):  # run and eval pick each scene's tile alike
+        assert got["run"] == got["eval"]
+        cost = got["run"].cost
+        assert bool(cost) == (0 < got["run"].min_tile < got["run"].tile_size)
+        assert cost == fake_curve(None, 3, [t for t, _ in cost])
+        got = {k: replace(g, cost=()) for k, g in got.items()}
     if tiling == TilingOptions() and precision == "auto":
         spec, device = read_spec(model), torch.device("cpu")
         got["validation"] = validation_engine(TinyConvNet(3, 4), spec, False, device).geometry
     return got
+
+
+def fake_curve(network, channels: int, sizes) -> tuple[tuple[int, float], ...]:  # noqa: ANN001
+    """A made-up throughput curve over ``sizes`` (faster towards 1 kpx)."""
+    return tuple((int(s), 1.0 + min(s, 1024) / 1024) for s in sorted(sizes))
 
 
 TILINGS = st.builds(
@@ -250,7 +263,7 @@ def test_run_eval_and_validation_resolve_the_same_geometry(
     with the device's budget (``device_budget`` stands in for a GPU of any size)."""
     out = tmp_path_factory.mktemp("out")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(geometry_module, "device_budget", lambda device: (budget, 2))
+        mp.setattr(budget_module, "device_budget", lambda device: (budget, 2))
         got = three_geometries(models[kind], tiling, precision, out)
     dtype_bytes = 2 if precision == "bf16" else 4
     spec = read_spec(models[kind])
@@ -266,24 +279,25 @@ def test_run_eval_and_validation_resolve_the_same_geometry(
     precision=st.sampled_from(["auto", "fp32"]),
 )
 @example(kind="measured", tiling=TilingOptions(), precision="auto")
-def test_on_the_cpu_eval_and_validation_tile_as_before(
+def test_on_the_cpu_every_call_site_tiles_with_the_machines_budget(
     models, tmp_path_factory, kind, tiling, precision
 ) -> None:
-    """On the CPU at fp32 the device budget is the budget eval and validation assumed before
-    (:data:`CPU_BUDGET`, 4 bytes per value): their geometry, hence their scores, is unchanged."""
+    """On the CPU at fp32 the device budget is the machine's share
+    (:func:`~tilesegd.inference.budget.memory_budget`, 4 bytes per value), for run, eval and
+    validation alike: the geometry ``resolve_geometry`` gives for that budget."""
     out = tmp_path_factory.mktemp("out")
     got = three_geometries(models[kind], tiling, precision, out)
     spec = read_spec(models[kind])
-    # what evaluate() and the Scorer resolved before issue 21.5
-    t = tiling
-    before = _outcome(
+    t, budget = tiling, memory_budget("cpu")
+    assert budget >= CPU_BUDGET
+    want = _outcome(
         lambda: resolve_geometry(
-            spec, tile_size=t.tile_size, overlap=t.overlap, batch_size=t.batch_size
+            spec, tile_size=t.tile_size, overlap=t.overlap, batch_size=t.batch_size, budget=budget
         )
     )
-    assert got["eval"] == before
+    assert got["eval"] == want
     if "validation" in got:
-        assert got["validation"] == resolve_geometry(spec)
+        assert got["validation"] == resolve_geometry(spec, budget=budget)
 
 
 def test_bf16_on_the_cpu_now_evaluates_with_the_runs_tiles(models, tmp_path) -> None:
@@ -291,7 +305,11 @@ def test_bf16_on_the_cpu_now_evaluates_with_the_runs_tiles(models, tmp_path) -> 
     activation value, as ``run`` always did; eval assumed 4 (larger budget tiles now)."""
     got = three_geometries(models["measured"], TilingOptions(), "bf16", tmp_path)
     spec = read_spec(models["measured"])
-    before = resolve_geometry(spec)
-    assert got["eval"] == got["run"] == resolve_geometry(spec, dtype_bytes=2)
+    before = resolve_geometry(spec, budget=memory_budget("cpu"))
+    assert (
+        got["eval"]
+        == got["run"]
+        == resolve_geometry(spec, dtype_bytes=2, budget=memory_budget("cpu"))
+    )
     assert got["eval"].tile_size > before.tile_size
     assert replace(got["eval"], tile_size=before.tile_size, batch_size=before.batch_size) == before

@@ -13,14 +13,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tilesegd.errors import ConfigError
-from tilesegd.inference.geometry import (
+from tilesegd.inference.budget import (
     CPU_BUDGET,
     DEFAULT_ACTIVATION_BYTES,
+    call_bytes_per_pixel,
+    machine_memory,
+    memory_budget,
+)
+from tilesegd.inference.geometry import (
     MAX_TILE,
     budget_tile,
-    call_bytes_per_pixel,
     fit_tile,
-    memory_budget,
     min_seamless_tile,
     pixels_run,
     resolve_geometry,
@@ -204,7 +207,10 @@ def test_the_model_files_activation_bytes_and_the_device_budget() -> None:
     )
     assert call_bytes_per_pixel(measured, save_probs=True) > call_bytes_per_pixel(measured)
     assert resolve_geometry(measured).tile_size > resolve_geometry(base).tile_size
-    assert memory_budget("cpu") == CPU_BUDGET == memory_budget("cpu", 80 << 30)
+    # the CPU's budget is an eighth of its memory, never under 1.25 GiB
+    assert memory_budget("cpu", 8 << 30) == CPU_BUDGET
+    assert memory_budget("cpu", 80 << 30) == 10 << 30
+    assert memory_budget("cpu") == max(CPU_BUDGET, machine_memory() // 8 >> 20 << 20)
     assert memory_budget("cuda", 80 << 30) == 20 << 30
     gpu = resolve_geometry(base, budget=memory_budget("cuda", 80 << 30), dtype_bytes=2)
     assert gpu.tile_size == MAX_TILE and gpu.batch_size == 1

@@ -130,15 +130,16 @@ def worker_engine(cfg: RunConfig, model_sha: str, geometry: Geometry) -> Engine:
         return _ENGINES[key]
 
 
-def prepare_worker(cfg: RunConfig, model_sha: str) -> tuple[str, str, int, int]:
+def prepare_worker(cfg: RunConfig, model_sha: str) -> WorkerTarget:
     """Dask task: load the network on a worker, build its engine with the geometry this
     worker's memory budget gives (:meth:`~tilesegd.config.RunConfig.geometry`, as the client
     then resolves it from what this returns), check it on one tile of the model's
     ``tile_size`` (so a bad model fails before any scene) and build its TensorRT engine when
-    that runtime was asked for. Returns the resolved ``(device, dtype)`` as strings, which go
-    into the run's fingerprint, and the worker's memory budget and bytes per activation value
-    (:class:`~tilesegd.inference.geometry.DeviceBudget`), from which the client resolves the
-    run's tile geometry (a client without a GPU plans for GPU workers).
+    that runtime was asked for. Returns a :class:`WorkerTarget`: the resolved device, dtype and
+    runtime, which go into the run's fingerprint, and the worker's memory budget, bytes per
+    activation value (:class:`~tilesegd.inference.budget.DeviceBudget`) and measured throughput
+    curve (:meth:`~tilesegd.inference.build.Network.measure_cost`), from which the client
+    resolves the run's tile geometry (a client without a GPU plans for GPU workers).
 
     Raises:
         ModelFileError: the file or the network disagrees with its ``tilesegd.json``.
@@ -146,11 +147,29 @@ def prepare_worker(cfg: RunConfig, model_sha: str) -> tuple[str, str, int, int]:
     """
     net = worker_network(cfg, model_sha)
     budget = net.target.budget
-    engine = worker_engine(cfg, model_sha, cfg.geometry(net.spec, budget.bytes, budget.dtype_bytes))
+    cost = net.measure_cost(cfg.tiling(), model_sha)
+    geometry = cfg.geometry(net.spec, budget.bytes, budget.dtype_bytes, cost)
+    engine = worker_engine(cfg, model_sha, geometry)
     tile = (engine.spec.tile_size, engine.spec.tile_size)
     engine.check(tile)
     engine.build_tensorrt(tile)
-    return str(engine.device), str(engine.dtype), budget.bytes, budget.dtype_bytes
+    device, dtype = str(engine.device), str(engine.dtype)
+    return WorkerTarget(device, dtype, engine.runtime, budget.bytes, budget.dtype_bytes, cost)
+
+
+@dataclass(frozen=True)
+class WorkerTarget:
+    """What :func:`prepare_worker` found on a worker: the resolved ``device``, ``dtype`` and
+    ``runtime`` (strings), its memory ``budget`` (bytes per network call) and ``dtype_bytes``
+    (bytes per activation value), and the network's measured throughput curve ``cost``
+    (``((tile px, megapixels per second), ...)``)."""
+
+    device: str
+    dtype: str
+    runtime: str
+    budget: int
+    dtype_bytes: int
+    cost: tuple[tuple[int, float], ...] = ()
 
 
 def _worker_store(plan: ScenePlan, run_id: str) -> ZarrMaskStore:
@@ -194,11 +213,13 @@ def compute_task(job: SceneJob, block_ids: list[int]) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     engine = worker_engine(job.run.cfg, job.model_sha, job.run.geometry)
-    if (str(engine.device), str(engine.dtype)) != (job.device, job.dtype):
+    found = (str(engine.device), str(engine.dtype), engine.runtime)
+    if found != (job.device, job.dtype, job.run.runtime):
         raise DeviceError(
-            f"worker {socket.gethostname()} runs the model on {engine.device} "
-            f"{engine.dtype}, but the run was planned for {job.device} {job.dtype}; give "
-            "--device and --precision explicitly so every worker computes the same masks"
+            f"worker {socket.gethostname()} runs the model on {' '.join(found)}, but the run "
+            f"was planned for {job.device} {job.dtype} {job.run.runtime}; give --device, "
+            "--precision and --runtime explicitly (and install the same extras on every "
+            "worker) so every worker computes the same masks"
         )
     plan = job.plan
     store = _worker_store(plan, job.run_id)

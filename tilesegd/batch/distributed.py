@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from tilesegd.batch.cluster import SceneJob, compute_task, open_client, prepare_worker
 from tilesegd.batch.local import run_header, scene_states
+from tilesegd.batch.plan import recorded_cost
 from tilesegd.batch.progress import progress_bar
 from tilesegd.batch.runner import RunSetup, aoi_fields, finish_scene, plan_scene
 from tilesegd.config import RunConfig
@@ -136,11 +137,12 @@ def run_distributed(
         task_model = model_url or str(model)  # a URL: each worker machine fetches it once
         task_cfg = replace(cfg, model=task_model, output=str(output.resolve()), workers=threads)
         log.info("Dask scheduler %s; loading the model on a worker", client.scheduler.address)
-        device, dtype, budget, dtype_bytes = client.submit(
-            prepare_worker, task_cfg, model_sha, pure=False
-        ).result()
-        run = RunSetup.resolve(cfg, spec, output.resolve(), model_sha, device, dtype, budget,
-                               dtype_bytes, sources)  # fmt: skip
+        found = client.submit(prepare_worker, task_cfg, model_sha, pure=False).result()
+        device, dtype = found.device, found.dtype
+        cost = recorded_cost(cfg, output, model_sha, found.runtime, device) or found.cost
+        run = RunSetup.resolve(cfg, spec, output.resolve(), model_sha, device, dtype,
+                               local_budget(cfg, found.budget), found.dtype_bytes, sources,
+                               found.runtime, cost)  # fmt: skip
         job = SceneJob(None, replace(run, cfg=task_cfg), model_sha, device, dtype, uuid.uuid4().hex)
         return DistributedRun(run, job, client).run(
             paths, names, stop or threading.Event(), progress, blocks_per_task
@@ -149,6 +151,17 @@ def run_distributed(
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def local_budget(cfg: RunConfig, budget: int) -> int:
+    """A worker's memory budget per network call: with ``--cluster local`` and no
+    ``--memory-budget`` the machine's default share split between its ``--workers`` processes
+    (they share the machine's memory), else ``budget`` as the worker found it."""
+    if cfg.cluster == "local" and cfg.memory_budget is None and cfg.workers > 1:
+        from tilesegd.inference.budget import CPU_BUDGET
+
+        return max(CPU_BUDGET, budget // cfg.workers)
+    return budget
 
 
 class DistributedRun:

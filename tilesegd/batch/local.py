@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tilesegd.batch.finish import add_scene_products
+from tilesegd.batch.plan import recorded_cost
 from tilesegd.batch.runner import RunSetup, run_scene
 from tilesegd.batch.states import RunStates
 from tilesegd.config import RunConfig
@@ -34,6 +35,7 @@ def run_header(run: RunSetup, model_sha: str, device: str, dtype: str) -> dict[s
         },
         "device": device,
         "precision": dtype.replace("torch.", ""),
+        "runtime": run.runtime,
         "config": run.cfg.to_dict(),
         "geometry": {
             "tile_size": run.geometry.tile_size,
@@ -41,6 +43,7 @@ def run_header(run: RunSetup, model_sha: str, device: str, dtype: str) -> dict[s
             "overlap": run.geometry.overlap,
             "block_size": run.geometry.block_size,
             "batch_size": run.geometry.batch_size,
+            "throughput_mpx_s": [list(p) for p in run.geometry.cost],
         },
     }
 
@@ -62,13 +65,14 @@ def load_engine(
             bands.
     """
     from tilesegd.inference.build import load_network
-    from tilesegd.model.model_file import file_sha256
 
-    model_sha = file_sha256(cfg.model) if Path(cfg.model or "").is_file() else ""
     net = load_network(cfg.model or "", cfg.engine_options(), sha256=cfg.model_sha256)
+    model_sha = net.sha256
     device, dtype, budget = net.target.device, net.target.dtype, net.target.budget
+    recorded = recorded_cost(cfg, output, model_sha, net.runtime, str(device))
+    cost = recorded or net.measure_cost(cfg.tiling(), model_sha)
     run = RunSetup.resolve(cfg, net.spec, output, model_sha, str(device), str(dtype),
-                           budget.bytes, budget.dtype_bytes, sources)  # fmt: skip
+                           budget.bytes, budget.dtype_bytes, sources, net.runtime, cost)  # fmt: skip
     engine = net.engine(run.geometry)
     tile = run.geometry.min_tile or run.geometry.tile_size  # the cheapest tile a scene may use
     engine.check((tile, tile))  # class count / output size vs tilesegd.json, before any scene

@@ -51,6 +51,8 @@ class RunSetup:
             (:meth:`tilesegd.stac.inputs.StacScene.source`), recorded in their output Items.
         started: when the run started (ISO 8601 UTC), the output Items' datetime of last resort.
         model_sha256: the model file's SHA-256 (hex), as the output Items record it.
+        runtime: what runs the network (``eager``, ``onnxruntime``, ``tensorrt``...), as
+            ``run.json`` records it.
     """
 
     cfg: RunConfig
@@ -68,6 +70,7 @@ class RunSetup:
     sources: dict[str, dict[str, Any]] = field(default_factory=dict)
     started: str = ""
     model_sha256: str = ""
+    runtime: str = "eager"
 
     def store_location(self, name: str, model_grid: bool = False) -> Path | str:
         """Where scene ``name``'s work ``pred.zarr`` is written: in its work folder, or, for
@@ -116,9 +119,12 @@ class RunSetup:
         budget: int | None = None,
         dtype_bytes: int = 4,
         sources: dict[str, dict[str, Any]] | None = None,
+        runtime: str = "eager",
+        cost: tuple[tuple[int, float], ...] = (),
     ) -> RunSetup:
         """Resolve geometry and bands against the model, read the AOI and zones files, check
-        the vector options, and compute the fingerprint.
+        the vector options, and compute the fingerprint (the runtime that runs the network
+        and its measured throughput ``cost``, which picks each scene's tile, are part of it).
 
         Raises:
             ConfigError: the tile geometry cannot work, ``--bands`` does not list the model's
@@ -128,7 +134,7 @@ class RunSetup:
         from tilesegd.batch.products import requested_products
         from tilesegd.storage.objects import output_location
 
-        geometry, bands = cfg.geometry(spec, budget, dtype_bytes), cfg.bands_for(spec)
+        geometry, bands = cfg.geometry(spec, budget, dtype_bytes, cost), cfg.bands_for(spec)
         aoi, zones = load_layers(cfg)
         if cfg.vector:
             from tilesegd.outputs.polygons import resolve_keep
@@ -137,7 +143,7 @@ class RunSetup:
         aoi_id = (str(Path(cfg.aoi).resolve()), input_stat(cfg.aoi), cfg.aoi_crs) if aoi else None
         confidence = (cfg.save_confidence, cfg.min_confidence)
         gsd = (cfg.resample, model_gsd(cfg, spec), cfg.gsd_tolerance, cfg.scene_gsd)
-        settings = (*geometry.settings(), bands, cfg.save_probs, *confidence, aoi_id, *gsd)
+        settings = (*geometry.settings(), bands, cfg.save_probs, *confidence, aoi_id, *gsd, runtime)
         fp = fingerprint(model_sha, settings, device, dtype)
         return cls(
             cfg,
@@ -154,6 +160,7 @@ class RunSetup:
             sources=dict(sources or {}),
             started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             model_sha256=model_sha,
+            runtime=runtime,
         )
 
 
@@ -221,3 +228,29 @@ class ScenePlan:
         """Pixels of the blocks already finished."""
         todo = {b.id for b in self.todo}
         return sum(b.window.height * b.window.width for b in self.grid.blocks() if b.id not in todo)
+
+
+def recorded_cost(
+    cfg: RunConfig, output: Path, sha256: str, runtime: str, device: str
+) -> tuple[tuple[int, float], ...] | None:
+    """The throughput curve the output's ``run.json`` recorded, when a previous run of the same
+    model file on the same runtime and device wrote it (``None`` otherwise, or with
+    ``--overwrite``): a resumed run reuses it, so it picks each scene's tile as the killed run
+    did (the same masks and fingerprint), even on another machine of a cluster."""
+    from tilesegd.batch.layout import RUN_JSON
+    from tilesegd.batch.ledger import open_ledger
+    from tilesegd.storage.objects import output_location
+
+    if cfg.overwrite:
+        return None
+    doc = open_ledger(Path(output), output_location(cfg.output)).read_json(RUN_JSON)
+    if not isinstance(doc, dict) or not sha256:
+        return None
+    same = (doc.get("model") or {}).get("sha256") == sha256
+    if not same or (doc.get("runtime"), doc.get("device")) != (runtime, device):
+        return None
+    curve = (doc.get("geometry") or {}).get("throughput_mpx_s") or ()
+    try:
+        return tuple((int(t), float(v)) for t, v in curve) or None
+    except (TypeError, ValueError):
+        return None

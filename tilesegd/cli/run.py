@@ -7,7 +7,7 @@ import click
 from tilesegd.cli.options import is_quiet, verbosity_options
 from tilesegd.config import COMPRESSIONS
 from tilesegd.errors import EXIT_SCENES_FAILED
-from tilesegd.inference.geometry import CPU_BUDGET, CUDA_BUDGET_SHARE
+from tilesegd.inference.budget import CPU_BUDGET, CUDA_BUDGET_SHARE
 from tilesegd.inference.runtimes import RUNTIMES
 
 
@@ -112,11 +112,19 @@ def _floats(value: str | None, n: int, example: str) -> list[float] | None:
     "--tile-size",
     type=int,
     help="Network input side in pixels, a multiple of the model's multiple; used for every "
-    "scene [default: chosen per scene from the model file's measured halo and the memory "
-    f"budget of one network call ({CPU_BUDGET / 2**30:g} GiB on the CPU, "
-    f"{CUDA_BUDGET_SHARE:.0%} of a GPU's memory): the tile between 4 x halo and the largest "
-    "that fits which runs the fewest network pixels; the model's tile_size for model files "
-    "without a measured overlap].",
+    "scene [default: chosen per scene from the model file's measured halo, the network's "
+    "measured throughput per tile size (timed once per model file and machine, cached) and "
+    "the memory budget of one network call (--memory-budget): the tile between 4 x halo and "
+    "the largest that fits with the fewest predicted seconds; the model's tile_size for model "
+    "files without a measured overlap].",
+)
+@click.option(
+    "--memory-budget",
+    metavar="SIZE",
+    help="Memory one network call may use, e.g. 3GiB or 1500MB; bounds the default tile "
+    "(peak memory stays flat in scene size) [default: an eighth of the machine's or "
+    f"container's memory, at least {CPU_BUDGET / 2**30:g} GiB, on the CPU; "
+    f"{CUDA_BUDGET_SHARE:.0%} of a GPU's memory].",
 )
 @click.option(
     "--overlap",
@@ -205,10 +213,12 @@ def _floats(value: str | None, n: int, example: str) -> list[float] | None:
     "--runtime",
     type=click.Choice(RUNTIMES),
     help="How the network runs. auto: on CUDA, TensorRT when torch-tensorrt is installed, "
-    "else a captured CUDA graph; on the CPU, eager. eager: plain PyTorch. compile: "
-    "torch.compile (CPU or CUDA; slow first batch). cudagraph: CUDA graphs (CUDA). tensorrt: "
-    "torch-tensorrt engine (CUDA, tilesegd[tensorrt]). Every accelerated runtime falls back to "
-    "eager with a warning if it cannot be built [default: auto].",
+    "else a captured CUDA graph; on the CPU, onnxruntime when installed (tilesegd[onnx]; a "
+    ".ts / .pt2 file is converted to ONNX once and cached by its SHA-256), else eager. eager: "
+    "plain PyTorch. compile: torch.compile (CPU or CUDA; slow first batch). cudagraph: CUDA "
+    "graphs (CUDA). tensorrt: torch-tensorrt engine (CUDA, tilesegd[tensorrt]). onnxruntime: "
+    "the ONNX conversion on any device. Every accelerated runtime falls back to eager with a "
+    "warning if it cannot be built; run.json records the one used [default: auto].",
 )
 @click.option(
     "--compile",

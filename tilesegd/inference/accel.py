@@ -9,7 +9,9 @@
 * ``compile``: ``torch.compile`` (Inductor) of the network.
 
 ``resolve_runtime("auto", device)`` picks ``tensorrt`` when torch-tensorrt is importable and
-the device is CUDA, else ``cudagraph`` on CUDA, else ``eager``. Every accelerated runtime falls
+the device is CUDA, else ``cudagraph`` on CUDA, else ``eager`` for a torch module (a model
+*file* on the CPU is run by onnxruntime instead when it is installed: :func:`tilesegd.inference.build.load_network`,
+:mod:`tilesegd.model.convert`). Every accelerated runtime falls
 back to eager with a warning if it cannot be built, so a run never fails for want of one.
 """
 
@@ -42,6 +44,11 @@ def resolve_runtime(runtime: str, device: torch.device) -> str:
     has_trt = importlib.util.find_spec("torch_tensorrt") is not None
     if runtime == "auto":
         return ("tensorrt" if has_trt else "cudagraph") if cuda else "eager"
+    if runtime == "onnxruntime" and importlib.util.find_spec("onnxruntime") is None:
+        raise DeviceError(
+            "runtime onnxruntime needs onnxruntime: pip install 'tilesegd[onnx]' (or "
+            "'tilesegd[onnx-gpu]' on CUDA), or use runtime auto"
+        )
     if runtime in ("cudagraph", "tensorrt") and not cuda:
         raise DeviceError(f"runtime {runtime} needs a CUDA device; use eager or auto on the CPU")
     if runtime == "tensorrt" and not has_trt:

@@ -15,17 +15,18 @@ A run resolves its geometry between steps 3 and 4 as part of its setup
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
 import torch
 
 from tilesegd.inference.accel import resolve_runtime
+from tilesegd.inference.budget import DeviceBudget
 from tilesegd.inference.device import resolve_device, resolve_precision
 from tilesegd.inference.engine import Engine
 from tilesegd.inference.geometry import (
     DEFAULT_TILING,
-    DeviceBudget,
     Geometry,
     TilingOptions,
     geometry_for,
@@ -73,6 +74,7 @@ class Network:
         options: the engine's settings.
         target: the resolved device, precision and budget.
         source: the model's name in messages (its path).
+        sha256: the model file's SHA-256 (hex; ``""`` for a network in memory).
     """
 
     module: Runtime
@@ -80,6 +82,7 @@ class Network:
     options: EngineOptions
     target: Target
     source: str = "<model>"
+    sha256: str = ""
 
     @classmethod
     def of(
@@ -88,16 +91,72 @@ class Network:
         """A network in memory, its target resolved from ``options`` (:func:`resolve_target`)."""
         return cls(module, spec, options, resolve_target(options), source)
 
-    def geometry(self, tiling: TilingOptions = DEFAULT_TILING) -> Geometry:
-        """Step 3: the tile geometry for ``tiling`` on this target
-        (:func:`~tilesegd.inference.geometry.geometry_for`)."""
+    def geometry(
+        self, tiling: TilingOptions = DEFAULT_TILING, cost: tuple[tuple[int, float], ...] = ()
+    ) -> Geometry:
+        """Step 3: the tile geometry for ``tiling`` on this target, with the network's measured
+        throughput ``cost`` when given (:func:`~tilesegd.inference.geometry.geometry_for`)."""
         return geometry_for(
-            self.spec, tiling, self.target.budget, save_probs=self.options.save_probs
+            self.spec, tiling, self.target.budget, save_probs=self.options.save_probs, cost=cost
         )
+
+    @property
+    def runtime(self) -> str:
+        """The runtime the engine will run (``onnxruntime`` for an ONNX module, else
+        :func:`~tilesegd.inference.accel.resolve_runtime` of the options)."""
+        own = getattr(self.module, "runtime", None)
+        if isinstance(own, str):
+            return own
+        runtime = resolve_runtime(self.options.runtime, self.target.device)
+        return "eager" if runtime == "onnxruntime" else runtime
+
+    def measure_cost(self, tiling: TilingOptions, sha256: str) -> tuple[tuple[int, float], ...]:
+        """The network's throughput curve between the smallest and the largest tile the default
+        rule may give a scene (:mod:`tilesegd.inference.costmodel`; cached by the model file's
+        ``sha256`` and this runtime and device); empty when every scene runs one fixed tile
+        (``--tile-size``, or a model file without a measured overlap)."""
+        from tilesegd.inference.costmodel import curve_sizes, measure_throughput
+
+        g = self.geometry(tiling)
+        if not g.min_tile or g.min_tile >= g.tile_size:
+            return ()
+        sizes = curve_sizes(g.min_tile, g.tile_size, g.multiple)
+        device = self.target.device
+        call = timed_call(self.module, device, self.target.dtype)
+        return measure_throughput(
+            call, self.spec.in_channels, sizes, sha256=sha256, runtime=self.runtime,
+            device=device_name(device),
+        )  # fmt: skip
 
     def engine(self, geometry: Geometry) -> Engine:
         """Step 4: the engine, built with ``geometry``."""
         return Engine(self.module, self.spec, geometry, self.options, source=self.source)
+
+
+def device_name(device: torch.device) -> str:
+    """``cpu``, or ``cuda:N <GPU name>`` (throughput differs between GPU models)."""
+    if device.type != "cuda":
+        return device.type
+    return f"{device} {torch.cuda.get_device_name(device)}"
+
+
+def timed_call(module: Runtime, device: torch.device, dtype: torch.dtype):
+    """``x -> module(x)`` as the engine calls it, for timing: the input moved to ``device``
+    (channels-last for a torch module, as the engine feeds it), under autocast at ``dtype``,
+    synchronised on CUDA."""
+    torch_net = isinstance(module, torch.nn.Module)
+    fmt = torch.channels_last if torch_net else torch.contiguous_format
+    autocast = torch_net and dtype != torch.float32
+
+    def call(x: torch.Tensor):
+        x = x.to(device).contiguous(memory_format=fmt)
+        with torch.autocast(device.type, dtype=dtype, enabled=autocast):
+            out = module(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return out
+
+    return call
 
 
 def load_network(
@@ -105,13 +164,41 @@ def load_network(
 ) -> Network:
     """Steps 1 and 2 for a model file: load it onto ``options.device``, then resolve the
     precision, runtime and budget (in this order, so the errors come as they always did).
+    A TorchScript / torch.export file that :func:`wants_onnxruntime` is replaced by its cached
+    ONNX conversion (made now the first time; torch when it does not convert).
 
     Raises:
         DeviceError: the device, precision or runtime is not available. ModelFileError: an
             unusable model file, or its SHA-256 is not ``sha256``.
     """
-    loaded = load_model(path, resolve_device(options.device), sha256=sha256)
-    return Network.of(loaded.module, loaded.spec, options, str(path))
+    from tilesegd.model.model_file import file_sha256
+
+    device = resolve_device(options.device)
+    loaded = load_model(path, device, sha256=sha256)
+    digest = (sha256 or file_sha256(loaded.path)).lower()
+    fp32 = resolve_precision(options.precision, device) == torch.float32
+    if wants_onnxruntime(options.runtime, device, fp32) and loaded.kind != "onnx":
+        from tilesegd.model.convert import onnx_twin
+
+        twin = onnx_twin(loaded, digest, device)
+        if twin is not None:
+            loaded = twin
+        elif options.runtime == "onnxruntime":
+            options = dataclasses.replace(options, runtime="eager")  # warned by onnx_twin
+    net = Network.of(loaded.module, loaded.spec, options, str(path))
+    return dataclasses.replace(net, sha256=digest)
+
+
+def wants_onnxruntime(runtime: str, device: torch.device, fp32: bool = True) -> bool:
+    """Whether a TorchScript / torch.export model file runs through its ONNX conversion
+    (:func:`tilesegd.model.convert.onnx_twin`): ``--runtime onnxruntime``, or ``auto`` on the
+    CPU at fp32 (``fp32``: a ``--precision bf16`` run keeps torch's autocast) with onnxruntime
+    installed (faster there than torch's kernels: ``benchmarks/RESULTS.md``, "Runtimes")."""
+    from tilesegd.model.convert import onnxruntime_available
+
+    if runtime == "onnxruntime":
+        return True
+    return runtime == "auto" and device.type == "cpu" and fp32 and onnxruntime_available()
 
 
 def open_engine(
@@ -122,14 +209,14 @@ def open_engine(
     sha256: str | None = None,
 ) -> Engine:
     """An engine for a model file (:func:`load_network`), with the geometry of ``tiling`` on
-    its device (as ``tilesegd run`` resolves it).
+    its device and the network's measured throughput (as ``tilesegd run`` resolves it).
 
     Raises:
         DeviceError, ModelFileError: as :func:`load_network`. ConfigError: ``tiling`` cannot
             make a tile grid.
     """
     net = load_network(path, options, sha256=sha256)
-    return net.engine(net.geometry(tiling))
+    return net.engine(net.geometry(tiling, net.measure_cost(tiling, net.sha256)))
 
 
 def build_engine(

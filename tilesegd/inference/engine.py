@@ -54,6 +54,7 @@ def _pad(t: torch.Tensor, size: int) -> torch.Tensor:
 
 
 COUNTERS = frozenset({"calls", "tiles", "slots", "oom_retries"})
+EXACT_PADDING = frozenset({"eager", "onnxruntime"})  # runtimes whose short calls are verified
 """The engine's public attributes that change while it runs (statistics); every other public
 attribute is fixed when it is built."""
 
@@ -101,8 +102,10 @@ class Engine:
         # a runtime that is not a torch module (onnxruntime: tilesegd.model.onnx_model.OnnxModel) is
         # called as is: eager, NCHW float32, no autocast; it picks its own accelerations
         self._torch_net = isinstance(module, torch.nn.Module)
-        if not self._torch_net and self._runtime != "eager":
-            log.debug("%s: not a torch module; runtime %s -> eager", source, self._runtime)
+        if not self._torch_net:  # onnxruntime (OnnxModel.runtime), or a plain callable
+            log.debug("%s: not a torch module; runtime %s -> its own", source, self._runtime)
+            self._runtime = getattr(module, "runtime", "eager")
+        elif self._runtime == "onnxruntime":  # a network in memory: no file to convert
             self._runtime = "eager"
         self.save_probs = options.save_probs
         self.min_confidence = options.min_confidence
@@ -314,7 +317,7 @@ class Engine:
         ``s >= n`` verified to give the same logits, bit for bit, as a call of ``size`` (else to
         ``size``). A size is verified once per tile shape, on a real short slice that runs both
         ways (the padded result is used): the smallest untried ``s >= n`` below the best known.
-        Only on the ``eager`` runtime and while no out-of-memory halving happened (compiled
+        Only on the :data:`EXACT_PADDING` runtimes and while no out-of-memory halving happened (compiled
         runtimes would rebuild per batch size; memory is short after an OOM)."""
         n = len(x)
         if n >= size:
@@ -323,7 +326,7 @@ class Engine:
         known = self._exact.setdefault((tuple(x.shape[2:]), size), {})
         call = next((k for k in range(n, size) if known.get(k)), size)
         trial = next((k for k in range(n, call) if k not in known), None)
-        if trial is not None and self.options.trim_batches and self._runtime == "eager":
+        if trial is not None and self.options.trim_batches and self._runtime in EXACT_PADDING:
             if self.oom_retries == 0:
                 return self._verify(x, valid, size, trial, known)
         self.slots += call

@@ -3,7 +3,7 @@
 Every part of a run (the engine's batch size, each scene's tile grid, the distributed workers,
 the fingerprint that decides what may be resumed) receives the same :class:`Geometry`, made by
 :func:`geometry_for` from the user's :class:`TilingOptions` and the device's
-:class:`DeviceBudget`; ``tilesegd eval`` and training's validation resolve theirs the same way,
+:class:`~tilesegd.inference.budget.DeviceBudget`; ``tilesegd eval`` and training's validation resolve theirs the same way,
 and nothing else picks a tile size, an overlap or a batch size.
 
 **The default rule** (a model file with a measured ``overlap`` = 2 x halo, which
@@ -12,15 +12,22 @@ and nothing else picks a tile size, an overlap or a batch size.
 large as memory allows, not the training tile:
 
 1. **Budget tile**: the largest tile (a multiple of the model's ``multiple``, at most
-   :data:`MAX_TILE`) whose network call fits the memory budget (:func:`memory_budget`: 1.25 GiB
-   on the CPU, a quarter of the device's memory on CUDA), given the bytes one input pixel costs
-   during a call (:func:`call_bytes_per_pixel`: the network's activations, from the model file's
-   ``activation_bytes_per_pixel`` when it has one, plus the engine's own buffers). Never smaller
-   than :func:`min_seamless_tile` (``4 x halo``, whose core is as wide as the two halos).
-2. **Per scene**: each scene runs the tile between that minimum and the budget tile that runs the
-   fewest network pixels for its size (:func:`fit_tile`): edge tiles reach past the scene, and a
-   4096-px scene with a 96-px halo runs 1.66x its pixels with 1760-px tiles but 1.32x with
-   1568-px ones. A scene no larger than the tile runs as one whole tile (exact, no halo).
+   :data:`MAX_TILE`) whose network call fits the memory budget
+   (:func:`~tilesegd.inference.budget.memory_budget`: an eighth of the machine's memory, at
+   least 1.25 GiB, on the CPU; a quarter of the device's memory on CUDA; ``--memory-budget``),
+   given the bytes one input pixel costs during a call
+   (:func:`~tilesegd.inference.budget.call_bytes_per_pixel`: the network's activations, from
+   the model file's ``activation_bytes_per_pixel`` when it has one, plus the engine's own
+   buffers). Never smaller than :func:`min_seamless_tile` (``4 x halo``, whose core is as wide
+   as the two halos).
+2. **Per scene**: each scene runs the tile between that minimum and the budget tile that costs
+   least for its size (:func:`fit_tile`): with a measured throughput curve
+   (:mod:`tilesegd.inference.costmodel`, ``Geometry.cost``) the fewest predicted seconds,
+   ``pixels_run / throughput(tile)``; without one, the fewest network pixels. Edge tiles reach
+   past the scene: a 4096-px scene with a 96-px halo runs 1.66x its pixels with 1760-px tiles
+   but 1.32x with 1568-px ones. A scene no larger than the tile runs as one whole tile (exact,
+   no halo). Blocks are a whole number of cores of that tile
+   (:class:`~tilesegd.raster.tiling.TileGrid`), so no tile straddles a block edge.
 3. **Batch**: :func:`default_batch` of the budget tile (~2 megapixels per call; one tile of
    1448 px or more), never more tiles than fit the budget.
 
@@ -31,12 +38,14 @@ Model files without a measured overlap (random weights, third-party exports) kee
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
 from dataclasses import astuple, dataclass
 
 from tilesegd.errors import ConfigError
+from tilesegd.inference.budget import CPU_BUDGET, DeviceBudget, call_bytes_per_pixel
 from tilesegd.model.spec import ModelSpec
 from tilesegd.raster.tiling import TileGrid
 
@@ -46,17 +55,6 @@ DEFAULT_BLOCK = 2048
 DEFAULT_OVERLAP = 64  # pixels, for model files that carry no measured overlap
 BATCH_PIXELS = 8 * 512 * 512  # the default batch holds about this many pixels
 MAX_TILE = 4096  # pixels: beyond it (t / core)^2 gains little and one tile is a GPU's worth
-CPU_BUDGET = 5 << 28  # 1.25 GiB: bytes one call may add on the CPU (benchmarks/budget.py)
-CUDA_BUDGET_SHARE = 0.25  # of a CUDA device's total memory, for one call
-DEFAULT_ACTIVATION_BYTES = 380.0
-"""float32 bytes per input pixel one call of the network adds to memory, when the model file
-does not say. Calibrated on the process's peak resident memory on the CPU
-(``benchmarks/budget.py``, 2 threads, 3 calls per size): an engine call of the TorchScript
-LoveDA demo U-Net (Unet-mobilenet_v2, slim decoder) adds 448 / 1089 / 1417 MiB at 1024 / 1568 /
-1888-px tiles, ~311 B/px at the margin plus 150-220 MiB (glibc arenas, oneDNN, the TorchScript
-profiling run): 380 plus the engine's own buffers covers it for 1400-1900-px tiles. Torch's
-profiler sees only 112 B/px of tensors there (:func:`tilesegd.model.halo.measure_activation_bytes`);
-smp Unet-mobilenet_v2 with the default decoder holds 318.5 B/px of tensors in eager mode."""
 
 
 @dataclass(frozen=True)
@@ -70,7 +68,9 @@ class Geometry:
         block_size: approximate block side (unit of reading, writing and resume).
         batch_size: tiles per network call.
         min_tile: 0 = every scene uses ``tile_size``; else each scene uses the tile between
-            ``min_tile`` and ``tile_size`` that runs the fewest pixels (:func:`fit_tile`).
+            ``min_tile`` and ``tile_size`` that costs least (:func:`fit_tile`).
+        cost: the network's measured throughput curve, ``((tile px, megapixels per second),
+            ...)`` (:mod:`tilesegd.inference.costmodel`); empty = count network pixels only.
     """
 
     tile_size: int
@@ -79,6 +79,7 @@ class Geometry:
     block_size: int
     batch_size: int
     min_tile: int = 0
+    cost: tuple[tuple[int, float], ...] = ()
 
     @property
     def halo(self) -> int:
@@ -89,7 +90,8 @@ class Geometry:
         """The tile side (pixels) a ``height x width`` scene runs."""
         if not self.min_tile:
             return self.tile_size
-        return fit_tile(height, width, self.overlap, self.multiple, self.min_tile, self.tile_size)
+        m, lo, hi = self.multiple, self.min_tile, self.tile_size
+        return fit_tile(height, width, self.overlap, m, lo, hi, self.cost)
 
     def grid(self, height: int, width: int) -> TileGrid:
         """The :class:`~tilesegd.raster.tiling.TileGrid` of a ``height x width`` scene."""
@@ -147,50 +149,6 @@ def default_batch(tile: int) -> int:
     return max(1, min(8, BATCH_PIXELS // (tile * tile)))
 
 
-def memory_budget(device_type: str = "cpu", total_memory: int | None = None) -> int:
-    """Bytes one network call may use: :data:`CPU_BUDGET` (1.25 GiB) on the CPU; on CUDA
-    :data:`CUDA_BUDGET_SHARE` (a quarter) of ``total_memory``, the device's memory in bytes
-    (the rest is left for the runtime's workspaces, a second batch in flight, CUDA graphs or
-    TensorRT engines)."""
-    if device_type == "cuda" and total_memory:
-        return int(total_memory * CUDA_BUDGET_SHARE)
-    return CPU_BUDGET
-
-
-def device_budget(device: object) -> tuple[int, int]:
-    """``(budget bytes, bytes per activation value)`` for a ``torch.device`` and the precision
-    the engine runs it at (2 for fp16 / bf16 autocast on CUDA, else 4); see
-    :func:`memory_budget`."""
-    import torch
-
-    dev = torch.device(device)
-    if dev.type != "cuda":
-        return memory_budget("cpu"), 4
-    total = torch.cuda.get_device_properties(dev).total_memory
-    return memory_budget("cuda", total), 2
-
-
-@dataclass(frozen=True)
-class DeviceBudget:
-    """What one network call may use on a device (the budget half of :func:`geometry_for`).
-
-    Attributes:
-        bytes: bytes one network call may use (:func:`memory_budget`).
-        dtype_bytes: bytes per activation value at the engine's precision (4 fp32, 2 fp16 /
-            bf16).
-    """
-
-    bytes: int = CPU_BUDGET
-    dtype_bytes: int = 4
-
-    @classmethod
-    def of(cls, device: object, dtype: object) -> DeviceBudget:
-        """The budget of a ``torch.device`` (:func:`device_budget`) at a ``torch.dtype``'s
-        precision (``dtype.itemsize`` bytes per value)."""
-        budget, _ = device_budget(device)
-        return cls(budget, int(dtype.itemsize))  # type: ignore[attr-defined]
-
-
 @dataclass(frozen=True)
 class TilingOptions:
     """The user's tiling options, before they meet a model and a device (``None``: the default
@@ -201,12 +159,15 @@ class TilingOptions:
         overlap: pixels shared by neighbouring tiles.
         block_size: approximate block side, pixels.
         batch_size: tiles per network call.
+        memory_budget: bytes one network call may use (``--memory-budget``); ``None`` = the
+            device's (:func:`~tilesegd.inference.budget.memory_budget`).
     """
 
     tile_size: int | None = None
     overlap: int | None = None
     block_size: int = DEFAULT_BLOCK
     batch_size: int | None = None
+    memory_budget: int | None = None
 
 
 DEFAULT_TILING = TilingOptions()
@@ -214,7 +175,12 @@ DEFAULT_TILING = TilingOptions()
 
 
 def geometry_for(
-    spec: ModelSpec, tiling: TilingOptions, budget: DeviceBudget, *, save_probs: bool = False
+    spec: ModelSpec,
+    tiling: TilingOptions,
+    budget: DeviceBudget,
+    *,
+    save_probs: bool = False,
+    cost: tuple[tuple[int, float], ...] = (),
 ) -> Geometry:
     """The tile geometry for a model on a device: the one function ``tilesegd run`` (local and
     distributed), ``tilesegd eval`` and training's validation resolve their geometry with, so
@@ -223,43 +189,29 @@ def geometry_for(
     Args:
         spec: the model's metadata.
         tiling: the user's options (:class:`TilingOptions`).
-        budget: the device's memory budget and precision (:meth:`DeviceBudget.of`).
+        budget: the device's memory budget and precision (:meth:`DeviceBudget.of`);
+            ``tiling.memory_budget`` replaces its bytes.
         save_probs: probabilities are kept (more bytes per pixel).
+        cost: the network's measured throughput curve
+            (:func:`tilesegd.inference.costmodel.measure_throughput`); kept in the geometry
+            when the default rule picks each scene's tile (``min_tile``), else dropped.
 
     Raises:
         ConfigError: the options cannot make a tile grid (:func:`resolve_geometry`).
     """
-    return resolve_geometry(
+    geometry = resolve_geometry(
         spec,
         tile_size=tiling.tile_size,
         overlap=tiling.overlap,
         block_size=tiling.block_size,
         batch_size=tiling.batch_size,
-        budget=budget.bytes,
+        budget=tiling.memory_budget or budget.bytes,
         dtype_bytes=budget.dtype_bytes,
         save_probs=save_probs,
     )
-
-
-def call_bytes_per_pixel(
-    spec: ModelSpec,
-    *,
-    activation_bytes: float | None = None,
-    dtype_bytes: int = 4,
-    save_probs: bool = False,
-) -> float:
-    """Bytes one input pixel costs during a network call.
-
-    The network's activations (``activation_bytes``, else the model file's
-    ``activation_bytes_per_pixel``, else :data:`DEFAULT_ACTIVATION_BYTES`; all float32,
-    scaled by ``dtype_bytes / 4`` for fp16 / bf16) plus the engine's buffers per pixel: the raw
-    tile (up to float32), the normalised float32 copy and its NHWC reorder (``3 x 4 x C``),
-    validity, the argmax values and int64 indices and the uint8 ids (14), and with
-    ``save_probs`` the float32 softmax and its float16 copy (``6 x K``).
-    """
-    act = activation_bytes or spec.activation_bytes or DEFAULT_ACTIVATION_BYTES
-    engine = 12 * spec.in_channels + 14 + (6 * spec.num_classes if save_probs else 0)
-    return float(act) * dtype_bytes / 4 + engine
+    if cost and geometry.min_tile and geometry.min_tile < geometry.tile_size:
+        geometry = dataclasses.replace(geometry, cost=tuple(cost))
+    return geometry
 
 
 def min_seamless_tile(halo: int, multiple: int) -> int:
@@ -289,17 +241,33 @@ def pixels_run(height: int, width: int, tile: int, overlap: int, multiple: int) 
 
 @functools.lru_cache(maxsize=4096)
 def fit_tile(
-    height: int, width: int, overlap: int, multiple: int, min_tile: int, max_tile: int
+    height: int,
+    width: int,
+    overlap: int,
+    multiple: int,
+    min_tile: int,
+    max_tile: int,
+    cost: tuple[tuple[int, float], ...] = (),
 ) -> int:
-    """The tile side between ``min_tile`` and ``max_tile`` (multiples of ``multiple``) that runs
-    the fewest network pixels (:func:`pixels_run`) for a ``height x width`` scene; among
-    equals, the smallest (least memory). ``max_tile`` when the range is empty."""
+    """The tile side between ``min_tile`` and ``max_tile`` (multiples of ``multiple``) that costs
+    least for a ``height x width`` scene: the fewest predicted seconds,
+    ``pixels_run / throughput(tile)`` (:func:`pixels_run`;
+    :func:`~tilesegd.inference.costmodel.throughput_at` of the measured ``cost`` curve), or with
+    no curve the fewest network pixels; among equals, the smallest (least memory). ``max_tile``
+    when the range is empty."""
+    from tilesegd.inference.costmodel import throughput_at
+
     m = max(1, int(multiple))
     lo = max(math.ceil(min_tile / m) * m, math.ceil((overlap + m) / m) * m)
     hi = max_tile // m * m
     if lo >= hi:
         return max_tile
-    return min(range(lo, hi + 1, m), key=lambda t: (pixels_run(height, width, t, overlap, m), t))
+
+    def seconds(t: int) -> tuple[float, int]:
+        px = pixels_run(height, width, t, overlap, m)
+        return (px / throughput_at(cost, t) if cost else px, t)
+
+    return min(range(lo, hi + 1, m), key=seconds)
 
 
 def resolve_geometry(
@@ -320,13 +288,14 @@ def resolve_geometry(
         spec: the model's metadata; ``spec.overlap`` (measured) switches the default rule on.
         tile_size, overlap, block_size, batch_size: the user's options (pixels; ``None`` =
             default). A given ``tile_size`` is used as is for every scene.
-        budget: bytes one network call may use; ``None`` = :data:`CPU_BUDGET` (pass
-            :func:`device_budget` on CUDA).
+        budget: bytes one network call may use; ``None`` =
+            :data:`~tilesegd.inference.budget.CPU_BUDGET` (pass
+            :func:`~tilesegd.inference.budget.device_budget` on a device).
         dtype_bytes: bytes per activation value (4 fp32, 2 under fp16 / bf16 autocast).
         activation_bytes: float32 bytes per input pixel a call of the network adds to memory
             (on CUDA :func:`tilesegd.model.halo.measure_activation_bytes` measures it exactly);
             ``None`` = the model file's ``activation_bytes_per_pixel``, else
-            :data:`DEFAULT_ACTIVATION_BYTES`.
+            :data:`~tilesegd.inference.budget.DEFAULT_ACTIVATION_BYTES`.
         save_probs: probabilities are kept (more bytes per pixel).
 
     * ``tile_size``: the option; else, with a measured overlap, the budget tile fitted per scene

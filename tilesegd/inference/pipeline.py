@@ -358,7 +358,8 @@ def predict_array(
     Raises:
         ConfigError: the tile size / overlap cannot make a tile grid.
     """
-    from tilesegd.inference.geometry import DeviceBudget, TilingOptions, geometry_for
+    from tilesegd.inference.budget import DeviceBudget
+    from tilesegd.inference.geometry import TilingOptions, geometry_for
 
     src = ArraySource(image, valid)
     if geometry is None:

@@ -118,14 +118,14 @@ def measure_activation_bytes(
     the call; on the CPU the peak of the allocations and frees that torch's profiler records
     (``profile_memory``). A fully convolutional network's activations grow linearly with the
     pixels (smp Unet-mobilenet_v2: the same bytes per pixel at 128^2, 256^2 and 384^2), so
-    :func:`tilesegd.inference.geometry.call_bytes_per_pixel` scales it to any tile.
+    :func:`tilesegd.inference.budget.call_bytes_per_pixel` scales it to any tile.
 
     Measured: smp Unet-mobilenet_v2, default decoder, 318.5 eager / 128 TorchScript (the JIT
     frees dead tensors early); the slim LoveDA demo decoder 208 / 112. On CUDA the caching
     allocator's peak is what the call needs. On the CPU the process grows more than the tensors
     (the slim TorchScript U-Net: 257-314 B/px of resident memory after a few calls: glibc
     arenas, oneDNN, the TorchScript profiling run), so the CPU budget uses the calibrated
-    :data:`tilesegd.inference.geometry.DEFAULT_ACTIVATION_BYTES`, not this figure.
+    :data:`tilesegd.inference.budget.DEFAULT_ACTIVATION_BYTES`, not this figure.
 
     Args:
         net: maps float32 (1, C, H, W) to (1, K, H, W) logits (eval mode, no gradients).

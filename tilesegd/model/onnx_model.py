@@ -252,6 +252,25 @@ def load_onnx(path: str | os.PathLike[str], device: str | torch.device = "cpu") 
     return LoadedModel(OnnxModel(session, io, spec, dev, str(path)), spec, path, "onnx")
 
 
+def session_model(
+    path: str | os.PathLike[str], spec: ModelSpec, device: str | torch.device = "cpu"
+) -> OnnxModel:
+    """An :class:`OnnxModel` of the ``.onnx`` file at ``path`` that runs under ``spec`` (the
+    spec of the model file it was converted from: :mod:`tilesegd.model.convert`), ignoring the
+    file's own metadata.
+
+    Raises:
+        ModelFileError: onnxruntime cannot load the file, or it is not installed.
+    """
+    import torch
+
+    require_onnx()
+    path = Path(path)
+    io = graph_io(load_proto(path), path)
+    dev = torch.device(device)
+    return OnnxModel(_session(path, dev), io, spec, dev, str(path))
+
+
 class OnnxModel:
     """An onnxruntime session behind the engine's :class:`~tilesegd.model.model_file.Runtime`.
 
@@ -281,6 +300,7 @@ class OnnxModel:
         self.spec = spec
         self.source = source
         self.providers: list[str] = list(session.get_providers())
+        self.runtime = "onnxruntime"  # what run.json records (Engine.runtime)
         self._output = spec.output
         self._thresh = spec.seg_thresh
         self._bind = device.type == "cuda" and any(p in self.providers for p in _GPU_PROVIDERS)
