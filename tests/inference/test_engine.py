@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import TinyConvNet, engine_for, smooth_image, spec_for
 
-from tilesegd.errors import ConfigError, DeviceError
+from tilesegd.errors import ConfigError, DeviceError, ModelFileError
 from tilesegd.inference.accel import resolve_runtime
 from tilesegd.inference.engine import Engine
 from tilesegd.inference.pipeline import predict_array
@@ -92,6 +92,10 @@ def test_other_runtime_errors_are_not_retried(monkeypatch: pytest.MonkeyPatch) -
 
     monkeypatch.setattr(eng, "_net", broken)
     x, valid = _tiles(3)
+    with pytest.raises(ModelFileError, match="shape mismatch"):  # a new shape: said clearly
+        eng.predict(x, valid)
+    assert eng.batch_size == 4 and eng.oom_retries == 0
+    eng._checked.add((x.shape[2], x.shape[3]))  # a shape that ran before: raised as it is
     with pytest.raises(RuntimeError, match="shape mismatch"):
         eng.predict(x, valid)
     assert eng.batch_size == 4 and eng.oom_retries == 0

@@ -16,6 +16,7 @@ import torch
 from click.testing import CliRunner
 from conftest import TinyConvNet, make_raster, smooth_image, spec_for
 
+import tilesegd.inference.build as build
 import tilesegd.model.convert as convert
 from tilesegd.cli.main import cli
 from tilesegd.inference.build import load_network
@@ -70,8 +71,11 @@ def test_a_model_file_runs_on_onnxruntime_converted_once(
         raise AssertionError("converted again")
 
     monkeypatch.setattr(convert, "export_graph", no_export)
-    again = load_network(model, CPU)  # the cached graph: no second conversion
-    assert again.runtime == "onnxruntime"
+    with monkeypatch.context() as m:  # the cached graph: no conversion, not even a torch load
+        m.setattr(build, "load_model", no_export)
+        again = load_network(model, CPU)
+    assert again.runtime == "onnxruntime" and again.sha256 == net.sha256
+    assert again.spec == net.spec
     x = torch.rand(2, 3, 48, 40)  # another size than the check's
     torch_net = load_network(model, EngineOptions(device="cpu", runtime="eager")).module
     with torch.no_grad():

@@ -497,7 +497,7 @@ def test_export_onnx_parity_and_interop_metadata(tmp_path: Path, case: str) -> N
     kw = {"input_scale": 65535.0, "binary": True, "gsd": 0.05} if case != "uint8" else {}
     ckpt = checkpoint(tmp_path / "best.ckpt", **kw)
     report: dict = {}
-    out = export_model(ckpt, tmp_path / "m.onnx", "onnx", report=report)
+    out = export_model(ckpt, tmp_path / "m.onnx", "onnx", tile_size=64, report=report)
     assert report["diff_units"] == "probability" and report["dynamic_size"] is False
     assert report["max_abs_diff"] <= 1e-4 and report["argmax_agreement"] >= 0.999
     model = onnx.load(str(out))
@@ -573,7 +573,8 @@ def test_exported_onnx_sees_nodata_and_borders_like_the_torchscript_file(tmp_pat
 
     ckpt = checkpoint(tmp_path / "best.ckpt")
     ts = export_model(ckpt, tmp_path / "m.ts", "torchscript")
-    ox = export_model(ckpt, tmp_path / "m.onnx", "onnx", dynamic_size=dynamic)
+    kw = {} if dynamic else {"tile_size": 64}
+    ox = export_model(ckpt, tmp_path / "m.onnx", "onnx", dynamic_size=dynamic, **kw)
     rng = np.random.default_rng(4)
     img = rng.integers(0, 256, (3, 150, 170)).astype(np.uint8)
     valid = np.ones((150, 170), bool)
@@ -588,3 +589,23 @@ def test_exported_onnx_sees_nodata_and_borders_like_the_torchscript_file(tmp_pat
     a = predict_array(engine_from(ts, batch_size=2), small)
     b = predict_array(engine_from(ox, batch_size=2), small)
     assert (a == b).mean() >= (0.9999 if dynamic else 0.95)
+
+
+def test_a_fixed_size_export_takes_the_tile_that_runs_fewest_pixels(tmp_path: Path) -> None:
+    """Deepness and GeoDeep run the graph's one input size: ``export --format onnx`` sizes it
+    by the default rule for a large scene (deploy_tile), not at the 64-px training tile, which
+    with a 20-px overlap would run 4.4x an 8192-px scene's pixels."""
+    from tilesegd.inference.geometry import DEPLOY_SCENE, deploy_tile, pixels_run
+    from tilesegd.training.export import export_model
+
+    ckpt = checkpoint(tmp_path / "best.ckpt", multiple=32, overlap=96, tile_size=256)
+    out = export_model(ckpt, tmp_path / "m.onnx", "onnx")
+    dims = [d.dim_value for d in onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim]
+    spec = read_spec(out)
+    tile = deploy_tile(spec)
+    assert dims[2:] == [tile, tile] and spec.tile_size == tile and tile > 256
+    n = DEPLOY_SCENE
+    assert pixels_run(n, n, tile, 96, 32) < pixels_run(n, n, 256, 96, 32) / 2
+    assert pixels_run(n, n, tile, 96, 32) == min(
+        pixels_run(n, n, t, 96, 32) for t in range(192, tile + 1, 32)
+    )

@@ -32,7 +32,7 @@ from tilesegd.inference.geometry import (
     geometry_for,
 )
 from tilesegd.inference.options import DEFAULT_OPTIONS, EngineOptions
-from tilesegd.model.model_file import ModelSpec, Runtime, load_model
+from tilesegd.model.model_file import LoadedModel, ModelSpec, Runtime, load_model
 
 
 @dataclass(frozen=True)
@@ -174,6 +174,10 @@ def load_network(
     from tilesegd.model.model_file import file_sha256
 
     device = resolve_device(options.device)
+    cached = cached_conversion(path, options, device, sha256)
+    if cached is not None:  # no torch load: the converted graph is all the run needs
+        net = Network.of(cached[0].module, cached[0].spec, options, str(path))
+        return dataclasses.replace(net, sha256=cached[1])
     loaded = load_model(path, device, sha256=sha256)
     digest = (sha256 or file_sha256(loaded.path)).lower()
     fp32 = resolve_precision(options.precision, device) == torch.float32
@@ -187,6 +191,33 @@ def load_network(
             options = dataclasses.replace(options, runtime="eager")  # warned by onnx_twin
     net = Network.of(loaded.module, loaded.spec, options, str(path))
     return dataclasses.replace(net, sha256=digest)
+
+
+def cached_conversion(
+    path: str | os.PathLike[str], options: EngineOptions, device: torch.device, sha256: str | None
+) -> tuple[LoadedModel, str] | None:
+    """``(the cached ONNX conversion of a local .ts / .pt2 file, its SHA-256)`` when the run
+    wants onnxruntime and an earlier run converted this very file (its SHA-256 matches any
+    pin); else ``None`` and :func:`load_network` takes the usual path (and raises its errors in
+    the usual order). Loading a ``.pt2`` with torch takes seconds that are then thrown away."""
+    from tilesegd.errors import TilesegdError
+    from tilesegd.model.convert import cached_twin
+    from tilesegd.model.model_file import file_sha256, is_onnx
+    from tilesegd.storage.urls import parse_location
+
+    if parse_location(path) is not None or not os.path.isfile(path) or is_onnx(path):
+        return None
+    try:
+        fp32 = resolve_precision(options.precision, device) == torch.float32
+    except TilesegdError:
+        return None
+    if not wants_onnxruntime(options.runtime, device, fp32):
+        return None
+    digest = file_sha256(path).lower()
+    if sha256 is not None and sha256.lower() != digest:
+        return None
+    twin = cached_twin(path, digest, device)
+    return None if twin is None else (twin, digest)
 
 
 def wants_onnxruntime(runtime: str, device: torch.device, fp32: bool = True) -> bool:

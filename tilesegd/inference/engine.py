@@ -203,19 +203,9 @@ class Engine:
         if tile_shape in self._checked:
             return
         x = torch.zeros(1, self.spec.in_channels, *tile_shape, device=self.device)
-        try:
-            with torch.inference_mode(), self._autocast():
-                if self._channels_last and not self._cuda:
-                    try:
-                        self.module(x.contiguous(memory_format=torch.channels_last))
-                    except Exception:  # e.g. a network that view()s its input: NCHW only
-                        log.debug("%s: NHWC input failed, feeding NCHW", self.source)
-                        self._channels_last = False
-                out = self.module(x)
-        except ModelFileError:  # a runtime's own diagnosis (e.g. a fixed ONNX input size)
-            raise
-        except Exception as exc:
-            raise network_failure(self.source, tuple(x.shape), exc) from None
+        if self._channels_last and not self._cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out = self._first_call(x, self.module)
         check_output(out, self.spec, tile_shape, self.source)
         if self._cuda:
             torch.cuda.synchronize(self.device)
@@ -268,11 +258,40 @@ class Engine:
         x = self._normalise(x, valid)
         if not self._cuda:  # on the CPU "host-to-device" is the conversion + normalisation
             self.times.h2d += time.perf_counter() - t0
-        with torch.inference_mode(), self._autocast():
-            logits = self._net(x)
+        shape = tuple(x.shape[2:])
+        if shape in self._checked:
+            with torch.inference_mode(), self._autocast():
+                logits = self._net(x)
+        else:  # a new tile shape is validated on its first real call, not by a dry run
+            logits = self._first_call(x)
+            check_output(logits, self.spec, shape, self.source)
+            self._checked.add(shape)
         if isinstance(logits, (tuple, list)):
             logits = logits[0]
         return logits
+
+    def _first_call(self, x: torch.Tensor, net: Any = None) -> Any:
+        """``net`` (default: what the step calls) on the first batch of a tile shape: NCHW from
+        then on if it refuses NHWC input (a network that ``view()`` s it), and a
+        :class:`ModelFileError` if it fails."""
+        net = self._net if net is None else net
+        try:
+            with torch.inference_mode(), self._autocast():
+                try:
+                    return net(x)
+                except Exception as exc:
+                    nhwc = self._channels_last and not self._cuda and x.dim() == 4
+                    if not nhwc or check_cuda_oom_message(exc) or isinstance(exc, ModelFileError):
+                        raise
+                    log.debug("%s: NHWC input failed (%s), feeding NCHW", self.source, exc)
+                    self._channels_last = False
+                    return net(x.contiguous())
+        except ModelFileError:  # a runtime's own diagnosis (e.g. a fixed ONNX input size)
+            raise
+        except Exception as exc:
+            if check_cuda_oom_message(exc):
+                raise
+            raise network_failure(self.source, (1, *x.shape[1:]), exc) from None
 
     def _reduce(self, logits: torch.Tensor):
         """Crop logits to the core, argmax (and softmax)."""
@@ -386,7 +405,7 @@ class Engine:
         Raises:
             DeviceError: out of device memory even for one tile.
         """
-        self.check(tuple(x.shape[2:]))
+        # a new tile shape is validated on its first real call (_logits), not by a dry run
         self.build_tensorrt(tuple(x.shape[2:]))  # at the first batch, unless built before
         if x.dtype not in (np.uint8, np.float32):
             x = x.astype(np.float32)

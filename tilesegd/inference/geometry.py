@@ -270,6 +270,24 @@ def fit_tile(
     return min(range(lo, hi + 1, m), key=seconds)
 
 
+DEPLOY_SCENE = 8192  # pixels: the scene side a fixed-size export is sized for
+
+
+def deploy_tile(spec: ModelSpec, scene: int = DEPLOY_SCENE) -> int:
+    """The fixed tile side (pixels) for a model file that other tools run at one input size
+    (``export --format onnx`` for QGIS Deepness and GeoDeep): the default rule's tile for a
+    ``scene x scene`` image under the CPU's least budget
+    (:data:`~tilesegd.inference.budget.CPU_BUDGET`, so it runs on modest machines), by network
+    pixels (no throughput is known for another tool's runtime); the model's ``tile_size`` when
+    it has no measured overlap."""
+    if spec.overlap is None:
+        return spec.tile_size
+    m, overlap = spec.multiple, spec.overlap
+    hi = budget_tile(overlap // 2, m, CPU_BUDGET / call_bytes_per_pixel(spec))
+    lo = min(hi, min_seamless_tile(overlap // 2, m))
+    return fit_tile(scene, scene, overlap, m, lo, hi)
+
+
 def resolve_geometry(
     spec: ModelSpec,
     *,

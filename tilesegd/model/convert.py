@@ -229,6 +229,29 @@ def onnx_twin(
     return LoadedModel(module, loaded.spec, loaded.path, "onnx")
 
 
+def cached_twin(
+    path: str | os.PathLike[str], sha256: str, device: str | torch.device = "cpu"
+) -> LoadedModel | None:
+    """The model file at ``path`` (SHA-256 ``sha256``) as its cached, checked ONNX conversion on
+    ``device``, without loading it with torch (its spec is read from ``tilesegd.json``);
+    ``None`` when the cache holds no good conversion, or onnxruntime is not installed.
+
+    Raises:
+        ModelFileError: the file's metadata is unreadable; onnxruntime cannot load the graph.
+    """
+    from tilesegd.model.model_file import read_spec
+    from tilesegd.model.onnx_model import session_model
+
+    if not onnxruntime_available():
+        return None
+    graph, report_path = converted_paths(sha256)
+    report = read_report(report_path)
+    if not (report and report.get("ok") and graph.is_file()):
+        return None
+    spec = read_spec(path)
+    return LoadedModel(session_model(graph, spec, device), spec, Path(path), "onnx")
+
+
 def read_report(path: Path) -> dict[str, Any] | None:
     """The conversion report at ``path``, or ``None`` if absent or unreadable."""
     try:

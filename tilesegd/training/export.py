@@ -68,7 +68,10 @@ def export_model(
         precision: ``fp32``; ``fp16`` only for ``tensorrt`` (TorchScript and ONNX stay fp32;
             TorchScript is run in fp16 by ``tilesegd run --precision fp16``).
         tile_size: the model's suggested (TensorRT, and ONNX without ``dynamic_size``: fixed)
-            tile side in pixels; default the checkpoint's.
+            tile side in pixels; default the checkpoint's, and for a fixed-size ONNX graph of a
+            model with a measured overlap the default rule's tile for a large scene
+            (:func:`tilesegd.inference.geometry.deploy_tile`: 256-px training tiles with a
+            192-px halo would run 4x the pixels in Deepness / GeoDeep, and still seam).
         batch_size: TensorRT's fixed batch size (default 8); unused for TorchScript.
         report: if given, filled with the parity check (``max_abs_diff``, in logit units, or
             probability units for ONNX: ``diff_units``; ``argmax_agreement``), ``format`` and
@@ -111,6 +114,10 @@ def export_model(
     meta["trained"] = {"epoch": st.get("epoch"), "val_miou": st.get("best_miou")}
     spec = ModelSpec.from_dict(meta, str(ckpt))
     tile = tile_size or spec.tile_size
+    if fmt == "onnx" and not dynamic_size and tile_size is None:
+        from tilesegd.inference.geometry import deploy_tile
+
+        tile = deploy_tile(spec)  # a fixed-size graph: the tile that runs fastest, not training's
     if tile % spec.multiple:
         raise ConfigError(
             f"--tile-size {tile} must be a multiple of {spec.multiple} for this model; try "
