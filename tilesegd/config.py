@@ -74,6 +74,10 @@ class RunConfig:
         memory_budget: memory one network call may use (``"3GiB"``, ``"1500MB"``, bytes); it
             bounds the default tile; ``None`` = the device's
             (:func:`~tilesegd.inference.budget.memory_budget`).
+        seam_tolerance: the share of pixels (0-0.5) whose class may differ from whole-image
+            inference: the overlap is then the one the network needs for that agreement
+            (:meth:`~tilesegd.inference.build.Network.tolerant_overlap`), at most its measured
+            one (tuned for 0.001); larger runs faster. ``None`` = the measured overlap.
         device: ``auto`` (CUDA if present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
         precision: ``auto`` (fp16 on CUDA, fp32 on CPU), ``fp32``, ``fp16``, ``bf16``.
         workers: reader / writer threads; with ``cluster: local``, the number of Dask worker
@@ -141,6 +145,7 @@ class RunConfig:
     overlap: int | None = None
     batch_size: int | None = None
     memory_budget: str | None = None
+    seam_tolerance: float | None = None
     device: str = "auto"
     precision: str = "auto"
     workers: int = field(default_factory=default_workers)
@@ -211,6 +216,11 @@ class RunConfig:
             )
         if self.runtime not in RUNTIMES:
             raise ConfigError(f"runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
+        if self.seam_tolerance is not None and not 0 <= self.seam_tolerance < 0.5:
+            raise ConfigError(
+                f"seam_tolerance must be a share of pixels in [0, 0.5), e.g. 0.01, got "
+                f"{self.seam_tolerance}"
+            )
         if self.memory_budget is not None:
             from tilesegd.inference.budget import parse_memory_size
 

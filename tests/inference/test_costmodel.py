@@ -175,3 +175,29 @@ def test_the_budget_bounds_the_tile_and_a_resumed_run_reuses_the_recorded_curve(
     assert r.exit_code == 0, r.output
     again = json.loads((out / "run.json").read_text())
     assert again["geometry"] == doc["geometry"]
+
+
+def test_seam_tolerance_trades_overlap_for_speed(tmp_path: Path, tiny_model) -> None:
+    """``--seam-tolerance`` measures the halo for that agreement (never more than the file's
+    measured one), records the overlap in run.json, and refuses a model without one."""
+    from tilesegd.errors import EXIT_USAGE
+
+    scenes = tmp_path / "in"
+    scenes.mkdir()
+    make_raster(scenes / "a.tif", smooth_image(200, 240))
+    overlaps = {}
+    for tol in ("0", "0.3"):
+        model = tiny_model(overlap=40)
+        out = tmp_path / f"out{tol}"
+        args = ["-q", "run", "-i", str(scenes), "-m", str(model), "-o", str(out), "--device", "cpu"]
+        r = CliRunner().invoke(cli, [*args, "--seam-tolerance", tol])
+        assert r.exit_code == 0, r.output
+        doc = json.loads((out / "run.json").read_text())
+        overlaps[tol] = doc["config"]["overlap"]
+        assert doc["geometry"]["overlap"] == overlaps[tol]
+    assert 0 < overlaps["0.3"] <= overlaps["0"] <= 40 and overlaps["0.3"] % 2 == 0
+    assert overlaps["0.3"] < 40  # the tiny network needs little context
+    plain = tiny_model(suffix=".pt2")  # no measured overlap
+    args = ["-q", "run", "-i", str(scenes), "-m", str(plain), "-o", str(tmp_path / "x")]
+    r = CliRunner().invoke(cli, [*args, "--device", "cpu", "--seam-tolerance", "0.01"])
+    assert r.exit_code == EXIT_USAGE and "measured overlap" in r.output

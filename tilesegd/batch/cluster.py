@@ -145,8 +145,11 @@ def prepare_worker(cfg: RunConfig, model_sha: str) -> WorkerTarget:
         ModelFileError: the file or the network disagrees with its ``tilesegd.json``.
         DeviceError: the device or precision is not available on the worker.
     """
+    from tilesegd.batch.plan import tolerant_config
+
     net = worker_network(cfg, model_sha)
     budget = net.target.budget
+    cfg = tolerant_config(cfg, net)
     cost = net.measure_cost(cfg.tiling(), model_sha)
     geometry = cfg.geometry(net.spec, budget.bytes, budget.dtype_bytes, cost)
     engine = worker_engine(cfg, model_sha, geometry)
@@ -154,7 +157,8 @@ def prepare_worker(cfg: RunConfig, model_sha: str) -> WorkerTarget:
     engine.check(tile)
     engine.build_tensorrt(tile)
     device, dtype = str(engine.device), str(engine.dtype)
-    return WorkerTarget(device, dtype, engine.runtime, budget.bytes, budget.dtype_bytes, cost)
+    found = (device, dtype, engine.runtime, budget.bytes, budget.dtype_bytes, cost, cfg.overlap)
+    return WorkerTarget(*found)
 
 
 @dataclass(frozen=True)
@@ -162,7 +166,8 @@ class WorkerTarget:
     """What :func:`prepare_worker` found on a worker: the resolved ``device``, ``dtype`` and
     ``runtime`` (strings), its memory ``budget`` (bytes per network call) and ``dtype_bytes``
     (bytes per activation value), and the network's measured throughput curve ``cost``
-    (``((tile px, megapixels per second), ...)``)."""
+    (``((tile px, megapixels per second), ...)``), and the overlap ``--seam-tolerance`` gave
+    (``None``: the options' own)."""
 
     device: str
     dtype: str
@@ -170,6 +175,7 @@ class WorkerTarget:
     budget: int
     dtype_bytes: int
     cost: tuple[tuple[int, float], ...] = ()
+    overlap: int | None = None
 
 
 def _worker_store(plan: ScenePlan, run_id: str) -> ZarrMaskStore:

@@ -139,6 +139,9 @@ def run_distributed(
         log.info("Dask scheduler %s; loading the model on a worker", client.scheduler.address)
         found = client.submit(prepare_worker, task_cfg, model_sha, pure=False).result()
         device, dtype = found.device, found.dtype
+        if found.overlap is not None and cfg.overlap is None:  # --seam-tolerance's
+            cfg = replace(cfg, overlap=found.overlap)
+            task_cfg = replace(task_cfg, overlap=found.overlap)
         cost = recorded_cost(cfg, output, model_sha, found.runtime, device) or found.cost
         run = RunSetup.resolve(cfg, spec, output.resolve(), model_sha, device, dtype,
                                local_budget(cfg, found.budget), found.dtype_bytes, sources,

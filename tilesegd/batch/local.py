@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tilesegd.batch.finish import add_scene_products
-from tilesegd.batch.plan import recorded_cost
+from tilesegd.batch.plan import recorded_cost, tolerant_config
 from tilesegd.batch.runner import RunSetup, run_scene
 from tilesegd.batch.states import RunStates
 from tilesegd.config import RunConfig
@@ -68,6 +68,7 @@ def load_engine(
 
     net = load_network(cfg.model or "", cfg.engine_options(), sha256=cfg.model_sha256)
     model_sha = net.sha256
+    cfg = tolerant_config(cfg, net)
     device, dtype, budget = net.target.device, net.target.dtype, net.target.budget
     recorded = recorded_cost(cfg, output, model_sha, net.runtime, str(device))
     cost = recorded or net.measure_cost(cfg.tiling(), model_sha)

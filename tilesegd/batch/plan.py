@@ -254,3 +254,18 @@ def recorded_cost(
         return tuple((int(t), float(v)) for t, v in curve) or None
     except (TypeError, ValueError):
         return None
+
+
+def tolerant_config(cfg: RunConfig, net: Any) -> RunConfig:
+    """``cfg`` with the overlap ``--seam-tolerance`` asks of this network
+    (:meth:`~tilesegd.inference.build.Network.tolerant_overlap`), when no ``--overlap`` is
+    given; ``cfg`` itself otherwise (the overlap is then recorded in ``run.json``'s config).
+
+    Raises:
+        ConfigError: the model file has no measured overlap.
+    """
+    import dataclasses
+
+    if cfg.seam_tolerance is None or cfg.overlap is not None:
+        return cfg
+    return dataclasses.replace(cfg, overlap=net.tolerant_overlap(cfg.seam_tolerance))

@@ -127,6 +127,15 @@ def _floats(value: str | None, n: int, example: str) -> list[float] | None:
     f"{CUDA_BUDGET_SHARE:.0%} of a GPU's memory].",
 )
 @click.option(
+    "--seam-tolerance",
+    type=float,
+    metavar="SHARE",
+    help="Trade seamlessness for speed: the share of pixels (e.g. 0.01) whose class may differ "
+    "from whole-image inference; the overlap becomes the one the network needs for that "
+    "agreement (measured once per model file, cached), never more than its measured overlap "
+    "(tuned for 0.001) [default: the model file's measured overlap].",
+)
+@click.option(
     "--overlap",
     type=int,
     help="Pixels shared by neighbouring tiles; half of it is the halo cropped from "

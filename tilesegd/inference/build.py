@@ -128,6 +128,36 @@ class Network:
             device=device_name(device),
         )  # fmt: skip
 
+    def tolerant_overlap(self, tolerance: float) -> int:
+        """The overlap (pixels, ``2 x halo``) at which tile cores agree with whole-image
+        inference on all but a ``tolerance`` share of pixels
+        (:func:`tilesegd.model.halo.measure_halo` with ``agreement = 1 - tolerance``, on its
+        seeded synthetic scene, up to the model file's own measured halo, so never more than
+        it), measured once per model file, runtime and tolerance (cached, ~1-2 s).
+
+        Raises:
+            ConfigError: the model file has no measured overlap to trade.
+        """
+        from tilesegd.errors import ConfigError
+        from tilesegd.model.halo import measure_halo
+
+        if self.spec.overlap is None:
+            raise ConfigError(
+                f"{self.source}: --seam-tolerance needs a model file with a measured overlap "
+                "(written by tilesegd train); give --overlap for this one"
+            )
+        top = max(self.spec.multiple, self.spec.overlap // 2)
+
+        def measure() -> int:
+            net = self.module
+            return measure_halo(net, self.spec.in_channels, self.spec.multiple, max_halo=top,
+                                agreement=1.0 - tolerance, device=self.target.device)  # fmt: skip
+
+        from tilesegd.inference.costmodel import cached_value
+
+        key = f"halo|{self.runtime}|{tolerance!r}|{top}"
+        return 2 * int(cached_value(self.sha256, key, measure))
+
     def engine(self, geometry: Geometry) -> Engine:
         """Step 4: the engine, built with ``geometry``."""
         return Engine(self.module, self.spec, geometry, self.options, source=self.source)

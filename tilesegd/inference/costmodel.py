@@ -160,3 +160,25 @@ def read_curves(path: Path) -> dict[str, Any]:
         if isinstance(doc, dict):
             return doc
     return {}
+
+
+def cached_value(
+    sha256: str, key: str, compute: Callable[[], Any], cache: Path | None = None
+) -> Any:
+    """A JSON value measured once per model file (SHA-256 ``sha256``) and ``key`` and kept in
+    ``<cache>/<sha256>/measured.json`` (``compute()`` the first time; every time when
+    ``sha256`` is empty or the cache cannot be written)."""
+    from tilesegd.storage.fetch import cache_dir
+
+    if not sha256:
+        return compute()
+    path = (cache or cache_dir()) / sha256.lower() / "measured.json"
+    known = read_curves(path)
+    if key not in known:
+        known[key] = compute()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic.write_text(path, json.dumps(known, indent=1))
+        except OSError as exc:
+            log.warning("%s: cannot cache a measurement (%s)", path, exc)
+    return known[key]

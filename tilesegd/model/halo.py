@@ -51,7 +51,8 @@ def measure_halo(
 
     Args:
         net: maps float32 (1, C, H, W) normalised input to (1, K, H, W) logits; H, W multiples
-            of ``multiple``. Run in eval mode without gradients.
+            of ``multiple``: a torch module (run in eval mode without gradients) or a runtime
+            (:class:`~tilesegd.model.onnx_model.OnnxModel`).
         in_channels: C.
         multiple: the side multiple the network needs (pixels); the halo is a multiple of it.
         max_halo: the largest halo tried, pixels; returned (with a warning) if none agrees.
@@ -71,8 +72,10 @@ def measure_halo(
     margin = max_halo + 2 * step  # the reference sees more context than any window
     side = core + 2 * margin
     x = _smooth_noise(in_channels, side, seed).to(device)
-    was_training = net.training
-    net.eval()
+    module = isinstance(net, torch.nn.Module)  # else a runtime (an onnxruntime OnnxModel)
+    was_training = net.training if module else False
+    if module:
+        net.eval()
     try:
         with torch.inference_mode():
             ref = net(x).argmax(1)[0, margin : margin + core, margin : margin + core]
@@ -83,7 +86,8 @@ def measure_halo(
                 if (got == ref).float().mean().item() >= agreement:
                     return h
     finally:
-        net.train(was_training)
+        if module:
+            net.train(was_training)
     log.warning(
         "the network's class ids still depend on context beyond %d px; tiles with a %d-px "
         "halo may show seams (pass a larger --overlap)",
@@ -143,8 +147,10 @@ def measure_activation_bytes(
     x = _smooth_noise(in_channels, side, seed=0).to(dev)
     if dev.type != "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
-    was_training = net.training
-    net.eval()
+    module = isinstance(net, torch.nn.Module)  # else a runtime (an onnxruntime OnnxModel)
+    was_training = net.training if module else False
+    if module:
+        net.eval()
     try:
         with torch.inference_mode():
             if dev.type == "cuda":
