@@ -18,9 +18,10 @@ from tilesegd.model.model_file import file_sha256, read_spec
 
 @pytest.fixture
 def counted(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
-    """Counts model loads and engine builds."""
+    """Counts model loads (load_network: torch, or the cached ONNX conversion) and engine
+    builds."""
     counts = {"loads": 0, "engines": 0}
-    load, engine = build_module.load_model, Network.engine
+    load, engine = build_module.load_network, Network.engine
 
     def counting_load(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         counts["loads"] += 1
@@ -30,7 +31,7 @@ def counted(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
         counts["engines"] += 1
         return engine(self, geometry)
 
-    monkeypatch.setattr(build_module, "load_model", counting_load)
+    monkeypatch.setattr(build_module, "load_network", counting_load)
     monkeypatch.setattr(Network, "engine", counting_engine)
     return counts
 

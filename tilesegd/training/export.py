@@ -47,6 +47,28 @@ MODEL_FILE = "model.pt2"  # what `tilesegd train` writes into RUNDIR (torch.expo
 FALLBACK_FILE = "model.ts"  # ...or, for a network torch.export cannot make dynamic, TorchScript
 
 
+def export_tile(spec: ModelSpec, fmt: str, tile_size: int | None, dynamic_size: bool) -> int:
+    """The tile side (pixels) an export records: ``tile_size`` if given; for a fixed-size ONNX
+    graph the default rule's tile for a large scene
+    (:func:`tilesegd.inference.geometry.deploy_tile`), not the training tile; else the
+    checkpoint's.
+
+    Raises:
+        ConfigError: ``tile_size`` is not a multiple of the model's ``multiple``.
+    """
+    tile = tile_size or spec.tile_size
+    if fmt == "onnx" and not dynamic_size and tile_size is None:
+        from tilesegd.inference.geometry import deploy_tile
+
+        tile = deploy_tile(spec)
+    if tile % spec.multiple:
+        raise ConfigError(
+            f"--tile-size {tile} must be a multiple of {spec.multiple} for this model; try "
+            f"{max(spec.multiple, tile // spec.multiple * spec.multiple)}"
+        )
+    return tile
+
+
 def export_model(
     ckpt: str | os.PathLike[str],
     output: str | os.PathLike[str],
@@ -113,17 +135,7 @@ def export_model(
     meta = dict(st["spec"])
     meta["trained"] = {"epoch": st.get("epoch"), "val_miou": st.get("best_miou")}
     spec = ModelSpec.from_dict(meta, str(ckpt))
-    tile = tile_size or spec.tile_size
-    if fmt == "onnx" and not dynamic_size and tile_size is None:
-        from tilesegd.inference.geometry import deploy_tile
-
-        tile = deploy_tile(spec)  # a fixed-size graph: the tile that runs fastest, not training's
-    if tile % spec.multiple:
-        raise ConfigError(
-            f"--tile-size {tile} must be a multiple of {spec.multiple} for this model; try "
-            f"{max(spec.multiple, tile // spec.multiple * spec.multiple)}"
-        )
-    meta["tile_size"] = tile
+    meta["tile_size"] = tile = export_tile(spec, fmt, tile_size, dynamic_size)
     net = network_from_state(meta, model_state).eval()
     output = Path(output)
     if fmt == "torchscript":
