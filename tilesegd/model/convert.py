@@ -35,6 +35,7 @@ from tilesegd.model.spec import LoadedModel, ModelSpec
 log = logging.getLogger(__name__)
 
 OPSET = 17
+QUIET_LOGGERS = ("onnx_ir", "onnxscript", "torch.onnx", "torch.export", "torch._dynamo")
 MIN_AGREEMENT = 0.9999  # class ids of the converted graph vs torch, on the check's random tiles
 _CHECK_SEED = 0
 
@@ -117,6 +118,8 @@ def export_dynamo(module: Any, x: torch.Tensor, dest: Path) -> None:
         )
     auto = torch.export.Dim.AUTO  # within the source program's own ranges (no new guard)
     shapes = ({0: auto, 2: auto, 3: auto},)
+    for name in QUIET_LOGGERS:  # their INFO lines (passes, constant folding) are not ours
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger(name).level))
     program = torch.onnx.export(
         module, (x,), dynamo=True, dynamic_shapes=shapes, opset_version=OPSET + 1,
         verbose=False,
