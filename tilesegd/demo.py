@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tilesegd.model.model_file import trained_model
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 DEMO = ROOT / "demo"
@@ -143,17 +145,6 @@ def make_vectors(scenes: Path, folder: Path) -> tuple[Path, Path]:
     pyogrio.raw.write(aoi, shapely.to_wkb(np.array([half], dtype=object)), [], [],
                       driver="GeoJSON", geometry_type="Polygon", crs="EPSG:4326")  # fmt: skip
     return aoi, zones
-
-
-def trained_model(run_dir: Path) -> Path:
-    """The model file ``tilesegd train`` wrote into ``run_dir``: ``model.pt2`` (torch.export),
-    else ``model.ts`` (TorchScript: a network torch.export cannot make dynamic, or a model
-    trained by an older demo); ``model.pt2`` when there is neither. (As
-    :func:`tilesegd.training.export.trained_model`, without importing torch.)"""
-    for name in ("model.pt2", "model.ts"):
-        if (run_dir / name).is_file():
-            return run_dir / name
-    return run_dir / "model.pt2"
 
 
 def tilesegd(*args: str) -> int:

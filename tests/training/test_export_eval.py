@@ -18,10 +18,10 @@ from test_train import config, synthetic_pairs
 from tilesegd.api import evaluate
 from tilesegd.errors import ConfigError, DeviceError
 from tilesegd.evaluation.metrics import confusion_matrix, scores
-from tilesegd.model.model_file import load_model
+from tilesegd.model.model_file import load_model, trained_model
 from tilesegd.training import model as training_model
 from tilesegd.training.checkpoint import load_checkpoint
-from tilesegd.training.export import export_model, save_best_model, trained_model
+from tilesegd.training.export import export_model, save_best_model
 from tilesegd.training.loop import network_from_state, train
 
 

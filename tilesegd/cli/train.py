@@ -85,7 +85,7 @@ def train(ctx: click.Context, config_file: str | None, **flags: object) -> None:
     tilesegd train --resume runs/a
     """
     from tilesegd.api import train as run_training
-    from tilesegd.training.export import trained_model
+    from tilesegd.model.model_file import trained_model
 
     flags["ignore"] = list(flags["ignore"]) or None  # type: ignore[arg-type]
     if flags.get("resume") and not config_file:

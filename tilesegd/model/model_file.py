@@ -64,6 +64,7 @@ __all__ = [
     "quiet_torchscript",
     "read_spec",
     "save_model",
+    "trained_model",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -92,6 +93,22 @@ def quiet_torchscript() -> Iterator[None]:
         for category in (FutureWarning, DeprecationWarning):
             warnings.filterwarnings("ignore", message=_JIT_DEPRECATED, category=category)
         yield
+
+
+MODEL_FILE = "model.pt2"  # what `tilesegd train` writes into RUNDIR (torch.export)...
+FALLBACK_FILE = "model.ts"  # ...or, for a network torch.export cannot make dynamic, TorchScript
+
+
+def trained_model(rundir: str | os.PathLike[str]) -> Path:
+    """The model file ``tilesegd train`` wrote into ``rundir``: ``model.pt2``, else ``model.ts``
+    (a network that torch.export cannot export with a dynamic input size, or a run made by an
+    older tilesegd); ``rundir / "model.pt2"`` when there is neither. No torch import (the demo
+    calls it)."""
+    rundir = Path(rundir)
+    for name in (MODEL_FILE, FALLBACK_FILE):
+        if (rundir / name).is_file():
+            return rundir / name
+    return rundir / MODEL_FILE
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

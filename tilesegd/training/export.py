@@ -31,7 +31,9 @@ import torch
 from tilesegd import atomic
 from tilesegd.errors import ConfigError, ModelFileError
 from tilesegd.model.model_file import (
+    FALLBACK_FILE,
     META_NAME,
+    MODEL_FILE,
     ModelSpec,
     load_model,
     quiet_torchscript,
@@ -43,8 +45,6 @@ from tilesegd.training.parity import compare_scores, parity
 log = logging.getLogger(__name__)
 
 FORMATS = ("torchscript", "tensorrt", "onnx")
-MODEL_FILE = "model.pt2"  # what `tilesegd train` writes into RUNDIR (torch.export)...
-FALLBACK_FILE = "model.ts"  # ...or, for a network torch.export cannot make dynamic, TorchScript
 
 
 def export_tile(spec: ModelSpec, fmt: str, tile_size: int | None, dynamic_size: bool) -> int:
@@ -211,17 +211,6 @@ def _export_tensorrt(
         if os.path.exists(tmp):
             os.unlink(tmp)
     return check
-
-
-def trained_model(rundir: str | os.PathLike[str]) -> Path:
-    """The model file ``tilesegd train`` wrote into ``rundir``: ``model.pt2``, else ``model.ts``
-    (a network that torch.export cannot export with a dynamic input size, or a run made by an
-    older tilesegd); ``rundir / "model.pt2"`` when there is neither."""
-    rundir = Path(rundir)
-    for name in (MODEL_FILE, FALLBACK_FILE):
-        if (rundir / name).is_file():
-            return rundir / name
-    return rundir / MODEL_FILE
 
 
 def check_dynamic(eager: torch.nn.Module, path: Path, spec: ModelSpec) -> str | None:
