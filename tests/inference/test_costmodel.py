@@ -22,7 +22,7 @@ from tilesegd.inference.budget import parse_memory_size
 from tilesegd.inference.costmodel import (
     curve_sizes,
     measure_throughput,
-    read_curves,
+    read_json_dict,
     throughput_at,
 )
 from tilesegd.inference.geometry import Geometry, fit_tile, pixels_run
@@ -126,10 +126,10 @@ def test_the_curve_is_measured_once_per_key_and_cached(tmp_path: Path) -> None:
     assert n >= 4  # a warm-up and at least one timed call per size
     assert measure_throughput(network, 3, [64, 96], **args) == first  # from the cache
     assert len(calls) == n
-    stored = read_curves(tmp_path / ("ab" * 32) / costmodel.CURVE_JSON)
+    stored = read_json_dict(tmp_path / ("ab" * 32) / costmodel.CURVE_JSON)
     assert [v["curve"] for v in stored.values()] == [[list(p) for p in first]]
     measure_throughput(network, 3, [64, 128], **args)  # other sizes: another key
-    assert len(calls) > n and len(read_curves(tmp_path / ("ab" * 32) / "throughput.json")) == 2
+    assert len(calls) > n and len(read_json_dict(tmp_path / ("ab" * 32) / "throughput.json")) == 2
 
 
 @pytest.mark.parametrize(

@@ -150,7 +150,7 @@ def prepare_worker(cfg: RunConfig, model_sha: str) -> WorkerTarget:
     net = worker_network(cfg, model_sha)
     budget = net.target.budget
     cfg = tolerant_config(cfg, net)
-    cost = net.measure_cost(cfg.tiling(), model_sha)
+    cost = net.measure_cost(cfg.tiling())
     geometry = cfg.geometry(net.spec, budget.bytes, budget.dtype_bytes, cost)
     engine = worker_engine(cfg, model_sha, geometry)
     tile = (engine.spec.tile_size, engine.spec.tile_size)

@@ -71,7 +71,7 @@ def load_engine(
     cfg = tolerant_config(cfg, net)
     device, dtype, budget = net.target.device, net.target.dtype, net.target.budget
     recorded = recorded_cost(cfg, output, model_sha, net.runtime, str(device))
-    cost = recorded or net.measure_cost(cfg.tiling(), model_sha)
+    cost = recorded or net.measure_cost(cfg.tiling())
     run = RunSetup.resolve(cfg, net.spec, output, model_sha, str(device), str(dtype),
                            budget.bytes, budget.dtype_bytes, sources, net.runtime, cost)  # fmt: skip
     engine = net.engine(run.geometry)

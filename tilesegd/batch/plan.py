@@ -241,10 +241,10 @@ def recorded_cost(
     from tilesegd.batch.ledger import open_ledger
     from tilesegd.storage.objects import output_location
 
-    if cfg.overwrite:
+    if cfg.overwrite or not sha256:
         return None
     doc = open_ledger(Path(output), output_location(cfg.output)).read_json(RUN_JSON)
-    if not isinstance(doc, dict) or not sha256:
+    if not isinstance(doc, dict):
         return None
     same = (doc.get("model") or {}).get("sha256") == sha256
     if not same or (doc.get("runtime"), doc.get("device")) != (runtime, device):

@@ -59,6 +59,23 @@ def resolve_runtime(runtime: str, device: torch.device) -> str:
     return runtime
 
 
+def runtime_of(module: object, runtime: str, device: torch.device) -> str:
+    """The runtime that runs ``module`` for a ``--runtime`` request: a module that is not a torch
+    module runs as it is (its own ``runtime`` attribute, e.g. ``onnxruntime`` for an
+    :class:`~tilesegd.model.onnx_model.OnnxModel`, else ``eager``); a torch module gets
+    :func:`resolve_runtime` of the request, with ``onnxruntime`` meaning ``eager`` (a network in
+    memory has no file to convert).
+
+    Raises:
+        ConfigError, DeviceError: as :func:`resolve_runtime` (checked for any module).
+    """
+    resolved = resolve_runtime(runtime, device)
+    if not isinstance(module, torch.nn.Module):
+        own = getattr(module, "runtime", None)
+        return own if isinstance(own, str) else "eager"
+    return "eager" if resolved == "onnxruntime" else resolved
+
+
 class GraphRunner:
     """Replay a captured CUDA graph of ``step(x, valid)`` per input shape.
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tilesegd.inference.accel import resolve_runtime
+from tilesegd.inference.accel import resolve_runtime, runtime_of
 from tilesegd.inference.budget import DeviceBudget
 from tilesegd.inference.device import resolve_device, resolve_precision
 from tilesegd.inference.engine import Engine
@@ -102,19 +102,15 @@ class Network:
 
     @property
     def runtime(self) -> str:
-        """The runtime the engine will run (``onnxruntime`` for an ONNX module, else
-        :func:`~tilesegd.inference.accel.resolve_runtime` of the options)."""
-        own = getattr(self.module, "runtime", None)
-        if isinstance(own, str):
-            return own
-        runtime = resolve_runtime(self.options.runtime, self.target.device)
-        return "eager" if runtime == "onnxruntime" else runtime
+        """The runtime the engine will run (:func:`~tilesegd.inference.accel.runtime_of`)."""
+        return runtime_of(self.module, self.options.runtime, self.target.device)
 
-    def measure_cost(self, tiling: TilingOptions, sha256: str) -> tuple[tuple[int, float], ...]:
-        """The network's throughput curve between the smallest and the largest tile the default
-        rule may give a scene (:mod:`tilesegd.inference.costmodel`; cached by the model file's
-        ``sha256`` and this runtime and device); empty when every scene runs one fixed tile
-        (``--tile-size``, or a model file without a measured overlap)."""
+    def measure_cost(self, tiling: TilingOptions) -> tuple[tuple[int, float], ...]:
+        """The network's throughput curve, ``((tile px, megapixels per second), ...)``, between
+        the smallest and the largest tile the default rule may give a scene
+        (:mod:`tilesegd.inference.costmodel`; cached by the model file's SHA-256, this runtime
+        and device; measured every time for a network in memory); empty when every scene runs
+        one fixed tile (``--tile-size``, or a model file without a measured overlap)."""
         from tilesegd.inference.costmodel import curve_sizes, measure_throughput
 
         g = self.geometry(tiling)
@@ -124,7 +120,7 @@ class Network:
         device = self.target.device
         call = timed_call(self.module, device, self.target.dtype)
         return measure_throughput(
-            call, self.spec.in_channels, sizes, sha256=sha256, runtime=self.runtime,
+            call, self.spec.in_channels, sizes, sha256=self.sha256, runtime=self.runtime,
             device=device_name(device),
         )  # fmt: skip
 
@@ -139,6 +135,7 @@ class Network:
             ConfigError: the model file has no measured overlap to trade.
         """
         from tilesegd.errors import ConfigError
+        from tilesegd.inference.costmodel import cached_value
         from tilesegd.model.halo import measure_halo
 
         if self.spec.overlap is None:
@@ -149,11 +146,9 @@ class Network:
         top = max(self.spec.multiple, self.spec.overlap // 2)
 
         def measure() -> int:
-            net = self.module
-            return measure_halo(net, self.spec.in_channels, self.spec.multiple, max_halo=top,
-                                agreement=1.0 - tolerance, device=self.target.device)  # fmt: skip
-
-        from tilesegd.inference.costmodel import cached_value
+            return measure_halo(self.module, self.spec.in_channels, self.spec.multiple,
+                                max_halo=top, agreement=1.0 - tolerance,
+                                device=self.target.device)  # fmt: skip
 
         key = f"halo|{self.runtime}|{tolerance!r}|{top}"
         return 2 * int(cached_value(self.sha256, key, measure))
@@ -202,14 +197,17 @@ def load_network(
             unusable model file, or its SHA-256 is not ``sha256``.
     """
     from tilesegd.model.model_file import file_sha256
+    from tilesegd.storage.urls import parse_location
 
     device = resolve_device(options.device)
-    cached = cached_conversion(path, options, device, sha256)
+    local = parse_location(path) is None and os.path.isfile(path)
+    digest = file_sha256(path).lower() if local else None  # a URL: hashed once fetched
+    cached = cached_conversion(path, options, device, digest, sha256) if local else None
     if cached is not None:  # no torch load: the converted graph is all the run needs
-        net = Network.of(cached[0].module, cached[0].spec, options, str(path))
-        return dataclasses.replace(net, sha256=cached[1])
+        net = Network.of(cached.module, cached.spec, options, str(path))
+        return dataclasses.replace(net, sha256=digest)
     loaded = load_model(path, device, sha256=sha256)
-    digest = (sha256 or file_sha256(loaded.path)).lower()
+    digest = digest or (sha256 or file_sha256(loaded.path)).lower()
     fp32 = resolve_precision(options.precision, device) == torch.float32
     if wants_onnxruntime(options.runtime, device, fp32) and loaded.kind != "onnx":
         from tilesegd.model.convert import onnx_twin
@@ -224,18 +222,22 @@ def load_network(
 
 
 def cached_conversion(
-    path: str | os.PathLike[str], options: EngineOptions, device: torch.device, sha256: str | None
-) -> tuple[LoadedModel, str] | None:
-    """``(the cached ONNX conversion of a local .ts / .pt2 file, its SHA-256)`` when the run
-    wants onnxruntime and an earlier run converted this very file (its SHA-256 matches any
-    pin); else ``None`` and :func:`load_network` takes the usual path (and raises its errors in
-    the usual order). Loading a ``.pt2`` with torch takes seconds that are then thrown away."""
+    path: str | os.PathLike[str],
+    options: EngineOptions,
+    device: torch.device,
+    digest: str,
+    sha256: str | None,
+) -> LoadedModel | None:
+    """The cached ONNX conversion of the local .ts / .pt2 file ``path`` (SHA-256 ``digest``),
+    when the run wants onnxruntime and an earlier run converted this very file (``digest``
+    matches any ``sha256`` pin); else ``None`` and :func:`load_network` takes the usual path
+    (and raises its errors in the usual order). Loading a ``.pt2`` with torch takes seconds
+    that are then thrown away."""
     from tilesegd.errors import TilesegdError
     from tilesegd.model.convert import cached_twin
-    from tilesegd.model.model_file import file_sha256, is_onnx
-    from tilesegd.storage.urls import parse_location
+    from tilesegd.model.model_file import is_onnx
 
-    if parse_location(path) is not None or not os.path.isfile(path) or is_onnx(path):
+    if is_onnx(path) or (sha256 is not None and sha256.lower() != digest):
         return None
     try:
         fp32 = resolve_precision(options.precision, device) == torch.float32
@@ -243,11 +245,7 @@ def cached_conversion(
         return None
     if not wants_onnxruntime(options.runtime, device, fp32):
         return None
-    digest = file_sha256(path).lower()
-    if sha256 is not None and sha256.lower() != digest:
-        return None
-    twin = cached_twin(path, digest, device)
-    return None if twin is None else (twin, digest)
+    return cached_twin(path, digest, device)
 
 
 def wants_onnxruntime(runtime: str, device: torch.device, fp32: bool = True) -> bool:
@@ -277,7 +275,7 @@ def open_engine(
             make a tile grid.
     """
     net = load_network(path, options, sha256=sha256)
-    return net.engine(net.geometry(tiling, net.measure_cost(tiling, net.sha256)))
+    return net.engine(net.geometry(tiling, net.measure_cost(tiling)))
 
 
 def build_engine(

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 POINTS = 5  # tile sizes measured between the smallest seamless tile and the budget tile
 CURVE_JSON = "throughput.json"
+MEASURED_JSON = "measured.json"  # other measurements (the --seam-tolerance halo)
 Curve = tuple[tuple[int, float], ...]
 """``((tile px, network megapixels per second), ...)``, ascending in tile size."""
 
@@ -132,29 +133,21 @@ def measure_throughput(
     Returns:
         The curve; an unwritable cache only costs a warning (measured again next time).
     """
-    from tilesegd.storage.fetch import cache_dir
 
-    if not sha256:
-        return measure_curve(network, channels, sizes)
-    key = curve_key(sha256, runtime, device, sizes)
-    path = (cache or cache_dir()) / sha256.lower() / CURVE_JSON
-    known = read_curves(path)
-    if key in known:
-        return tuple((int(t), float(v)) for t, v in known[key]["curve"])
-    log.info("measuring the network's throughput at %s px tiles (once per model file)", sizes)
-    curve = measure_curve(network, channels, sizes)
-    known[key] = {"curve": [list(p) for p in curve], "runtime": runtime, "device": device}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic.write_text(path, json.dumps(known, indent=1))
-    except OSError as exc:
-        log.warning("%s: cannot cache the throughput curve (%s)", path, exc)
-    return curve
+    def measure() -> dict[str, Any]:
+        log.info("measuring the network's throughput at %s px tiles (once per model file)", sizes)
+        curve = measure_curve(network, channels, sizes)
+        return {"curve": [list(p) for p in curve], "runtime": runtime, "device": device}
+
+    key = curve_key(sha256, runtime, device, sizes) if sha256 else ""
+    found = cached_value(sha256, key, measure, cache, CURVE_JSON)
+    return tuple((int(t), float(v)) for t, v in found["curve"])
 
 
-def read_curves(path: Path) -> dict[str, Any]:
-    """The cached curves at ``path`` (``{key: {"curve": [[tile, mpx_s], ...], ...}}``), or an
-    empty dict when absent or unreadable."""
+def read_json_dict(path: Path) -> dict[str, Any]:
+    """The JSON object at ``path`` (the cached measurements: ``throughput.json`` holds
+    ``{key: {"curve": [[tile, mpx_s], ...], ...}}``), or an empty dict when absent or
+    unreadable."""
     with contextlib.suppress(OSError, ValueError):
         doc = json.loads(path.read_text())
         if isinstance(doc, dict):
@@ -163,17 +156,22 @@ def read_curves(path: Path) -> dict[str, Any]:
 
 
 def cached_value(
-    sha256: str, key: str, compute: Callable[[], Any], cache: Path | None = None
+    sha256: str,
+    key: str,
+    compute: Callable[[], Any],
+    cache: Path | None = None,
+    name: str = MEASURED_JSON,
 ) -> Any:
-    """A JSON value measured once per model file (SHA-256 ``sha256``) and ``key`` and kept in
-    ``<cache>/<sha256>/measured.json`` (``compute()`` the first time; every time when
-    ``sha256`` is empty or the cache cannot be written)."""
+    """A JSON value measured once per model file (SHA-256 ``sha256``) and ``key``, kept in
+    ``<cache>/<sha256>/<name>`` (:func:`tilesegd.storage.fetch.cache_dir`): ``compute()`` the
+    first time, and every time when ``sha256`` is empty. An unwritable cache only costs a
+    warning (measured again next time)."""
     from tilesegd.storage.fetch import cache_dir
 
     if not sha256:
         return compute()
-    path = (cache or cache_dir()) / sha256.lower() / "measured.json"
-    known = read_curves(path)
+    path = (cache or cache_dir()) / sha256.lower() / name
+    known = read_json_dict(path)
     if key not in known:
         known[key] = compute()
         try:

@@ -28,7 +28,7 @@ from tilesegd.inference.accel import (
     GraphRunner,
     check_cuda_oom_message,
     oom_error,
-    resolve_runtime,
+    runtime_of,
 )
 from tilesegd.inference.checks import check_output, network_failure
 from tilesegd.inference.device import (
@@ -98,15 +98,10 @@ class Engine:
         self.options, self.geometry, self.spec, self.source = options, geometry, spec, source
         self.device = resolve_device(options.device)
         self.dtype = resolve_precision(options.precision, self.device)
-        self._runtime = resolve_runtime(options.runtime, self.device)
         # a runtime that is not a torch module (onnxruntime: tilesegd.model.onnx_model.OnnxModel) is
         # called as is: eager, NCHW float32, no autocast; it picks its own accelerations
+        self._runtime = runtime_of(module, options.runtime, self.device)
         self._torch_net = isinstance(module, torch.nn.Module)
-        if not self._torch_net:  # onnxruntime (OnnxModel.runtime), or a plain callable
-            log.debug("%s: not a torch module; runtime %s -> its own", source, self._runtime)
-            self._runtime = getattr(module, "runtime", "eager")
-        elif self._runtime == "onnxruntime":  # a network in memory: no file to convert
-            self._runtime = "eager"
         self.save_probs = options.save_probs
         self.min_confidence = options.min_confidence
         self.confidence = options.computes_confidence

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from tilesegd import atomic
-from tilesegd.errors import ModelFileError, TilesegdError
+from tilesegd.errors import ModelFileError
 from tilesegd.model.spec import LoadedModel, ModelSpec
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def export_graph(module: Any, spec: ModelSpec, dest: Path) -> None:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # the exporters' deprecation and tracer notes
             if is_export_module(module):
-                export_dynamo(module, x, tmp)
+                export_dynamo(module, x, tmp)  # opset OPSET + 1
             else:
                 axes = {0: "batch", 2: "height", 3: "width"}
                 torch.onnx.export(
@@ -176,9 +176,11 @@ def convert(loaded: LoadedModel, sha256: str, cache: Path | None = None) -> dict
     graph, report_path = converted_paths(sha256, cache)
     report_path.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    report: dict[str, Any] = {"source": str(loaded.path), "opset": OPSET, "ok": False}
-    report["onnxruntime"] = version("onnxruntime")
     module = loaded.module.cpu() if hasattr(loaded.module, "cpu") else loaded.module
+    dynamo = is_export_module(module)
+    report: dict[str, Any] = {"source": str(loaded.path), "ok": False}
+    report.update(exporter="dynamo" if dynamo else "torchscript", opset=OPSET + dynamo)
+    report["onnxruntime"] = version("onnxruntime")
     try:
         export_graph(module, loaded.spec, graph)
         check = compare(module, session_model(graph, loaded.spec, "cpu"), loaded.spec)
@@ -186,7 +188,7 @@ def convert(loaded: LoadedModel, sha256: str, cache: Path | None = None) -> dict
         report["ok"] = check["argmax_agreement"] >= MIN_AGREEMENT
         if not report["ok"]:
             report["reason"] = f"class ids agree on {check['argmax_agreement']:.4%} of pixels"
-    except (Exception, TilesegdError) as exc:  # the exporter's and onnxruntime's own errors
+    except Exception as exc:  # the exporter's and onnxruntime's own errors, ModelFileError
         report["reason"] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
     report["seconds"] = round(time.perf_counter() - start, 2)
     if not report["ok"] and graph.exists():
@@ -214,9 +216,14 @@ def onnx_twin(
         return None
     from tilesegd.model.onnx_model import session_model
 
+    graph = checked_graph(sha256, cache)
+    if graph is not None:
+        return LoadedModel(
+            session_model(graph, loaded.spec, device), loaded.spec, loaded.path, "onnx"
+        )
     graph, report_path = converted_paths(sha256, cache)
     report = read_report(report_path)
-    if report is None or (report.get("ok") and not graph.exists()):
+    if report is None or report.get("ok"):  # never converted, or the graph is gone
         log.info("%s: converting to ONNX for onnxruntime (once; cached in %s)", loaded.path, graph)
         report = convert(loaded, sha256, cache)
     if not report.get("ok"):
@@ -245,14 +252,19 @@ def cached_twin(
     from tilesegd.model.model_file import read_spec
     from tilesegd.model.onnx_model import session_model
 
-    if not onnxruntime_available():
-        return None
-    graph, report_path = converted_paths(sha256)
-    report = read_report(report_path)
-    if not (report and report.get("ok") and graph.is_file()):
+    graph = checked_graph(sha256) if onnxruntime_available() else None
+    if graph is None:
         return None
     spec = read_spec(path)
     return LoadedModel(session_model(graph, spec, device), spec, Path(path), "onnx")
+
+
+def checked_graph(sha256: str, cache: Path | None = None) -> Path | None:
+    """The cached ONNX graph of the file with this SHA-256 when its conversion report says it
+    passed the check (:func:`convert`) and the graph is there; else ``None``."""
+    graph, report_path = converted_paths(sha256, cache)
+    report = read_report(report_path)
+    return graph if report and report.get("ok") and graph.is_file() else None
 
 
 def read_report(path: Path) -> dict[str, Any] | None:
