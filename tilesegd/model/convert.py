@@ -30,6 +30,7 @@ import torch
 
 from tilesegd import atomic
 from tilesegd.errors import ModelFileError
+from tilesegd.model.parity import compare_scores
 from tilesegd.model.spec import LoadedModel, ModelSpec
 
 log = logging.getLogger(__name__)
@@ -137,27 +138,26 @@ def check_sizes(spec: ModelSpec) -> list[tuple[int, int, int]]:
 
 
 def compare(module: Any, converted: Any, spec: ModelSpec) -> dict[str, float]:
-    """Class-id agreement (share of pixels, [0, 1]) and the largest absolute logit difference
-    between torch ``module`` and ``converted`` on seeded uniform random tiles in the normalised
-    input range (:func:`check_sizes`).
+    """Class-id agreement (share of pixels, [0, 1]; the lowest over the sizes) and the largest
+    absolute logit difference between torch ``module`` and ``converted`` on seeded uniform
+    random tiles in the normalised input range (:func:`check_sizes`;
+    :func:`tilesegd.model.parity.compare_scores` per size).
 
     Raises:
-        Exception: either network fails on a size.
+        ModelFileError: the outputs differ in shape. Exception: either network fails on a size.
     """
     gen = torch.Generator().manual_seed(_CHECK_SEED)
-    agree = total = 0
-    diff = 0.0
+    agree, diff = 1.0, 0.0
     for n, h, w in check_sizes(spec):
         x = torch.rand(n, spec.in_channels, h, w, generator=gen) * 4 - 2
         with torch.no_grad():
-            want = module(x).float()
-            got = converted(x).float()
+            want, got = module(x), converted(x)
         if got.shape != want.shape:
             raise ModelFileError(f"output shape {tuple(got.shape)} != {tuple(want.shape)}")
-        agree += int((got.argmax(1) == want.argmax(1)).sum())
-        total += want.shape[0] * h * w
-        diff = max(diff, float((got - want).abs().max()))
-    return {"argmax_agreement": agree / total, "max_abs_diff": diff}
+        scores = compare_scores(want, got)
+        agree = min(agree, scores["argmax_agreement"])
+        diff = max(diff, scores["max_abs_diff"])
+    return {"argmax_agreement": agree, "max_abs_diff": diff}
 
 
 def convert(loaded: LoadedModel, sha256: str, cache: Path | None = None) -> dict[str, Any]:

@@ -39,8 +39,8 @@ from tilesegd.model.model_file import (
     quiet_torchscript,
     save_model,
 )
+from tilesegd.model.parity import compare_scores, parity
 from tilesegd.training.checkpoint import load_checkpoint
-from tilesegd.training.parity import compare_scores, parity
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ import torch
 from tilesegd import atomic
 from tilesegd.errors import ModelFileError
 from tilesegd.model.model_file import ModelSpec, load_model
-from tilesegd.training.parity import compare_scores
+from tilesegd.model.parity import compare_scores
 
 log = logging.getLogger(__name__)
 

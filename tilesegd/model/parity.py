@@ -1,4 +1,5 @@
-"""Parity of an exported network with the eager one it came from (``tilesegd export``)."""
+"""Parity of an exported or converted network with the eager one it came from
+(``tilesegd export``, :mod:`tilesegd.model.convert`)."""
 
 from __future__ import annotations
 
