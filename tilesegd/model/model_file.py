@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import re
-import threading
 import warnings
 import zipfile
 from collections.abc import Iterator
@@ -49,6 +48,7 @@ from tilesegd.model.spec import (
     check_file,
 )
 from tilesegd.storage.urls import parse_location
+from tilesegd.warnfilter import WARNINGS_LOCK
 
 __all__ = [
     "DEFAULT_PALETTE",
@@ -75,7 +75,6 @@ log = logging.getLogger(__name__)
 # torch >= 2.14: "`torch.jit.load` is deprecated. Please switch to `torch.export`." (and
 # trace / save / script alike), a FutureWarning; DeprecationWarning too, should torch switch
 _JIT_DEPRECATED = r".*torch\.jit\b.*deprecated"
-_WARNINGS_LOCK = threading.RLock()  # warnings.catch_warnings swaps process-wide state
 
 
 @contextlib.contextmanager
@@ -89,7 +88,7 @@ def quiet_torchscript() -> Iterator[None]:
     API, which users cannot act on. Blocks are serialised by a lock, since
     :func:`warnings.catch_warnings` swaps process-wide state.
     """
-    with _WARNINGS_LOCK, warnings.catch_warnings():
+    with WARNINGS_LOCK, warnings.catch_warnings():
         for category in (FutureWarning, DeprecationWarning):
             warnings.filterwarnings("ignore", message=_JIT_DEPRECATED, category=category)
         yield

@@ -32,7 +32,6 @@ import json
 import math
 import re
 import unicodedata
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -56,6 +55,7 @@ from tilesegd.outputs.stac_grid import (
     resolution_m,
 )
 from tilesegd.version import __version__
+from tilesegd.warnfilter import ignoring
 
 STAC_VERSION = "1.1.0"
 CATALOG_ID = "tilesegd-run"
@@ -203,18 +203,16 @@ def _raster_band(path: Path, key: str) -> dict[str, Any]:
     """The STAC 1.1 band object of a one-band raster output (name, data_type, nodata, unit,
     ``raster:sampling``, ``raster:spatial_resolution`` in metres where known)."""
     name, unit = _RASTER_BANDS[key]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(path) as src:
-            band: dict[str, Any] = {"name": name, "data_type": src.dtypes[0]}
-            if src.nodata is not None:
-                nd = float(src.nodata)
-                band["nodata"] = int(nd) if nd.is_integer() else nd
-            if unit:
-                band["unit"] = unit
-            point = src.tags().get("AREA_OR_POINT", "Area").lower() == "point"
-            band["raster:sampling"] = "point" if point else "area"
-            res = resolution_m(src.crs, src.transform, src.width, src.height)
+    with ignoring(NotGeoreferencedWarning), rasterio.open(path) as src:
+        band: dict[str, Any] = {"name": name, "data_type": src.dtypes[0]}
+        if src.nodata is not None:
+            nd = float(src.nodata)
+            band["nodata"] = int(nd) if nd.is_integer() else nd
+        if unit:
+            band["unit"] = unit
+        point = src.tags().get("AREA_OR_POINT", "Area").lower() == "point"
+        band["raster:sampling"] = "point" if point else "area"
+        res = resolution_m(src.crs, src.transform, src.width, src.height)
     if res is not None:
         band["raster:spatial_resolution"] = res
     return band
@@ -247,10 +245,8 @@ def _read_grid(mask: Path) -> tuple[CRS | None, Affine, int, int]:
         OutputError: the mask is missing or cannot be read.
     """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(mask) as src:
-                return src.crs or None, src.transform, src.width, src.height
+        with ignoring(NotGeoreferencedWarning), rasterio.open(mask) as src:
+            return src.crs or None, src.transform, src.width, src.height
     except (OSError, rasterio.errors.RasterioError) as exc:
         raise OutputError(
             f"{mask}: cannot be read to describe the scene in STAC ({exc}); the scene's "

@@ -312,10 +312,9 @@ def write_georeferencing(
 def consolidate(group: Any) -> None:
     """Consolidate the metadata of ``group``'s store (zarr warns that this is not yet in the v3
     spec; xarray reads it, and warns on every open without it)."""
-    import warnings
-
     import zarr
 
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+    from tilesegd.warnfilter import ignoring
+
+    with ignoring(UserWarning, "Consolidated metadata"):
         zarr.consolidate_metadata(group.store)

@@ -15,6 +15,7 @@ from typing import Any
 
 from tilesegd.storage.env import OPEN_SETTINGS, configure_gdal
 from tilesegd.storage.urls import parse_location
+from tilesegd.warnfilter import WARNINGS_LOCK
 
 log = logging.getLogger(__name__)
 
@@ -136,9 +137,6 @@ def forget_cached(vsi_path: str) -> None:
     fn(vsi_path.encode())
 
 
-_WARNINGS_LOCK = threading.RLock()  # warnings.catch_warnings swaps process-wide state
-
-
 @contextlib.contextmanager
 def quiet_georef() -> Iterator[list[warnings.WarningMessage]]:
     """Open rasters inside the block without rasterio's ``NotGeoreferencedWarning``.
@@ -147,7 +145,8 @@ def quiet_georef() -> Iterator[list[warnings.WarningMessage]]:
     georeferencing by design, and rasterio warned at every open of it and of each output written
     without a CRS: 7 lines a frame under ``-q``. The run says once instead that such inputs get
     pixel coordinates (:func:`tilesegd.batch.runner.plan_scene`). Keep only opens inside the block:
-    it holds a lock, since :func:`warnings.catch_warnings` changes process-wide state.
+    it holds :data:`tilesegd.warnfilter.WARNINGS_LOCK`, since :func:`warnings.catch_warnings`
+    changes process-wide state.
 
     Yields:
         The ``NotGeoreferencedWarning`` messages caught (a list, filled when the block exits);
@@ -156,7 +155,7 @@ def quiet_georef() -> Iterator[list[warnings.WarningMessage]]:
     from rasterio.errors import NotGeoreferencedWarning
 
     caught: list[warnings.WarningMessage] = []
-    with _WARNINGS_LOCK:
+    with WARNINGS_LOCK:
         seen: list[warnings.WarningMessage] = []
         try:
             with warnings.catch_warnings(record=True) as seen:
